@@ -1,0 +1,127 @@
+/**
+ * Every configuration key of tenant-proxy with its default value and unit.
+ *
+ * Override order (later wins): these defaults, the JSON config file (`--config` or
+ * TENANT_PROXY_CONFIG), then environment variables. A key's environment variable is its path in
+ * SCREAMING_SNAKE_CASE behind `TENANT_PROXY_` (`traffic.port` → TENANT_PROXY_TRAFFIC_PORT); every
+ * variable may instead name a file with `_FILE` appended (Docker/Kamal secrets). Lists take JSON
+ * or comma-separated values; objects take JSON. REGISTRY_DATABASE_URL is accepted as an alias of
+ * TENANT_PROXY_REGISTRY_DATABASE_URL. Keys marked (secret) are never logged.
+ */
+export const DEFAULTS = {
+  /** Names this deployment; the descriptor's `iss` claim. Text. */
+  deploymentId: 'tenant-proxy',
+
+  log: {
+    /** pino level: fatal, error, warn, info, debug, trace or silent. */
+    level: 'info'
+  },
+
+  registry: {
+    /** (secret) postgres:// URL of the tenant registry; null starts the embedded PostgreSQL. */
+    databaseUrl: null as string | null,
+    /** PostgreSQL schema holding the registry tables. Identifier. */
+    schema: 'tenant_proxy',
+    /** application_name of registry connections, so `pg_stat_activity` shows the proxies. Text. */
+    applicationName: 'tenant-proxy',
+    /** Give up connecting to the registry after this long. Milliseconds. */
+    connectTimeoutMs: 5_000, // 5 seconds
+    /** Abort a registry statement after this long. Milliseconds. */
+    statementTimeoutMs: 15_000, // 15 seconds
+    /** Full registry reload period of the proxy; 0 disables (SIGHUP still reloads). Milliseconds. */
+    reloadIntervalMs: 30_000, // 30 seconds
+    embedded: {
+      /** Data directory of the embedded PostgreSQL (relative to the working directory). Path. */
+      dataDir: './data/registry',
+      /** Loopback TCP port of the embedded PostgreSQL. Port number. */
+      port: 54329
+    }
+  },
+
+  tenantDatabase: {
+    /** Database server of tenants whose database host is null in the registry. Hostname. */
+    defaultHost: 'localhost',
+    /** Port of that server. Port number. */
+    defaultPort: 5432
+  },
+
+  traffic: {
+    /** Address the traffic listener binds. IP address. */
+    host: '0.0.0.0',
+    /** Port of the traffic listener. Port number (0 picks a free one). */
+    port: 8080,
+    /** Health path answered for any Host before tenant resolution. URL path. */
+    healthPath: '/up',
+    /** Peers whose X-Forwarded-* and X-Request-Id are trusted: IPs or CIDRs. List of text. */
+    trustedProxies: [] as string[],
+    /** Idle keep-alive connections close after this long; above the load balancer's. Milliseconds. */
+    keepAliveTimeoutMs: 72_000, // 72 seconds
+    /** A client must send all request headers within this long. Milliseconds. */
+    requestHeadersTimeoutMs: 30_000, // 30 seconds
+    /** Largest request header section accepted. Bytes. */
+    maxHeaderBytes: 16_384 // 16 KiB
+  },
+
+  ops: {
+    /** Address the ops listener (metrics, readiness, key set) binds. IP address. */
+    host: '0.0.0.0',
+    /** Port of the ops listener. Port number (0 picks a free one). */
+    port: 9394
+  },
+
+  routing: {
+    /** `www.<domain>` resolves like `<domain>` when only the latter is registered. Boolean. */
+    wwwFallback: true,
+    /** Base domains whose first label is a tenant slug (`acme.example.com` → acme). List of hostnames. */
+    wildcardDomains: [] as string[],
+    /** First labels under a wildcard domain that never resolve to a tenant. List of labels. */
+    reservedLabels: ['www', 'admin', 'api'],
+    /** Hosts forwarded without a descriptor (signup or marketing site). List of hostnames. */
+    passthroughHosts: [] as string[],
+    /** Retry-After sent with 503 for tenants in maintenance. Seconds. */
+    maintenanceRetryAfterS: 30
+  },
+
+  descriptor: {
+    /** Request header carrying the signed descriptor. Header name. */
+    header: 'X-Tenant-Descriptor',
+    /** The descriptor's `aud` claim: the upstream app's id. Text. */
+    audience: 'app',
+    /** Descriptor lifetime (`exp` - `iat`). Seconds. */
+    ttlS: 60,
+    /** A cached descriptor is re-signed this long before it expires. Seconds. */
+    refreshMarginS: 20,
+    /**
+     * (secret) Signing keys, first signs: `[{ "kid"?, "alg"?, "key" }]` where key is an EC P-256
+     * PEM (ES256; a public PEM is published but never signs) or an HS256 secret of >= 32 bytes.
+     * From the environment also a bare PEM or secret, or a file of several PEM blocks.
+     */
+    keys: [] as Array<{ kid?: string | null, alg?: 'ES256' | 'HS256' | null, key: string }>
+  },
+
+  upstream: {
+    /** Upstream app origins, balanced round-robin. List of http(s):// URLs. */
+    urls: ['http://127.0.0.1:3000'],
+    /** Named upstream pools for tenants whose registry row sets `upstream`. Object: name → list of URLs. */
+    pools: {} as Record<string, string[]>,
+    /** Host header sent upstream; null keeps the client's (the original goes in X-Forwarded-Host). Hostname. */
+    hostHeader: null as string | null,
+    /** Give up connecting to the upstream after this long (then 502). Milliseconds. */
+    connectTimeoutMs: 5_000, // 5 seconds
+    /** Give up waiting for the upstream's response headers after this long (then 504). Milliseconds. */
+    headersTimeoutMs: 60_000, // 60 seconds
+    /** Give up when the upstream body stalls for this long. Milliseconds. */
+    bodyTimeoutMs: 300_000, // 5 minutes
+    /** Most concurrent connections to each upstream origin. Count. */
+    connections: 128
+  },
+
+  shutdown: {
+    /** After SIGTERM, /up answers 503 for this long before listeners close. Milliseconds. */
+    drainDelayMs: 5_000, // 5 seconds
+    /** In-flight requests get this long to finish after listeners close. Milliseconds. */
+    graceMs: 30_000 // 30 seconds
+  }
+}
+
+export type Defaults = typeof DEFAULTS

@@ -1,0 +1,127 @@
+/**
+ * Dispatches `tenant-proxy <command…>` to its command, prints help, and turns errors into one
+ * clear line and an exit code. Never touches `process`: main.ts passes env, streams and signals.
+ */
+import { loadConfig, type Config } from '../config/load.js'
+import { isTpError } from '../errors.js'
+import { openRegistry, type RegistryConnection } from '../registry/connect.js'
+import { assertMigrated } from '../registry/migrate.js'
+import { commandHelp, parseCommandArgs, str, type CliIo, type Command, type CommandContext } from './command.js'
+import { demoCommand } from './demo.js'
+import { descriptorDecode } from './descriptor.js'
+import { keysGenerate } from './keys.js'
+import { migrateCommand } from './migrate.js'
+import { registryStatus } from './registry.js'
+import { serveCommand } from './serve.js'
+import { domainsAdd, domainsRemove, tenantsAdd, tenantsList, tenantsRemove, tenantsShow, tenantsState, tenantsUpdate } from './tenants.js'
+
+export const COMMANDS: readonly Command[] = [
+  serveCommand, demoCommand, migrateCommand,
+  tenantsAdd, tenantsList, tenantsShow, tenantsUpdate, tenantsState, tenantsRemove,
+  domainsAdd, domainsRemove,
+  registryStatus, keysGenerate, descriptorDecode
+]
+
+/** Exit codes: 0 ok, 1 operation failed, 2 usage error, 78 configuration error (sysexits EX_CONFIG). */
+export const EXIT = { ok: 0, failed: 1, usage: 2, config: 78 } as const
+
+/** What the process gives the CLI. */
+export interface CliEnvironment {
+  env: Readonly<Record<string, string | undefined>>
+  io: CliIo
+  stopSignal?: Promise<string>
+  onReload?: (fn: () => void) => void
+}
+
+/** Runs one CLI invocation and returns its exit code. */
+export async function runCli (argv: readonly string[], environment: CliEnvironment): Promise<number> {
+  const { io } = environment
+  const words = argv.filter((a) => !a.startsWith('-'))
+  const command = findCommand(argv)
+  if (command === undefined) {
+    if (argv.length === 0 || argv.includes('--help') || argv.includes('-h')) {
+      io.out(overview(words[0]))
+      return argv.length === 0 ? EXIT.usage : EXIT.ok
+    }
+    const group = COMMANDS.filter((c) => c.name.split(' ')[0] === words[0])
+    io.err(group.length > 0
+      ? `tenant-proxy: unknown ${words[0] ?? ''} command ${JSON.stringify(words[1] ?? '')}; try: ${group.map((c) => c.name).join(', ')}\n`
+      : `tenant-proxy: unknown command ${JSON.stringify(words[0] ?? argv[0] ?? '')}; run tenant-proxy --help\n`)
+    return EXIT.usage
+  }
+
+  let registry: RegistryConnection | undefined
+  let config: Config | undefined
+  try {
+    const args = parseCommandArgs(command, argv.slice(command.name.split(' ').length))
+    if (args.values.help === true) {
+      io.out(commandHelp(command))
+      return EXIT.ok
+    }
+    const ctx: CommandContext = {
+      io,
+      env: environment.env,
+      config () {
+        config ??= loadConfig({ env: environment.env, configPath: str(args, 'config') })
+        return config
+      },
+      async registry (opts = {}) {
+        if (registry === undefined) {
+          registry = await openRegistry(ctx.config(), cliLogger(io))
+          if (opts.migrated !== false) await assertMigrated(registry.pool, registry.schema)
+        }
+        return registry
+      },
+      stopSignal: environment.stopSignal ?? new Promise<string>(() => undefined),
+      onReload: environment.onReload ?? (() => undefined)
+    }
+    return await command.run(ctx, args)
+  } catch (err) {
+    return reportError(io, err)
+  } finally {
+    await registry?.close().catch((err: unknown) => io.err(`tenant-proxy: closing the registry failed: ${(err as Error).message}\n`))
+  }
+}
+
+function findCommand (argv: readonly string[]): Command | undefined {
+  return COMMANDS.find((c) => {
+    const parts = c.name.split(' ')
+    return parts.every((p, i) => argv[i] === p)
+  })
+}
+
+function reportError (io: CliIo, err: unknown): number {
+  if (isTpError(err)) {
+    io.err(`tenant-proxy: ${err.message} (${err.code})\n`)
+    if (err.code === 'TENANT_PROXY_ERR_CONFIG_INVALID' || err.code === 'TENANT_PROXY_ERR_CONFIG_FILE' || err.code === 'TENANT_PROXY_ERR_KEY_INVALID') return EXIT.config
+    if (err.code === 'TENANT_PROXY_ERR_CLI_USAGE' || err.code === 'TENANT_PROXY_ERR_CLI_CONFIRM' || err.code === 'TENANT_PROXY_ERR_TENANT_INVALID' || err.code === 'TENANT_PROXY_ERR_HOST_INVALID') return EXIT.usage
+    return EXIT.failed
+  }
+  io.err(`tenant-proxy: unexpected error: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+  return EXIT.failed
+}
+
+function overview (group: string | undefined): string {
+  const shown = COMMANDS.filter((c) => group === undefined || c.name.split(' ')[0] === group)
+  const list = shown.length > 0 ? shown : COMMANDS
+  const width = Math.max(...list.map((c) => c.name.length))
+  return [
+    'tenant-proxy: routes each request to its tenant and hands the app a signed tenant database descriptor.',
+    '',
+    'Usage: tenant-proxy <command> [options]   (tenant-proxy <command> --help for details)',
+    '',
+    'Commands:',
+    ...list.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
+    '',
+    'Configuration: config/defaults.ts lists every key; override with --config <file.json> or TENANT_PROXY_* variables.',
+    ''
+  ].join('\n')
+}
+
+function cliLogger (io: CliIo): { debug (msg: string): void, info (msg: string): void, warn (msg: string): void } {
+  return {
+    debug () {},
+    info () {},
+    warn (msg) { io.err(`tenant-proxy: warning: ${msg}\n`) }
+  }
+}

@@ -1,0 +1,146 @@
+/**
+ * The configuration schema: one field per key of config/defaults.ts, no more, no fewer (a test
+ * checks both trees match). The typed `Config` is derived from it.
+ */
+import { isIP } from 'node:net'
+import { canonicalHost } from '../routing/host.js'
+import {
+  boolean, httpOrigin, integer, list, nullable, oneOf, port, postgresUrl, record, signingKeys, text,
+  type Field
+} from './fields.js'
+
+const IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/
+const HOUR_MS = 3_600_000
+
+export const SCHEMA = {
+  deploymentId: text({ pattern: /^[\x21-\x7e]{1,200}$/, describe: '1-200 printable ASCII characters' }),
+  log: {
+    level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const)
+  },
+  registry: {
+    databaseUrl: nullable(postgresUrl()),
+    schema: text({ pattern: IDENTIFIER, describe: 'a lower-case SQL identifier (^[a-z_][a-z0-9_]{0,62}$)' }),
+    applicationName: text({ pattern: /^[\x20-\x7e]{1,63}$/, describe: '1-63 printable ASCII characters' }),
+    connectTimeoutMs: integer(1, 600_000),
+    statementTimeoutMs: integer(1, HOUR_MS),
+    reloadIntervalMs: integer(0, 24 * HOUR_MS),
+    embedded: {
+      dataDir: text(),
+      port: integer(1, 65_535)
+    }
+  },
+  tenantDatabase: {
+    defaultHost: text({ pattern: /^[A-Za-z0-9.:_[\]-]{1,253}$/, describe: 'a hostname or IP address' }),
+    defaultPort: integer(1, 65_535)
+  },
+  traffic: {
+    host: ipAddress(),
+    port: port(),
+    healthPath: text({ pattern: /^\/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$/, describe: 'an absolute URL path such as /up' }),
+    trustedProxies: list(ipOrCidr()),
+    keepAliveTimeoutMs: integer(1, HOUR_MS),
+    requestHeadersTimeoutMs: integer(1, HOUR_MS),
+    maxHeaderBytes: integer(1_024, 1_048_576)
+  },
+  ops: {
+    host: ipAddress(),
+    port: port()
+  },
+  routing: {
+    wwwFallback: boolean(),
+    wildcardDomains: list(hostname()),
+    reservedLabels: list(text({ pattern: /^[a-z0-9-]{1,63}$/, describe: 'a lower-case DNS label' })),
+    passthroughHosts: list(hostname()),
+    maintenanceRetryAfterS: integer(0, 86_400)
+  },
+  descriptor: {
+    header: text({ pattern: /^[A-Za-z0-9-]{1,64}$/, describe: 'an HTTP header name of letters, digits and hyphens' }),
+    audience: text({ pattern: /^[\x21-\x7e]{1,200}$/, describe: '1-200 printable ASCII characters' }),
+    ttlS: integer(5, 86_400),
+    refreshMarginS: integer(1, 86_399),
+    keys: signingKeys()
+  },
+  upstream: {
+    urls: list(httpOrigin(), { minItems: 1 }),
+    pools: record(/^[a-z0-9][a-z0-9_-]{0,62}$/, list(httpOrigin(), { minItems: 1 })),
+    hostHeader: nullable(hostname()),
+    connectTimeoutMs: integer(1, 600_000),
+    headersTimeoutMs: integer(1, HOUR_MS),
+    bodyTimeoutMs: integer(1, 24 * HOUR_MS),
+    connections: integer(1, 65_536)
+  },
+  shutdown: {
+    drainDelayMs: integer(0, 600_000),
+    graceMs: integer(0, HOUR_MS)
+  }
+}
+
+/** A tree of schema fields. */
+export interface SchemaTree { readonly [key: string]: Field<unknown> | SchemaTree }
+
+type ConfigOf<S> = { readonly [K in keyof S]: S[K] extends Field<infer T> ? T : ConfigOf<S[K]> }
+
+/** The validated, frozen configuration passed down from main. */
+export type Config = ConfigOf<typeof SCHEMA>
+
+/** True when a schema node is a leaf field. */
+export function isField (node: Field<unknown> | SchemaTree): node is Field<unknown> {
+  return typeof (node as Partial<Field<unknown>>).check === 'function'
+}
+
+/** Checks between keys that a single field cannot see; returns [path, reason] pairs. */
+export function crossChecks (config: Config): Array<[string, string]> {
+  const problems: Array<[string, string]> = []
+  if (config.descriptor.refreshMarginS >= config.descriptor.ttlS) {
+    problems.push(['descriptor.refreshMarginS', `must be less than descriptor.ttlS (${config.descriptor.ttlS})`])
+  }
+  if (config.traffic.port !== 0 && config.traffic.port === config.ops.port && config.traffic.host === config.ops.host) {
+    problems.push(['ops.port', 'must differ from traffic.port: ops endpoints are never served on the traffic listener'])
+  }
+  const healthPath = config.traffic.healthPath
+  if (healthPath.includes('//') || healthPath.split('/').some((s) => s === '.' || s === '..')) {
+    problems.push(['traffic.healthPath', 'must not contain empty, "." or ".." segments'])
+  }
+  return problems
+}
+
+function hostname (): Field<string> {
+  return {
+    env: 'text',
+    secret: false,
+    check (value) {
+      if (typeof value !== 'string') return { ok: false, reason: 'must be a hostname string' }
+      const r = canonicalHost(value)
+      return r.ok ? { ok: true, value: r.host } : { ok: false, reason: `must be a hostname (${r.reason})` }
+    }
+  }
+}
+
+function ipAddress (): Field<string> {
+  return {
+    env: 'text',
+    secret: false,
+    check (value) {
+      return typeof value === 'string' && isIP(value) !== 0
+        ? { ok: true, value }
+        : { ok: false, reason: 'must be an IPv4 or IPv6 address' }
+    }
+  }
+}
+
+function ipOrCidr (): Field<string> {
+  return {
+    env: 'text',
+    secret: false,
+    check (value) {
+      if (typeof value !== 'string') return { ok: false, reason: 'must be an IP address or CIDR' }
+      const [address = '', bits, extra] = value.split('/')
+      const family = isIP(address)
+      const max = family === 4 ? 32 : 128
+      const prefixOk = bits === undefined || (/^\d{1,3}$/.test(bits) && Number(bits) <= max)
+      return family !== 0 && prefixOk && extra === undefined
+        ? { ok: true, value }
+        : { ok: false, reason: `must be an IP address or CIDR such as 10.0.0.0/8 (got ${JSON.stringify(value)})` }
+    }
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * Descriptor signing and the per-host cache that keeps signing off the per-request path.
+ */
+import type { Signer, Keyring } from './keyring.js'
+
+/** The tenant facts a descriptor states. */
+export interface DescriptorTarget {
+  readonly slug: string
+  readonly epoch: number
+  readonly db: { readonly name: string, readonly host: string, readonly port: number }
+}
+
+/** Descriptor v1 claims (docs/descriptor.md). */
+export interface DescriptorClaims {
+  v: 1
+  iss: string
+  aud: string
+  sub: string
+  host: string
+  db: { name: string, host: string, port: number }
+  epoch: number
+  iat: number
+  nbf: number
+  exp: number
+}
+
+/** Signs claims as a compact JWS (RFC 7515 section 7.1), unpadded base64url. */
+export function signDescriptor (claims: DescriptorClaims, signer: Signer): string {
+  const input = `${signer.headerB64}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`
+  return `${input}.${signer.sign(input)}`
+}
+
+/** Options of the cache. */
+export interface DescriptorCacheOptions {
+  keyring: Keyring
+  issuer: string
+  audience: string
+  ttlS: number
+  refreshMarginS: number
+  /** Clock in ms (tests inject one). */
+  now?: () => number
+  /** Called after each signature (metrics). */
+  onSign?: () => void
+}
+
+interface Entry {
+  target: DescriptorTarget
+  token: string
+  refreshAt: number
+}
+
+/**
+ * One token per canonical host, reused until `refreshMarginS` before it expires. An entry is only
+ * valid for the route object it was signed for: the registry index replaces a tenant's object
+ * when anything about it changes, so a changed tenant is re-signed on its next request.
+ */
+export class DescriptorCache {
+  readonly #opts: Required<DescriptorCacheOptions>
+  readonly #entries = new Map<string, Entry>()
+
+  constructor (opts: DescriptorCacheOptions) {
+    this.#opts = { now: Date.now, onSign: () => {}, ...opts }
+  }
+
+  /** The descriptor for `target` requested as `host`. */
+  get (target: DescriptorTarget, host: string): string {
+    const now = this.#opts.now()
+    const entry = this.#entries.get(host)
+    if (entry !== undefined && entry.target === target && now < entry.refreshAt) return entry.token
+    const iat = Math.floor(now / 1000)
+    const exp = iat + this.#opts.ttlS
+    const token = signDescriptor({
+      v: 1,
+      iss: this.#opts.issuer,
+      aud: this.#opts.audience,
+      sub: target.slug,
+      host,
+      db: { name: target.db.name, host: target.db.host, port: target.db.port },
+      epoch: target.epoch,
+      iat,
+      nbf: iat,
+      exp
+    }, this.#opts.keyring.signer)
+    this.#opts.onSign()
+    if (entry !== undefined) {
+      entry.target = target
+      entry.token = token
+      entry.refreshAt = (exp - this.#opts.refreshMarginS) * 1000
+    } else {
+      this.#entries.set(host, { target, token, refreshAt: (exp - this.#opts.refreshMarginS) * 1000 })
+    }
+    return token
+  }
+
+  /** Forgets one host's token. */
+  delete (host: string): void {
+    this.#entries.delete(host)
+  }
+
+  /** Forgets every token (e.g. after the registry drops hosts). */
+  clear (): void {
+    this.#entries.clear()
+  }
+
+  /** Number of cached tokens. */
+  get size (): number {
+    return this.#entries.size
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * The error catalogue: every error tenant-proxy raises or answers with has a stable code here.
+ * Codes are `TENANT_PROXY_ERR_<AREA>_<PROBLEM>`; responses and CLI output carry the code so
+ * operators can grep for it, and docs/errors.md lists each one (a test checks that).
+ */
+
+/** One catalogue entry: HTTP status (for request errors) and a message template with %s slots. */
+export interface ErrorSpec {
+  readonly status: number
+  readonly message: string
+}
+
+export const ERRORS = {
+  // Configuration (startup): the process exits non-zero.
+  TENANT_PROXY_ERR_CONFIG_INVALID: { status: 500, message: 'invalid configuration: %s' },
+  TENANT_PROXY_ERR_CONFIG_FILE: { status: 500, message: 'cannot read config file %s: %s' },
+
+  // Registry (CLI and proxy).
+  TENANT_PROXY_ERR_REGISTRY_UNREACHABLE: { status: 503, message: 'registry database unreachable: %s' },
+  TENANT_PROXY_ERR_REGISTRY_NOT_MIGRATED: { status: 503, message: 'registry schema %s is not migrated; run `tenant-proxy migrate`' },
+  TENANT_PROXY_ERR_REGISTRY_SCHEMA_NEWER: { status: 500, message: 'registry schema is at version %s but this tenant-proxy knows only up to %s; upgrade tenant-proxy' },
+  TENANT_PROXY_ERR_REGISTRY_EMBEDDED: { status: 500, message: 'embedded registry failed: %s' },
+  TENANT_PROXY_ERR_TENANT_NOT_FOUND: { status: 404, message: 'no tenant %s' },
+  TENANT_PROXY_ERR_TENANT_EXISTS: { status: 409, message: 'tenant %s already exists' },
+  TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN: { status: 409, message: 'database %s is already used by tenant %s' },
+  TENANT_PROXY_ERR_TENANT_INVALID: { status: 400, message: '%s' },
+  TENANT_PROXY_ERR_DOMAIN_TAKEN: { status: 409, message: 'domain %s already belongs to tenant %s' },
+  TENANT_PROXY_ERR_DOMAIN_NOT_FOUND: { status: 404, message: 'no domain %s' },
+  TENANT_PROXY_ERR_DOMAIN_LAST: { status: 409, message: 'domain %s is the last domain of tenant %s; add another first or remove the tenant' },
+
+  // Host canonicalization.
+  TENANT_PROXY_ERR_HOST_INVALID: { status: 400, message: 'invalid host %s: %s' },
+
+  // CLI usage.
+  TENANT_PROXY_ERR_CLI_USAGE: { status: 400, message: '%s' },
+  TENANT_PROXY_ERR_CLI_CONFIRM: { status: 400, message: '%s' },
+
+  // Descriptor signing and verification.
+  TENANT_PROXY_ERR_KEY_INVALID: { status: 500, message: 'descriptor key %s: %s' },
+  TENANT_PROXY_ERR_DESCRIPTOR_INVALID: { status: 400, message: 'descriptor rejected: %s' },
+
+  // Request handling (traffic listener).
+  TENANT_PROXY_ERR_BAD_REQUEST: { status: 400, message: 'Bad request: %s' },
+  TENANT_PROXY_ERR_UNKNOWN_HOST: { status: 404, message: 'No tenant is configured for this host' },
+  TENANT_PROXY_ERR_TENANT_SUSPENDED: { status: 403, message: 'This tenant is suspended' },
+  TENANT_PROXY_ERR_TENANT_MAINTENANCE: { status: 503, message: 'This tenant is under maintenance; retry later' },
+  TENANT_PROXY_ERR_REGISTRY_NOT_LOADED: { status: 503, message: 'The tenant registry is not loaded yet; retry later' },
+  TENANT_PROXY_ERR_UPSTREAM_CONNECT: { status: 502, message: 'The upstream application could not be reached' },
+  TENANT_PROXY_ERR_UPSTREAM_TIMEOUT: { status: 504, message: 'The upstream application did not answer in time' },
+  TENANT_PROXY_ERR_UPSTREAM_FAILED: { status: 502, message: 'The upstream application failed to answer' },
+  TENANT_PROXY_ERR_UPSTREAM_POOL_UNKNOWN: { status: 502, message: 'This tenant names an upstream pool this proxy does not know' },
+  TENANT_PROXY_ERR_INTERNAL: { status: 500, message: 'Internal proxy error' }
+} as const satisfies Record<string, ErrorSpec>
+
+export type ErrorCode = keyof typeof ERRORS
+
+/** An error with a catalogue code; `status` is the HTTP status a request handler answers with. */
+export class TenantProxyError extends Error {
+  readonly code: ErrorCode
+  readonly status: number
+
+  constructor (code: ErrorCode, args: readonly (string | number)[] = [], options?: { cause?: unknown }) {
+    super(format(ERRORS[code].message, args), options)
+    this.name = 'TenantProxyError'
+    this.code = code
+    this.status = ERRORS[code].status
+  }
+}
+
+/** Builds a catalogue error; the one way code in this project creates errors it owns. */
+export function tpError (code: ErrorCode, args: readonly (string | number)[] = [], cause?: unknown): TenantProxyError {
+  return new TenantProxyError(code, args, cause === undefined ? undefined : { cause })
+}
+
+/** True when `err` is a catalogue error, optionally with the given code. */
+export function isTpError (err: unknown, code?: ErrorCode): err is TenantProxyError {
+  return err instanceof TenantProxyError && (code === undefined || err.code === code)
+}
+
+function format (template: string, args: readonly (string | number)[]): string {
+  let i = 0
+  return template.replace(/%s/g, () => String(args[i++] ?? ''))
+}

@@ -1,0 +1,68 @@
+/**
+ * The ops listener: metrics, readiness and the descriptor key set. It is a separate listener so
+ * none of this is reachable through a tenant's host on the traffic port.
+ */
+import Fastify from 'fastify'
+import type { Logger } from 'pino'
+import type { Keyring } from '../descriptor/keyring.js'
+import type { ProxyState } from '../proxy/state.js'
+import type { ProxyMetrics } from './metrics.js'
+import { probeOrigins, type OriginProbe } from './upstream-probe.js'
+
+/** What the ops app reads. */
+export interface OpsDeps {
+  readonly state: ProxyState
+  readonly metrics: ProxyMetrics
+  readonly keyring: Keyring
+  readonly origins: readonly string[]
+  readonly logger: Logger
+  readonly probeTimeoutMs: number
+}
+
+export const JWKS_PATH = '/.well-known/tenant-proxy/jwks.json'
+
+/** Builds the ops app (not listening). */
+export function buildOpsApp (deps: OpsDeps) {
+  const app = Fastify({ loggerInstance: deps.logger.child({ listener: 'ops' }), disableRequestLogging: true })
+
+  app.get('/metrics', async (_request, reply) => {
+    const body = await deps.metrics.registry.metrics()
+    return reply.type(deps.metrics.registry.contentType).send(body)
+  })
+
+  app.get('/ready', async (_request, reply) => {
+    const { state } = deps
+    const index = state.index
+    const upstreams: OriginProbe[] = await probeOrigins(deps.origins, deps.probeTimeoutMs)
+    const reachable = upstreams.some((u) => u.reachable)
+    const ready = index !== null && !state.draining && reachable
+    const now = Date.now()
+    return reply.code(ready ? 200 : 503).header('cache-control', 'no-store').send({
+      status: ready ? 'ready' : state.draining ? 'draining' : index === null ? 'starting' : 'upstream_unreachable',
+      draining: state.draining,
+      registry: index === null
+        ? { loaded: false }
+        : {
+            loaded: true,
+            version: index.version,
+            tenants: index.bySlug.size,
+            domains: index.byHost.size,
+            loadedAt: new Date(index.loadedAt).toISOString(),
+            snapshotAgeSeconds: Math.round((now - index.loadedAt) / 100) / 10
+          },
+      upstreams
+    })
+  })
+
+  app.get('/up', async (_request, reply) => {
+    const up = deps.state.index !== null && !deps.state.draining
+    return reply.code(up ? 200 : 503).send({ status: up ? 'ok' : deps.state.draining ? 'draining' : 'starting' })
+  })
+
+  app.get(JWKS_PATH, async (_request, reply) => {
+    // Short cache: rotation publishes the next key ahead of use, so verifiers refetch in time.
+    return reply.header('cache-control', 'public, max-age=60').send(deps.keyring.jwks())
+  })
+
+  return app
+}

@@ -1,0 +1,86 @@
+/**
+ * Prometheus metrics of one proxy process (own registry, never prom-client's global one, so tests
+ * and several apps in one process do not collide). No per-host or per-tenant labels: label sets
+ * stay bounded whatever the number of tenants.
+ */
+import client from 'prom-client'
+
+/** How a request ended, as counted and logged. */
+export type Outcome = 'routed' | 'unknown_host' | 'suspended' | 'maintenance' | 'passthrough' | 'health' | 'bad_request' | 'registry_unavailable'
+
+export const OUTCOMES: readonly Outcome[] = ['routed', 'unknown_host', 'suspended', 'maintenance', 'passthrough', 'health', 'bad_request', 'registry_unavailable']
+const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
+
+/** Kinds of upstream failure. */
+export type UpstreamErrorKind = 'connect' | 'timeout' | 'reset' | 'other'
+
+/** The proxy's metrics, with label children bound once so the hot path does no label hashing. */
+export class ProxyMetrics {
+  readonly registry = new client.Registry()
+  readonly #requests: client.Counter<'outcome' | 'status_class'>
+  readonly #requestChildren = new Map<string, client.Counter.Internal>()
+  readonly #duration: client.Histogram<'outcome'>
+  readonly #durationChildren = new Map<Outcome, client.Histogram.Internal<'outcome'>>()
+  readonly upstreamDuration: client.Histogram
+  readonly inFlight: client.Gauge
+  readonly registryTenants: client.Gauge
+  readonly registryDomains: client.Gauge
+  readonly registryVersion: client.Gauge
+  readonly registryLastLoad: client.Gauge
+  readonly registryLoads: client.Counter<'result'>
+  readonly descriptorSignatures: client.Counter
+  readonly upstreamErrors: client.Counter<'kind'>
+  readonly draining: client.Gauge
+
+  constructor () {
+    const registers = [this.registry]
+    client.collectDefaultMetrics({ register: this.registry })
+    this.#requests = new client.Counter({ name: 'tenant_proxy_requests_total', help: 'Requests on the traffic listener by outcome and status class.', labelNames: ['outcome', 'status_class'], registers })
+    this.#duration = new client.Histogram({
+      name: 'tenant_proxy_request_duration_seconds',
+      help: 'Time from request start to response end on the traffic listener.',
+      labelNames: ['outcome'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers
+    })
+    this.upstreamDuration = new client.Histogram({
+      name: 'tenant_proxy_upstream_duration_seconds',
+      help: 'Time from forwarding a request to receiving the upstream response headers.',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers
+    })
+    this.inFlight = new client.Gauge({ name: 'tenant_proxy_requests_in_flight', help: 'Requests being handled on the traffic listener.', registers })
+    this.registryTenants = new client.Gauge({ name: 'tenant_proxy_registry_tenants', help: 'Tenants in the loaded registry index.', registers })
+    this.registryDomains = new client.Gauge({ name: 'tenant_proxy_registry_domains', help: 'Domains in the loaded registry index.', registers })
+    this.registryVersion = new client.Gauge({ name: 'tenant_proxy_registry_version', help: 'Registry change version of the loaded index.', registers })
+    this.registryLastLoad = new client.Gauge({ name: 'tenant_proxy_registry_last_load_timestamp_seconds', help: 'Unix time of the last successful registry load.', registers })
+    this.registryLoads = new client.Counter({ name: 'tenant_proxy_registry_loads_total', help: 'Registry snapshot loads by result.', labelNames: ['result'], registers })
+    this.descriptorSignatures = new client.Counter({ name: 'tenant_proxy_descriptor_signatures_total', help: 'Descriptors signed (cache misses and refreshes).', registers })
+    this.upstreamErrors = new client.Counter({ name: 'tenant_proxy_upstream_errors_total', help: 'Upstream failures by kind.', labelNames: ['kind'], registers })
+    this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
+
+    // Pre-create every series so dashboards see zeros instead of gaps, and bind children once.
+    for (const outcome of OUTCOMES) {
+      this.#durationChildren.set(outcome, this.#duration.labels(outcome))
+      for (const cls of STATUS_CLASSES) this.#requestChildren.set(outcome + cls, this.#requests.labels(outcome, cls))
+    }
+    for (const kind of ['connect', 'timeout', 'reset', 'other'] as const) this.upstreamErrors.labels(kind)
+    for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result)
+  }
+
+  /** Counts one finished request. */
+  observeRequest (outcome: Outcome, status: number, seconds: number): void {
+    const cls = status >= 500 ? '5xx' : status >= 400 ? '4xx' : status >= 300 ? '3xx' : status >= 200 ? '2xx' : '1xx'
+    this.#requestChildren.get(outcome + cls)?.inc()
+    this.#durationChildren.get(outcome)?.observe(seconds)
+  }
+
+  /** Records a registry index being loaded. */
+  observeRegistryLoad (index: { version: number, loadedAt: number, byHost: { size: number }, bySlug: { size: number } }): void {
+    this.registryTenants.set(index.bySlug.size)
+    this.registryDomains.set(index.byHost.size)
+    this.registryVersion.set(index.version)
+    this.registryLastLoad.set(index.loadedAt / 1000)
+    this.registryLoads.labels('ok').inc()
+  }
+}

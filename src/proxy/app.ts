@@ -1,0 +1,326 @@
+/**
+ * The traffic listener's Fastify app. One request, top to bottom:
+ *   1. rewriteUrl: an absolute-form target (RFC 9112 section 3.2.2) gives the authority
+ *   2. health path → answered for any Host, before tenant resolution (routes below)
+ *   3. preHandler: canonical host → route decision from the in-memory index → 4xx/5xx or continue
+ *   4. rewriteRequestHeaders: scrub client headers, set forwarding headers, inject the descriptor
+ *   5. @fastify/http-proxy (undici) streams the request and response both ways
+ *   6. onResponse: one log line and the metrics
+ * buildTrafficApp() never listens and reads no environment; server.ts owns that.
+ */
+import { randomUUID } from 'node:crypto'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import httpProxy from '@fastify/http-proxy'
+import type { IncomingHttpHeaders } from 'node:http'
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import type { Logger } from 'pino'
+import type { Agent } from 'undici'
+import type { Config } from '../config/load.js'
+import type { DescriptorCache } from '../descriptor/sign.js'
+import { tpError } from '../errors.js'
+import type { Outcome, ProxyMetrics, UpstreamErrorKind } from '../ops/metrics.js'
+import type { Route } from '../registry/index.js'
+import { canonicalHost } from '../routing/host.js'
+import { Resolver } from '../routing/resolve.js'
+import { sendError } from './error-reply.js'
+import { isWellFormedRequestId, lastListEntry, scrubInbound, scrubOutbound, setForwardingHeaders, type HeaderMap } from './headers.js'
+import type { ProxyState } from './state.js'
+import { TrustedPeers } from './trusted-peers.js'
+import { UpstreamPools } from './upstream-pools.js'
+
+/** What the traffic app needs; all built once at start by server.ts. */
+export interface TrafficDeps {
+  readonly config: Config
+  readonly state: ProxyState
+  readonly descriptors: DescriptorCache
+  readonly metrics: ProxyMetrics
+  readonly logger: Logger
+  readonly dispatcher: Agent
+}
+
+/** Per-request data the hooks share. */
+interface Flow {
+  outcome: Outcome
+  host: string
+  tenant: string | null
+  route: Route | null
+  descriptor: string | null
+  origin: string
+  start: number
+  upstreamStart: number
+  upstreamMs: number | null
+  done: boolean
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    tp: Flow
+  }
+}
+
+/** nginx's convention, understood by every log tool: the client closed the connection before the answer. */
+const CLIENT_CLOSED = 499
+
+/** Symbol on the raw request: the authority of an absolute-form request target. */
+const kAbsoluteAuthority = Symbol('tenant-proxy.absoluteAuthority')
+type RawWithAuthority = IncomingMessage & { [kAbsoluteAuthority]?: string }
+
+/** Builds the traffic app (not listening). */
+export function buildTrafficApp (deps: TrafficDeps) {
+  const { config, state, descriptors, metrics, logger } = deps
+  const headerName = config.descriptor.header.toLowerCase()
+  const resolver = new Resolver(config.routing)
+  const trusted = new TrustedPeers(config.traffic.trustedProxies)
+  const pools = new UpstreamPools(config.upstream)
+  const hostHeader = config.upstream.hostHeader
+  const retryAfter = config.routing.maintenanceRetryAfterS
+
+  const app = Fastify({
+    loggerInstance: logger,
+    disableRequestLogging: true,
+    requestIdHeader: false,
+    requestIdLogLabel: 'reqId',
+    genReqId: (req) => {
+      const inbound = req.headers['x-request-id']
+      return trusted.has(req.socket.remoteAddress) && isWellFormedRequestId(inbound) ? inbound : randomUUID()
+    },
+    rewriteUrl: (req) => absoluteFormPath(req as RawWithAuthority),
+    return503OnClosing: true,
+    serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => createServer({
+      maxHeaderSize: config.traffic.maxHeaderBytes,
+      headersTimeout: config.traffic.requestHeadersTimeoutMs,
+      keepAliveTimeout: config.traffic.keepAliveTimeoutMs,
+      // Uploads may be long; undici's body timeout bounds stalled ones on the upstream side.
+      requestTimeout: 0
+    }, handler),
+    routerOptions: { maxParamLength: 2048 }
+  })
+
+  app.decorateRequest('tp', null as unknown as Flow)
+
+  app.addHook('onRequest', (request, reply, done) => {
+    request.tp = { outcome: 'bad_request', host: '', tenant: null, route: null, descriptor: null, origin: '', start: performance.now(), upstreamStart: 0, upstreamMs: null, done: false }
+    metrics.inFlight.inc()
+    // 'close' fires for finished responses and for connections the client dropped mid-way, even
+    // when no Fastify hook runs (the upstream has not answered yet).
+    reply.raw.once('close', () => finish(request, reply.raw.writableFinished ? reply.statusCode : CLIENT_CLOSED))
+    done()
+  })
+  app.addHook('onResponse', (request, reply, done) => {
+    finish(request, reply.raw.writableFinished ? reply.statusCode : CLIENT_CLOSED)
+    done()
+  })
+
+  function finish (request: FastifyRequest, status: number): void {
+    const tp = request.tp
+    if (tp === null || tp.done) return
+    tp.done = true
+    const elapsedMs = performance.now() - tp.start
+    metrics.inFlight.dec()
+    metrics.observeRequest(tp.outcome, status, elapsedMs / 1000)
+    request.log.info({ host: tp.host, tenant: tp.tenant, outcome: tp.outcome, status, ms: round(elapsedMs), upstreamMs: tp.upstreamMs === null ? null : round(tp.upstreamMs) }, 'request')
+  }
+
+  app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
+    const status = err.statusCode ?? 500
+    if (status < 500) {
+      request.tp.outcome = 'bad_request'
+      return sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { status: status >= 400 ? status : 400, detail: err.message })
+    }
+    request.log.error({ err }, 'request failed inside the proxy')
+    return sendError(request, reply, 'TENANT_PROXY_ERR_INTERNAL')
+  })
+
+  // 2. Health: for any Host, never resolving a tenant, never touching a tenant database.
+  const health = (request: FastifyRequest, reply: FastifyReply): FastifyReply => {
+    request.tp.outcome = 'health'
+    request.tp.host = request.headers.host ?? ''
+    const up = state.index !== null && !state.draining
+    return reply.code(up ? 200 : 503).header('cache-control', 'no-store').type('application/json; charset=utf-8')
+      .send(up ? '{"status":"ok"}\n' : `{"status":"${state.draining ? 'draining' : 'starting'}"}\n`)
+  }
+  app.get(config.traffic.healthPath, health)
+
+  // 3-5. Everything else is tenant traffic.
+  void app.register(httpProxy, {
+    upstream: '',
+    prefix: '/',
+    disableRequestLogging: true,
+    undici: deps.dispatcher,
+    preHandler: (request, reply, done) => {
+      route(request, reply)
+      done()
+    },
+    replyOptions: {
+      getUpstream: (request) => request.tp.origin,
+      rewriteRequestHeaders: (request, headers) => upstreamHeaders(request as FastifyRequest, headers as HeaderMap) as IncomingHttpHeaders,
+      rewriteHeaders: (headers, request) => {
+        scrubOutbound(headers, headerName)
+        if (request !== undefined) (headers as HeaderMap)['x-request-id'] = request.id
+        return headers
+      },
+      onResponse: (request, reply, res) => {
+        request.tp.upstreamMs = performance.now() - request.tp.upstreamStart
+        metrics.upstreamDuration.observe(request.tp.upstreamMs / 1000)
+        void reply.send((res as unknown as { stream: NodeJS.ReadableStream }).stream)
+      },
+      onError: (reply, { error }) => {
+        upstreamFailed(reply.request as FastifyRequest, reply as FastifyReply, error)
+      }
+    }
+  })
+
+  /** Step 3: decide, or answer right here. */
+  function route (request: FastifyRequest, reply: FastifyReply): void {
+    const tp = request.tp
+    const peerTrusted = trusted.has(request.socket.remoteAddress)
+    const raw = request.raw as RawWithAuthority
+    const xfh = request.headers['x-forwarded-host']
+    // RFC 9112 section 3.2.2: an absolute-form target's authority wins over Host. X-Forwarded-Host
+    // counts only from a trusted hop, and then its last entry (the one that hop wrote).
+    const hostValue = raw[kAbsoluteAuthority] ?? (peerTrusted && typeof xfh === 'string' && xfh !== '' ? lastListEntry(xfh) : request.headers.host)
+    if (hostValue === undefined || hostValue === '') {
+      tp.outcome = 'bad_request'
+      sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'missing Host header' })
+      return
+    }
+    if (hasDuplicateHost(raw.rawHeaders)) {
+      // RFC 9112 section 3.2: more than one Host field must be answered with 400 (Node keeps the first).
+      tp.outcome = 'bad_request'
+      sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'more than one Host header' })
+      return
+    }
+    const canonical = canonicalHost(hostValue)
+    if (!canonical.ok) {
+      tp.outcome = 'bad_request'
+      tp.host = hostValue.slice(0, 255)
+      sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: `invalid Host (${canonical.reason})` })
+      return
+    }
+    tp.host = canonical.host
+    if (!isDecodablePath(request.url)) {
+      tp.outcome = 'bad_request'
+      sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'malformed percent-encoding in the request target' })
+      return
+    }
+    const index = state.index
+    if (index === null) {
+      tp.outcome = 'registry_unavailable'
+      sendError(request, reply, 'TENANT_PROXY_ERR_REGISTRY_NOT_LOADED', { retryAfterS: 5 })
+      return
+    }
+    const decision = resolver.resolve(index, canonical.host)
+    if (decision.kind === 'unknown') {
+      tp.outcome = 'unknown_host'
+      sendError(request, reply, 'TENANT_PROXY_ERR_UNKNOWN_HOST')
+      return
+    }
+    if (decision.kind === 'passthrough') {
+      tp.outcome = 'passthrough'
+      tp.origin = pools.next(null) as string
+      return
+    }
+    const r = decision.route
+    tp.tenant = r.slug
+    if (r.state === 'suspended') {
+      tp.outcome = 'suspended'
+      sendError(request, reply, 'TENANT_PROXY_ERR_TENANT_SUSPENDED')
+      return
+    }
+    if (r.state === 'maintenance') {
+      tp.outcome = 'maintenance'
+      sendError(request, reply, 'TENANT_PROXY_ERR_TENANT_MAINTENANCE', { retryAfterS: retryAfter })
+      return
+    }
+    const origin = pools.next(r.upstream)
+    if (origin === undefined) {
+      tp.outcome = 'routed'
+      request.log.error({ tenant: r.slug, upstream: r.upstream }, 'tenant names an upstream pool missing from upstream.pools')
+      sendError(request, reply, 'TENANT_PROXY_ERR_UPSTREAM_POOL_UNKNOWN')
+      return
+    }
+    tp.outcome = 'routed'
+    tp.route = r
+    tp.origin = origin
+    tp.descriptor = descriptors.get(r, canonical.host)
+  }
+
+  /** Step 4: the headers the upstream sees. */
+  function upstreamHeaders (request: FastifyRequest, headers: HeaderMap): HeaderMap {
+    const tp = request.tp
+    scrubInbound(headers, headerName)
+    const clientHost = request.headers.host ?? tp.host
+    headers.host = hostHeader ?? clientHost
+    setForwardingHeaders(headers, {
+      peer: request.socket.remoteAddress ?? '',
+      trusted: trusted.has(request.socket.remoteAddress),
+      host: clientHost,
+      requestId: request.id
+    })
+    if (tp.descriptor !== null) headers[headerName] = tp.descriptor
+    tp.upstreamStart = performance.now()
+    return headers
+  }
+
+  function upstreamFailed (request: FastifyRequest, reply: FastifyReply, error: Error & { cause?: unknown }): void {
+    const cause = (error.cause ?? error) as { code?: string }
+    const kind = upstreamErrorKind(cause.code, (error as { code?: string }).code)
+    metrics.upstreamErrors.labels(kind).inc()
+    request.log.warn({ tenant: request.tp.tenant, kind, err: tpError('TENANT_PROXY_ERR_UPSTREAM_FAILED', [], error) }, 'upstream request failed')
+    if (reply.sent) return
+    sendError(request, reply, kind === 'timeout' ? 'TENANT_PROXY_ERR_UPSTREAM_TIMEOUT' : kind === 'connect' ? 'TENANT_PROXY_ERR_UPSTREAM_CONNECT' : 'TENANT_PROXY_ERR_UPSTREAM_FAILED')
+  }
+
+  return app
+}
+
+/** Maps undici/reply-from error codes to the kinds counted in metrics. */
+export function upstreamErrorKind (causeCode: string | undefined, wrapperCode: string | undefined): UpstreamErrorKind {
+  const code = causeCode ?? wrapperCode ?? ''
+  if (['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT', 'ERR_TLS_CERT_ALTNAME_INVALID'].includes(code)) return 'connect'
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || wrapperCode === 'FST_REPLY_FROM_GATEWAY_TIMEOUT') return 'timeout'
+  if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' || code === 'EPIPE') return 'reset'
+  return 'other'
+}
+
+/** rewriteUrl: keeps origin-form targets, turns absolute-form into origin-form and remembers the authority. */
+function absoluteFormPath (req: RawWithAuthority): string {
+  const url = req.url ?? '/'
+  if (url.charCodeAt(0) === 47 /* '/' */) return url
+  if (/^https?:\/\//i.test(url)) {
+    try {
+      const parsed = new URL(url)
+      req[kAbsoluteAuthority] = parsed.host
+      return parsed.pathname + parsed.search
+    } catch {
+      return url
+    }
+  }
+  return url
+}
+
+function hasDuplicateHost (rawHeaders: readonly string[]): boolean {
+  let seen = false
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i] as string
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      if (seen) return true
+      seen = true
+    }
+  }
+  return false
+}
+
+function isDecodablePath (url: string): boolean {
+  if (!url.includes('%')) return true
+  try {
+    decodeURIComponent(url)
+    return true
+  } catch {
+    return false
+  }
+}
+
+function round (ms: number): number {
+  return Math.round(ms * 100) / 100
+}

@@ -1,0 +1,71 @@
+/**
+ * Opens the registry database: the configured URL, or the embedded PostgreSQL when none is set.
+ */
+import pg from 'pg'
+import type { Config } from '../config/load.js'
+import { tpError } from '../errors.js'
+import { startEmbeddedRegistry, type EmbeddedRegistry } from './embedded.js'
+import { RegistryStore } from './store.js'
+
+/** A log sink the registry connection reports to (pino's logger fits). */
+export interface RegistryLogger {
+  debug (msg: string): void
+  info (msg: string): void
+  warn (msg: string): void
+}
+
+/** An open registry: pool, SQL store and whatever must be closed with it. */
+export interface RegistryConnection {
+  readonly pool: pg.Pool
+  readonly store: RegistryStore
+  readonly schema: string
+  /** Connection string (with password): for dedicated clients such as the change feed; never log it. */
+  readonly url: string
+  readonly embedded: boolean
+  close (): Promise<void>
+}
+
+/** Connects to the registry (starting the embedded one when no URL is configured) and checks it answers. */
+export async function openRegistry (config: Config, logger: RegistryLogger, opts: { max?: number } = {}): Promise<RegistryConnection> {
+  const registry = config.registry
+  let embedded: EmbeddedRegistry | null = null
+  let url = registry.databaseUrl
+  if (url === null) {
+    embedded = await startEmbeddedRegistry({ dataDir: registry.embedded.dataDir, port: registry.embedded.port, logger })
+    url = embedded.url
+  }
+  const pool = new pg.Pool({
+    connectionString: url,
+    application_name: registry.applicationName,
+    connectionTimeoutMillis: registry.connectTimeoutMs,
+    statement_timeout: registry.statementTimeoutMs,
+    max: opts.max ?? 4
+  })
+  // An idle client that loses its server emits 'error' on the pool; without a listener Node would crash.
+  pool.on('error', (err) => logger.warn(`registry connection lost: ${err.message}`))
+  try {
+    await pool.query('SELECT 1')
+  } catch (err) {
+    await pool.end().catch(() => undefined)
+    await embedded?.stop()
+    throw tpError('TENANT_PROXY_ERR_REGISTRY_UNREACHABLE', [describeError(err)], err)
+  }
+  return {
+    pool,
+    store: new RegistryStore(pool, registry.schema),
+    schema: registry.schema,
+    url,
+    embedded: embedded !== null,
+    async close () {
+      await pool.end()
+      await embedded?.stop()
+    }
+  }
+}
+
+/** A pg/network error as one line without credentials. */
+export function describeError (err: unknown): string {
+  const e = err as { code?: string, message?: string }
+  const message = (e.message ?? String(err)).replace(/postgres(ql)?:\/\/[^\s]*/g, 'postgres://[redacted]')
+  return e.code !== undefined && !message.includes(e.code) ? `${message} (${e.code})` : message
+}

@@ -1,0 +1,17 @@
+/**
+ * The registry's schema migrations, in order. Each is SQL text for one schema name; never edit a
+ * released migration, add a new one (the runner records applied versions in schema_migrations).
+ */
+import { initial } from './001-initial.js'
+
+/** One versioned migration; `sql` gets the quoted schema identifier and the NOTIFY channel. */
+export interface Migration {
+  readonly version: number
+  readonly name: string
+  sql (schema: string, channel: string): string
+}
+
+export const MIGRATIONS: readonly Migration[] = [initial]
+
+/** The newest version this build knows. */
+export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0

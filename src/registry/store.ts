@@ -1,0 +1,254 @@
+/**
+ * All SQL against the tenant registry. Every write is one transaction; database errors are mapped
+ * to catalogue errors that name the conflicting value, so the CLI can print one clear line.
+ */
+import type pg from 'pg'
+import { tpError } from '../errors.js'
+import type { TenantState } from './names.js'
+import { quoteIdent } from './sql.js'
+
+export type DomainKind = 'primary' | 'alias'
+
+/** A tenant as the CLI shows it (`--json` output is this shape, keys in this order). */
+export interface TenantRecord {
+  slug: string
+  state: TenantState
+  database_name: string
+  database_host: string | null
+  database_port: number | null
+  upstream: string | null
+  epoch: number
+  settings: Record<string, unknown>
+  domains: Array<{ hostname: string, kind: DomainKind }>
+  created_at: string
+  updated_at: string
+}
+
+/** Input of `tenants add`; hostnames must already be canonical. */
+export interface NewTenant {
+  slug: string
+  databaseName: string
+  databaseHost: string | null
+  databasePort: number | null
+  state: TenantState
+  upstream: string | null
+  settings: Record<string, unknown>
+  domains: readonly string[]
+}
+
+/** Fields `tenants update` may change; undefined leaves a field as it is, null clears it. */
+export interface TenantPatch {
+  databaseName?: string
+  databaseHost?: string | null
+  databasePort?: number | null
+  state?: TenantState
+  upstream?: string | null
+  settings?: Record<string, unknown>
+  epoch?: 'bump'
+}
+
+/** A consistent copy of the whole registry, read in one snapshot transaction. */
+export interface RegistrySnapshot {
+  version: number
+  tenants: Array<{ id: number, slug: string, databaseName: string, databaseHost: string | null, databasePort: number | null, state: TenantState, upstream: string | null, epoch: number }>
+  domains: Array<{ hostname: string, tenantId: number }>
+}
+
+/** SQL access to one registry schema over an injected pool. */
+export class RegistryStore {
+  readonly #pool: pg.Pool
+  readonly #s: string
+
+  constructor (pool: pg.Pool, schema: string) {
+    this.#pool = pool
+    this.#s = quoteIdent(schema)
+  }
+
+  /** Every tenant with its domains, by slug. */
+  async listTenants (): Promise<TenantRecord[]> {
+    const r = await this.#pool.query<TenantRecord>(`${this.#selectTenants()} ORDER BY t.slug`)
+    return r.rows.map(normalize)
+  }
+
+  /** The tenant with this slug, or the one owning this canonical hostname; null when none. */
+  async findTenant (slugOrHost: string): Promise<TenantRecord | null> {
+    const r = await this.#pool.query<TenantRecord>(
+      `${this.#selectTenants()} WHERE t.slug = $1 OR t.id = (SELECT tenant_id FROM ${this.#s}.domains WHERE hostname = $1)`, [slugOrHost])
+    const row = r.rows[0]
+    return row === undefined ? null : normalize(row)
+  }
+
+  /** Creates a tenant and its domains (the first is primary) in one transaction. */
+  async addTenant (input: NewTenant): Promise<TenantRecord> {
+    return await this.#tx(async (c) => {
+      const r = await c.query<{ id: string }>(
+        `INSERT INTO ${this.#s}.tenants (slug, database_name, database_host, database_port, state, upstream, settings)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+        [input.slug, input.databaseName, input.databaseHost, input.databasePort, input.state, input.upstream, JSON.stringify(input.settings)])
+      const id = r.rows[0]?.id
+      for (const [i, hostname] of input.domains.entries()) {
+        await c.query(`INSERT INTO ${this.#s}.domains (hostname, tenant_id, kind) VALUES ($1, $2, $3)`, [hostname, id, i === 0 ? 'primary' : 'alias'])
+      }
+      return await this.#mustFind(c, input.slug)
+    }, { slug: input.slug, databaseName: input.databaseName, domains: input.domains })
+  }
+
+  /** Changes the given fields of one tenant. */
+  async updateTenant (slug: string, patch: TenantPatch): Promise<TenantRecord> {
+    const sets: string[] = []
+    const values: unknown[] = []
+    const set = (column: string, value: unknown): void => {
+      values.push(value)
+      sets.push(`${column} = $${values.length}`)
+    }
+    if (patch.databaseName !== undefined) set('database_name', patch.databaseName)
+    if (patch.databaseHost !== undefined) set('database_host', patch.databaseHost)
+    if (patch.databasePort !== undefined) set('database_port', patch.databasePort)
+    if (patch.state !== undefined) set('state', patch.state)
+    if (patch.upstream !== undefined) set('upstream', patch.upstream)
+    if (patch.settings !== undefined) set('settings', JSON.stringify(patch.settings))
+    if (patch.epoch === 'bump') sets.push('epoch = epoch + 1')
+    if (sets.length === 0) throw tpError('TENANT_PROXY_ERR_CLI_USAGE', ['nothing to update: give at least one option such as --database or --state'])
+    return await this.#tx(async (c) => {
+      values.push(slug)
+      const r = await c.query(`UPDATE ${this.#s}.tenants SET ${sets.join(', ')} WHERE slug = $${values.length}`, values)
+      if (r.rowCount === 0) throw tpError('TENANT_PROXY_ERR_TENANT_NOT_FOUND', [slug])
+      return await this.#mustFind(c, slug)
+    }, { slug, databaseName: patch.databaseName ?? null, domains: [] })
+  }
+
+  /** Deletes a tenant and (by cascade) its domains; returns what was removed. */
+  async removeTenant (slug: string): Promise<TenantRecord> {
+    return await this.#tx(async (c) => {
+      const before = await this.#mustFind(c, slug)
+      await c.query(`DELETE FROM ${this.#s}.tenants WHERE slug = $1`, [slug])
+      return before
+    }, { slug, databaseName: null, domains: [] })
+  }
+
+  /** Adds a canonical hostname to a tenant; `primary` makes it the primary domain. */
+  async addDomain (slug: string, hostname: string, kind: DomainKind): Promise<TenantRecord> {
+    return await this.#tx(async (c) => {
+      const tenant = await c.query<{ id: string }>(`SELECT id FROM ${this.#s}.tenants WHERE slug = $1 FOR UPDATE`, [slug])
+      const id = tenant.rows[0]?.id
+      if (id === undefined) throw tpError('TENANT_PROXY_ERR_TENANT_NOT_FOUND', [slug])
+      if (kind === 'primary') await c.query(`UPDATE ${this.#s}.domains SET kind = 'alias' WHERE tenant_id = $1 AND kind = 'primary'`, [id])
+      const hasPrimary = await c.query(`SELECT 1 FROM ${this.#s}.domains WHERE tenant_id = $1 AND kind = 'primary'`, [id])
+      await c.query(`INSERT INTO ${this.#s}.domains (hostname, tenant_id, kind) VALUES ($1, $2, $3)`,
+        [hostname, id, hasPrimary.rowCount === 0 ? 'primary' : 'alias'])
+      return await this.#mustFind(c, slug)
+    }, { slug, databaseName: null, domains: [hostname] })
+  }
+
+  /** Removes a hostname; the oldest alias becomes primary when the primary goes. The last domain stays. */
+  async removeDomain (hostname: string): Promise<TenantRecord> {
+    return await this.#tx(async (c) => {
+      const r = await c.query<{ tenant_id: string, kind: DomainKind, slug: string }>(
+        `SELECT d.tenant_id, d.kind, t.slug FROM ${this.#s}.domains d JOIN ${this.#s}.tenants t ON t.id = d.tenant_id
+         WHERE d.hostname = $1 FOR UPDATE OF t`, [hostname])
+      const row = r.rows[0]
+      if (row === undefined) throw tpError('TENANT_PROXY_ERR_DOMAIN_NOT_FOUND', [hostname])
+      const count = await c.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${this.#s}.domains WHERE tenant_id = $1`, [row.tenant_id])
+      if ((count.rows[0]?.n ?? 0) <= 1) throw tpError('TENANT_PROXY_ERR_DOMAIN_LAST', [hostname, row.slug])
+      await c.query(`DELETE FROM ${this.#s}.domains WHERE hostname = $1`, [hostname])
+      if (row.kind === 'primary') {
+        await c.query(`UPDATE ${this.#s}.domains SET kind = 'primary' WHERE hostname =
+          (SELECT hostname FROM ${this.#s}.domains WHERE tenant_id = $1 ORDER BY created_at, hostname LIMIT 1)`, [row.tenant_id])
+      }
+      return await this.#mustFind(c, row.slug)
+    }, { slug: null, databaseName: null, domains: [hostname] })
+  }
+
+  /** Reads the whole registry at one point in time, for the proxy's in-memory index. */
+  async snapshot (): Promise<RegistrySnapshot> {
+    const c = await this.#pool.connect()
+    try {
+      // REPEATABLE READ: version, tenants and domains come from the same instant.
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+      const v = await c.query<{ version: string }>(`SELECT version FROM ${this.#s}.registry_state`)
+      const t = await c.query<[string, string, string, string | null, number | null, TenantState, string | null, string]>({
+        text: `SELECT id, slug, database_name, database_host, database_port, state, upstream, epoch FROM ${this.#s}.tenants`,
+        rowMode: 'array'
+      })
+      const d = await c.query<[string, string]>({ text: `SELECT hostname, tenant_id FROM ${this.#s}.domains`, rowMode: 'array' })
+      await c.query('COMMIT')
+      return {
+        version: Number(v.rows[0]?.version ?? 0),
+        tenants: t.rows.map(([id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch]) =>
+          ({ id: Number(id), slug, databaseName, databaseHost, databasePort, state, upstream, epoch: Number(epoch) })),
+        domains: d.rows.map(([hostname, tenantId]) => ({ hostname, tenantId: Number(tenantId) }))
+      }
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined)
+      throw err
+    } finally {
+      c.release()
+    }
+  }
+
+  /** Registry version and row counts. */
+  async status (): Promise<{ version: number, tenants: number, domains: number }> {
+    const r = await this.#pool.query<{ version: string, tenants: number, domains: number }>(
+      `SELECT (SELECT version FROM ${this.#s}.registry_state) AS version,
+              (SELECT count(*)::int FROM ${this.#s}.tenants) AS tenants,
+              (SELECT count(*)::int FROM ${this.#s}.domains) AS domains`)
+    const row = r.rows[0]
+    return { version: Number(row?.version ?? 0), tenants: row?.tenants ?? 0, domains: row?.domains ?? 0 }
+  }
+
+  #selectTenants (): string {
+    return `SELECT t.slug, t.state, t.database_name, t.database_host, t.database_port, t.upstream, t.epoch, t.settings,
+      coalesce((SELECT json_agg(json_build_object('hostname', d.hostname, 'kind', d.kind) ORDER BY d.kind DESC, d.hostname)
+                FROM ${this.#s}.domains d WHERE d.tenant_id = t.id), '[]'::json) AS domains,
+      to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
+      to_char(t.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS updated_at
+      FROM ${this.#s}.tenants t`
+  }
+
+  async #mustFind (c: pg.PoolClient, slug: string): Promise<TenantRecord> {
+    const r = await c.query<TenantRecord>(`${this.#selectTenants()} WHERE t.slug = $1`, [slug])
+    const row = r.rows[0]
+    if (row === undefined) throw tpError('TENANT_PROXY_ERR_TENANT_NOT_FOUND', [slug])
+    return normalize(row)
+  }
+
+  /** Runs `fn` in a transaction and turns constraint violations into catalogue errors. */
+  async #tx<T> (fn: (c: pg.PoolClient) => Promise<T>, subject: { slug: string | null, databaseName: string | null, domains: readonly string[] }): Promise<T> {
+    const c = await this.#pool.connect()
+    try {
+      await c.query('BEGIN')
+      const result = await fn(c)
+      await c.query('COMMIT')
+      return result
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined)
+      throw await this.#explain(err, subject)
+    } finally {
+      c.release()
+    }
+  }
+
+  async #explain (err: unknown, subject: { slug: string | null, databaseName: string | null, domains: readonly string[] }): Promise<unknown> {
+    const e = err as { code?: string, constraint?: string, detail?: string }
+    if (e.code === '23505') {
+      if (e.constraint === 'tenants_slug_key') return tpError('TENANT_PROXY_ERR_TENANT_EXISTS', [subject.slug ?? '?'], err)
+      if (e.constraint === 'domains_pkey') {
+        const taken = /\(hostname\)=\(([^)]+)\)/.exec(e.detail ?? '')?.[1] ?? subject.domains.join(', ')
+        const owner = await this.#pool.query<{ slug: string }>(
+          `SELECT t.slug FROM ${this.#s}.domains d JOIN ${this.#s}.tenants t ON t.id = d.tenant_id WHERE d.hostname = $1`, [taken])
+        return tpError('TENANT_PROXY_ERR_DOMAIN_TAKEN', [taken, owner.rows[0]?.slug ?? subject.slug ?? '?'], err)
+      }
+      if (e.constraint === 'tenants_database_location_key') {
+        const name = /, ([a-z0-9_]+)\)$/.exec(e.detail ?? '')?.[1] ?? subject.databaseName ?? '?'
+        const owner = await this.#pool.query<{ slug: string }>(`SELECT slug FROM ${this.#s}.tenants WHERE database_name = $1 ORDER BY slug LIMIT 1`, [name])
+        return tpError('TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN', [name, owner.rows[0]?.slug ?? '?'], err)
+      }
+    }
+    if (e.code === '23514') return tpError('TENANT_PROXY_ERR_TENANT_INVALID', [`value refused by registry constraint ${e.constraint ?? '?'}`], err)
+    return err
+  }
+}
+
+function normalize (row: TenantRecord): TenantRecord {
+  return { ...row, epoch: Number(row.epoch), database_port: row.database_port === null ? null : Number(row.database_port) }
+}

@@ -1,0 +1,182 @@
+import pg from 'pg'
+import t from 'tap'
+import { COMMANDS } from '../src/cli/run.js'
+import { runCli } from './helpers/cli.js'
+import { throwawayDatabase } from './helpers/postgres.js'
+
+/** Everything observable in the registry, to prove a failed command changed nothing. */
+async function registryState (url: string): Promise<unknown> {
+  const c = new pg.Client({ connectionString: url })
+  await c.connect()
+  try {
+    const tenants = await c.query('SELECT slug, database_name, database_host, database_port, state, upstream, epoch, settings, updated_at FROM tenant_proxy.tenants ORDER BY slug')
+    const domains = await c.query('SELECT hostname, kind, tenant_id FROM tenant_proxy.domains ORDER BY hostname')
+    const changes = await c.query('SELECT count(*)::int AS n FROM tenant_proxy.changes')
+    const version = await c.query('SELECT version FROM tenant_proxy.registry_state')
+    return { tenants: tenants.rows, domains: domains.rows, changes: changes.rows, version: version.rows }
+  } finally {
+    await c.end()
+  }
+}
+
+t.test('migrate: two concurrent runs on a new database both succeed, once applied', async (t) => {
+  const url = await throwawayDatabase(t)
+  const env = { REGISTRY_DATABASE_URL: url }
+  const [a, b] = await Promise.all([runCli(['migrate', '--json'], env), runCli(['migrate', '--json'], env)])
+  t.equal(a.code, 0, a.stderr)
+  t.equal(b.code, 0, b.stderr)
+  const applied = [JSON.parse(a.stdout), JSON.parse(b.stdout)].map((r: { applied: unknown[] }) => r.applied.length).sort()
+  t.same(applied, [0, 1], 'exactly one run applied the migration')
+  const again = await runCli(['migrate'], env)
+  t.equal(again.code, 0)
+  t.match(again.stdout, /up to date \(version 1\)/)
+  const c = new pg.Client({ connectionString: url })
+  await c.connect()
+  const rows = await c.query('SELECT version FROM tenant_proxy.schema_migrations')
+  await c.end()
+  t.same(rows.rows, [{ version: 1 }])
+})
+
+t.test('commands refuse an unmigrated registry', async (t) => {
+  const url = await throwawayDatabase(t)
+  const r = await runCli(['tenants', 'list'], { REGISTRY_DATABASE_URL: url })
+  t.equal(r.code, 1)
+  t.match(r.stderr, /not migrated; run `tenant-proxy migrate` \(TENANT_PROXY_ERR_REGISTRY_NOT_MIGRATED\)/)
+})
+
+t.test('tenant lifecycle: add with two domains, list, show, update, suspend, remove', async (t) => {
+  const url = await throwawayDatabase(t)
+  const env = { REGISTRY_DATABASE_URL: url }
+  t.equal((await runCli(['migrate'], env)).code, 0)
+
+  const added = await runCli(['tenants', 'add', 'acme', '--domain', 'ACME.example.com.', '--domain', 'acme.test:8080', '--database', 'acme_prod', '--settings', '{"plan":"pro"}', '--json'], env)
+  t.equal(added.code, 0, added.stderr)
+  const tenant = JSON.parse(added.stdout) as Record<string, unknown>
+  t.match(tenant, {
+    slug: 'acme', state: 'active', database_name: 'acme_prod', database_host: null, database_port: null, upstream: null, epoch: 1,
+    settings: { plan: 'pro' },
+    domains: [{ hostname: 'acme.example.com', kind: 'primary' }, { hostname: 'acme.test', kind: 'alias' }]
+  })
+  t.same(Object.keys(tenant), ['slug', 'state', 'database_name', 'database_host', 'database_port', 'upstream', 'epoch', 'settings', 'domains', 'created_at', 'updated_at'], 'stable key order')
+
+  t.equal((await runCli(['tenants', 'add', 'globex', '--domain', 'globex.example.com', '--database', 'globex'], env)).code, 0)
+  const list = await runCli(['tenants', 'list', '--json'], env)
+  t.same((JSON.parse(list.stdout) as Array<{ slug: string }>).map((x) => x.slug), ['acme', 'globex'])
+  const table = await runCli(['tenants', 'list'], env)
+  t.match(table.stdout, /SLUG\s+STATE\s+DATABASE\s+SERVER/)
+  t.match(table.stdout, /acme\s+active\s+acme_prod\s+localhost:5432\s+1\s+acme.example.com,acme.test/)
+
+  const byHost = await runCli(['tenants', 'show', 'ACME.TEST', '--json'], env)
+  t.equal((JSON.parse(byHost.stdout) as { slug: string }).slug, 'acme', 'show finds a tenant by any of its domains')
+
+  const moved = await runCli(['tenants', 'update', 'acme', '--db-host', 'db2.internal', '--db-port', '6432', '--json'], env)
+  t.equal(moved.code, 0, moved.stderr)
+  t.match(JSON.parse(moved.stdout), { database_host: 'db2.internal', database_port: 6432, epoch: 2 }, 'moving the database bumps the epoch')
+
+  const suspended = await runCli(['tenants', 'state', 'acme', 'suspended'], env)
+  t.equal(suspended.code, 0)
+  t.match(suspended.stdout, /tenant acme is now suspended/)
+
+  const alias = await runCli(['domains', 'add', 'acme', 'www.acme.example.com', '--json'], env)
+  t.equal((JSON.parse(alias.stdout) as { domains: unknown[] }).domains.length, 3)
+  const removedDomain = await runCli(['domains', 'remove', 'acme.example.com', '--json'], env)
+  t.equal(removedDomain.code, 0, removedDomain.stderr)
+  t.same((JSON.parse(removedDomain.stdout) as { domains: Array<{ kind: string }> }).domains.filter((d) => d.kind === 'primary').length, 1, 'an alias is promoted when the primary goes')
+
+  const removed = await runCli(['tenants', 'remove', 'acme', '--yes'], env)
+  t.equal(removed.code, 0)
+  t.match(removed.stdout, /removed tenant acme and 2 domain\(s\); database acme_prod was not dropped/)
+  const after = await runCli(['tenants', 'list', '--json'], env)
+  t.same((JSON.parse(after.stdout) as Array<{ slug: string }>).map((x) => x.slug), ['globex'])
+})
+
+t.test('every write bumps the registry version once and notifies listeners', async (t) => {
+  const url = await throwawayDatabase(t)
+  const env = { REGISTRY_DATABASE_URL: url }
+  t.equal((await runCli(['migrate'], env)).code, 0)
+  const listener = new pg.Client({ connectionString: url })
+  await listener.connect()
+  t.teardown(async () => await listener.end())
+  const got: string[] = []
+  const notified = new Promise<void>((resolve) => listener.on('notification', (n) => { got.push(n.payload ?? ''); resolve() }))
+  await listener.query('LISTEN tenant_proxy')
+  t.equal((await runCli(['tenants', 'add', 'acme', '--domain', 'a.example', '--domain', 'b.example', '--database', 'acme'], env)).code, 0)
+  await notified
+  t.same(got, ['1'], 'one notification carrying the new version')
+  const changes = await listener.query('SELECT version::int, entity, op, key FROM tenant_proxy.changes ORDER BY id')
+  t.same(changes.rows, [
+    { version: 1, entity: 'tenant', op: 'insert', key: 'acme' },
+    { version: 1, entity: 'domain', op: 'insert', key: 'a.example' },
+    { version: 1, entity: 'domain', op: 'insert', key: 'b.example' }
+  ], 'one version for the whole transaction')
+})
+
+t.test('mistakes print one clear line, exit non-zero and change nothing', async (t) => {
+  const url = await throwawayDatabase(t)
+  const env = { REGISTRY_DATABASE_URL: url }
+  t.equal((await runCli(['migrate'], env)).code, 0)
+  t.equal((await runCli(['tenants', 'add', 'acme', '--domain', 'acme.example.com', '--database', 'acme'], env)).code, 0)
+  t.equal((await runCli(['tenants', 'add', 'globex', '--domain', 'globex.example.com', '--domain', 'g.example.com', '--database', 'globex'], env)).code, 0)
+  const before = await registryState(url)
+
+  const mistakes: Array<[string[], RegExp]> = [
+    [['tenants', 'add', 'other', '--domain', 'new.example.com', '--domain', 'ACME.example.com', '--database', 'other'], /domain acme\.example\.com already belongs to tenant acme \(TENANT_PROXY_ERR_DOMAIN_TAKEN\)/],
+    [['tenants', 'add', 'acme', '--domain', 'fresh.example.com', '--database', 'acme2'], /tenant acme already exists \(TENANT_PROXY_ERR_TENANT_EXISTS\)/],
+    [['tenants', 'add', 'other', '--domain', 'fresh.example.com', '--database', 'acme'], /database acme is already used by tenant acme \(TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN\)/],
+    [['tenants', 'add', 'Bad_Slug', '--domain', 'fresh.example.com', '--database', 'x'], /invalid tenant slug "Bad_Slug"/],
+    [['tenants', 'add', 'other', '--domain', 'a..b', '--database', 'x'], /invalid host "a\.\.b": empty label \(TENANT_PROXY_ERR_HOST_INVALID\)/],
+    [['tenants', 'add', 'other', '--domain', '10.0.0.1', '--database', 'x'], /invalid host "10\.0\.0\.1": IP literal/],
+    [['tenants', 'add', 'other', '--domain', 'x.example', '--database', 'Robert; DROP'], /invalid database name/],
+    [['tenants', 'add', 'other', '--domain', 'x.example', '--domain', 'X.example.', '--database', 'x'], /domain x\.example is given twice/],
+    [['tenants', 'add', 'other', '--database', 'x'], /at least one --domain is required/],
+    [['tenants', 'add', 'other', '--domain', 'x.example', '--database', 'x', '--db-port', '99999'], /invalid database port "99999"/],
+    [['tenants', 'add', 'other', '--domain', 'x.example', '--database', 'x', '--settings', '[1]'], /invalid settings: must be a JSON object/],
+    [['tenants', 'add', 'other', '--domain', 'x.example', '--database', 'x', '--colour', 'red'], /Unknown option '--colour'/],
+    [['tenants', 'state', 'acme', 'paused'], /invalid state "paused": use one of active, suspended, maintenance/],
+    [['tenants', 'state', 'nobody', 'suspended'], /no tenant nobody \(TENANT_PROXY_ERR_TENANT_NOT_FOUND\)/],
+    [['tenants', 'update', 'acme'], /nothing to update/],
+    [['tenants', 'update', 'nobody', '--database', 'z'], /no tenant nobody/],
+    [['tenants', 'remove', 'acme'], /refusing to remove tenant acme without --yes \(TENANT_PROXY_ERR_CLI_CONFIRM\)/],
+    [['tenants', 'remove', 'nobody', '--yes'], /no tenant nobody/],
+    [['tenants', 'show', 'nobody.example'], /no tenant "nobody\.example"/],
+    [['domains', 'add', 'nobody', 'z.example'], /no tenant nobody/],
+    [['domains', 'add', 'acme', 'g.example.com'], /domain g\.example\.com already belongs to tenant globex/],
+    [['domains', 'remove', 'acme.example.com'], /last domain of tenant acme/],
+    [['domains', 'remove', 'unknown.example'], /no domain unknown\.example \(TENANT_PROXY_ERR_DOMAIN_NOT_FOUND\)/],
+    [['tenants', 'frobnicate'], /unknown tenants command "frobnicate"/],
+    [['launch'], /unknown command "launch"/]
+  ]
+  for (const [args, expected] of mistakes) {
+    const r = await runCli(args, env)
+    t.not(r.code, 0, `${args.join(' ')} exits non-zero`)
+    t.match(r.stderr, expected, args.join(' '))
+    t.equal(r.stderr.trimEnd().split('\n').length, 1, `${args.join(' ')}: one line`)
+    t.equal(r.stdout, '', `${args.join(' ')}: nothing on stdout`)
+  }
+  t.same(await registryState(url), before, 'the registry is unchanged')
+})
+
+t.test('the database refuses invalid rows from any writer (CHECK constraints)', async (t) => {
+  const url = await throwawayDatabase(t)
+  t.equal((await runCli(['migrate'], { REGISTRY_DATABASE_URL: url })).code, 0)
+  const c = new pg.Client({ connectionString: url })
+  await c.connect()
+  t.teardown(async () => await c.end())
+  await t.rejects(c.query("INSERT INTO tenant_proxy.tenants (slug, database_name) VALUES ('-bad', 'x')"), /tenants_slug_format/)
+  await t.rejects(c.query("INSERT INTO tenant_proxy.tenants (slug, database_name) VALUES ('ok', '1x')"), /tenants_database_name_format/)
+  await t.rejects(c.query("INSERT INTO tenant_proxy.tenants (slug, database_name, state) VALUES ('ok', 'x', 'paused')"), /tenants_state_value/)
+  const id = (await c.query<{ id: string }>("INSERT INTO tenant_proxy.tenants (slug, database_name) VALUES ('ok', 'x') RETURNING id")).rows[0]?.id
+  await t.rejects(c.query('INSERT INTO tenant_proxy.domains (hostname, tenant_id) VALUES ($1, $2)', ['Upper.Example', id]), /domains_hostname_format/)
+  await t.rejects(c.query('INSERT INTO tenant_proxy.domains (hostname, tenant_id) VALUES ($1, $2)', ['a..b', id]), /domains_hostname_format/)
+})
+
+t.test('--help works on every command without a registry or valid config', async (t) => {
+  for (const command of COMMANDS) {
+    const r = await runCli([...command.name.split(' '), '--help'], { TENANT_PROXY_TRAFFIC_PORT: 'broken' })
+    t.equal(r.code, 0, `${command.name} --help`)
+    t.match(r.stdout, `Usage: ${command.usage.split(' [')[0] ?? ''}`)
+  }
+  const top = await runCli(['--help'])
+  t.equal(top.code, 0)
+  for (const command of COMMANDS) t.match(top.stdout, command.name)
+})

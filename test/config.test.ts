@@ -1,0 +1,128 @@
+import t from 'tap'
+import { DEFAULTS } from '../config/defaults.js'
+import { configKeys, envName, loadConfig } from '../src/config/load.js'
+import { isTpError } from '../src/errors.js'
+import { runCli } from './helpers/cli.js'
+
+function problems (env: Record<string, string>, opts: { configPath?: string, files?: Record<string, string> } = {}): string {
+  try {
+    loadConfig({ env, configPath: opts.configPath, readFile: (p) => { const f = opts.files?.[p]; if (f === undefined) throw Object.assign(new Error(`ENOENT: ${p}`), { code: 'ENOENT' }); return f } })
+  } catch (err) {
+    if (isTpError(err, 'TENANT_PROXY_ERR_CONFIG_INVALID') || isTpError(err, 'TENANT_PROXY_ERR_CONFIG_FILE')) return err.message
+    throw err
+  }
+  return ''
+}
+
+t.test('defaults load, are frozen and typed', async (t) => {
+  const config = loadConfig({ env: {} })
+  t.equal(config.traffic.port, 8080)
+  t.equal(config.ops.port, 9394)
+  t.equal(config.registry.databaseUrl, null)
+  t.ok(Object.isFrozen(config) && Object.isFrozen(config.traffic) && Object.isFrozen(config.routing.reservedLabels))
+  t.throws(() => { (config.traffic as { port: number }).port = 1 })
+})
+
+t.test('schema and defaults have exactly the same keys', async (t) => {
+  const leaves: string[] = []
+  const walk = (node: Record<string, unknown>, prefix: string): void => {
+    for (const [k, v] of Object.entries(node)) {
+      const path = prefix === '' ? k : `${prefix}.${k}`
+      if (v !== null && typeof v === 'object' && !Array.isArray(v) && !['pools'].includes(k)) walk(v as Record<string, unknown>, path)
+      else leaves.push(path)
+    }
+  }
+  walk(DEFAULTS, '')
+  t.same(configKeys().map((k) => k.path).sort(), leaves.sort())
+})
+
+t.test('environment variables override, with types decoded', async (t) => {
+  const config = loadConfig({
+    env: {
+      TENANT_PROXY_TRAFFIC_PORT: '9000',
+      TENANT_PROXY_ROUTING_WWW_FALLBACK: 'false',
+      TENANT_PROXY_ROUTING_WILDCARD_DOMAINS: 'Example.COM, apps.example.net.',
+      TENANT_PROXY_UPSTREAM_URLS: '["http://a:3000","http://b:3000/"]',
+      TENANT_PROXY_UPSTREAM_POOLS: '{"heavy":["http://c:3000"]}',
+      REGISTRY_DATABASE_URL: 'postgres://u:p@db/registry'
+    }
+  })
+  t.equal(config.traffic.port, 9000)
+  t.equal(config.routing.wwwFallback, false)
+  t.same(config.routing.wildcardDomains, ['example.com', 'apps.example.net'])
+  t.same(config.upstream.urls, ['http://a:3000', 'http://b:3000'])
+  t.same(config.upstream.pools, { heavy: ['http://c:3000'] })
+  t.equal(config.registry.databaseUrl, 'postgres://u:p@db/registry')
+  t.equal(envName('traffic.keepAliveTimeoutMs'), 'TENANT_PROXY_TRAFFIC_KEEP_ALIVE_TIMEOUT_MS')
+})
+
+t.test('secrets come from *_FILE', async (t) => {
+  const pem = '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n'
+  const config = loadConfig({
+    env: { TENANT_PROXY_REGISTRY_DATABASE_URL_FILE: '/run/secrets/db', TENANT_PROXY_DESCRIPTOR_KEYS_FILE: '/run/secrets/keys' },
+    readFile: (p) => p === '/run/secrets/db' ? 'postgres://u:secret@db/r\n' : `${pem}${pem.replace('AAAA', 'BBBB')}`
+  })
+  t.equal(config.registry.databaseUrl, 'postgres://u:secret@db/r')
+  t.equal(config.descriptor.keys.length, 2)
+  t.match(config.descriptor.keys[1]?.key, /BBBB/)
+  t.match(problems({ TENANT_PROXY_REGISTRY_DATABASE_URL_FILE: '/missing' }), /registry\.databaseUrl: cannot read TENANT_PROXY_REGISTRY_DATABASE_URL_FILE \(\/missing\): ENOENT/)
+  t.match(problems({ TENANT_PROXY_TRAFFIC_PORT: '1', TENANT_PROXY_TRAFFIC_PORT_FILE: '/x' }), /traffic\.port: set by both TENANT_PROXY_TRAFFIC_PORT and TENANT_PROXY_TRAFFIC_PORT_FILE/)
+})
+
+t.test('every error names the full key path and the reason', async (t) => {
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ TENANT_PROXY_TRAFFIC_PORT: 'http' }, /traffic\.port: must be an integer from 0 to 65535 \(got "http" from TENANT_PROXY_TRAFFIC_PORT\)/],
+    [{ TENANT_PROXY_TRAFFIC_PORT: '70000' }, /traffic\.port: must be an integer from 0 to 65535/],
+    [{ TENANT_PROXY_LOG_LEVEL: 'loud' }, /log\.level: must be one of fatal, error, warn, info, debug, trace, silent/],
+    [{ TENANT_PROXY_ROUTING_WWW_FALLBACK: 'maybe' }, /routing\.wwwFallback: must be true or false/],
+    [{ TENANT_PROXY_UPSTREAM_URLS: 'ftp://x' }, /upstream\.urls: item \[0\] must use http:\/\/ or https:\/\//],
+    [{ TENANT_PROXY_UPSTREAM_URLS: 'http://a:3000/app' }, /upstream\.urls: item \[0\] must be an origin without path/],
+    [{ TENANT_PROXY_UPSTREAM_URLS: '[]' }, /upstream\.urls: must have at least 1 item/],
+    [{ TENANT_PROXY_UPSTREAM_POOLS: '{"Bad Name":["http://a"]}' }, /upstream\.pools: name "Bad Name" must match/],
+    [{ TENANT_PROXY_UPSTREAM_POOLS: '{oops' }, /upstream\.pools: is not valid JSON/],
+    [{ TENANT_PROXY_REGISTRY_SCHEMA: 'Tenant-Proxy' }, /registry\.schema: must be a lower-case SQL identifier/],
+    [{ TENANT_PROXY_REGISTRY_DATABASE_URL: 'mysql://x' }, /registry\.databaseUrl: must start with postgres:\/\/ or postgresql:\/\/ \(from TENANT_PROXY_REGISTRY_DATABASE_URL\)/],
+    [{ TENANT_PROXY_ROUTING_WILDCARD_DOMAINS: 'a..b' }, /routing\.wildcardDomains: item \[0\] must be a hostname/],
+    [{ TENANT_PROXY_TRAFFIC_TRUSTED_PROXIES: '10.0.0.0/33' }, /traffic\.trustedProxies: item \[0\] must be an IP address or CIDR/],
+    [{ TENANT_PROXY_TRAFFIC_HEALTH_PATH: 'up' }, /traffic\.healthPath: must be an absolute URL path/],
+    [{ TENANT_PROXY_DESCRIPTOR_TTL_S: '60', TENANT_PROXY_DESCRIPTOR_REFRESH_MARGIN_S: '60' }, /descriptor\.refreshMarginS: must be less than descriptor\.ttlS/],
+    [{ TENANT_PROXY_DESCRIPTOR_KEYS: '[{"key":"x","color":"red"}]' }, /descriptor\.keys: item \[0\] has unknown key color/],
+    [{ TENANT_PROXY_TRAFIC_PORT: '80' }, /TENANT_PROXY_TRAFIC_PORT: unknown environment variable/],
+    [{ TENANT_PROXY_OPS_PORT: '8080' }, /ops\.port: must differ from traffic\.port/]
+  ]
+  for (const [env, expected] of cases) t.match(problems(env), expected, JSON.stringify(env))
+})
+
+t.test('secret values are never echoed in errors', async (t) => {
+  const message = problems({ TENANT_PROXY_REGISTRY_DATABASE_URL: 'mysql://user:hunter2@db/x', TENANT_PROXY_DESCRIPTOR_KEYS: '[{"key":"hunter3-but-short","alg":"RS256"}]' })
+  t.match(message, /registry\.databaseUrl/)
+  t.match(message, /descriptor\.keys/)
+  t.notMatch(message, /hunter2|hunter3/)
+})
+
+t.test('config file: unknown keys, wrong shapes and bad JSON are named', async (t) => {
+  const files = {
+    '/c.json': JSON.stringify({ traffic: { port: 81, bogus: 1 }, routing: 'x', nope: {} }),
+    '/ok.json': JSON.stringify({ traffic: { port: 81 }, descriptor: { audience: 'billing' } }),
+    '/bad.json': '{ "traffic": '
+  }
+  const message = problems({}, { configPath: '/c.json', files })
+  t.match(message, /traffic\.bogus: unknown key \(in config file \/c\.json\)/)
+  t.match(message, /routing: must be an object/)
+  t.match(message, /nope: unknown key/)
+  t.match(problems({}, { configPath: '/bad.json', files }), /cannot read config file \/bad\.json/)
+  const config = loadConfig({ env: { TENANT_PROXY_TRAFFIC_PORT: '82' }, configPath: '/ok.json', readFile: (p) => files[p as keyof typeof files] })
+  t.equal(config.traffic.port, 82, 'environment wins over the file')
+  t.equal(config.descriptor.audience, 'billing')
+})
+
+t.test('the CLI refuses a bad config: names the key, exits non-zero, starts nothing', async (t) => {
+  const r = await runCli(['tenants', 'list'], { TENANT_PROXY_TRAFFIC_PORT: 'eighty' })
+  t.equal(r.code, 78)
+  t.match(r.stderr, /traffic\.port: must be an integer from 0 to 65535 \(got "eighty" from TENANT_PROXY_TRAFFIC_PORT\)/)
+  t.match(r.stderr, /TENANT_PROXY_ERR_CONFIG_INVALID/)
+  t.equal(r.stdout, '')
+  const serve = await runCli(['serve'], { TENANT_PROXY_REGISTRY_SCHEMA: 'Bad' })
+  t.equal(serve.code, 78)
+  t.match(serve.stderr, /registry\.schema/)
+})

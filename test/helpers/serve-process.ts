@@ -1,0 +1,67 @@
+/**
+ * Runs `tenant-proxy serve` from dist/ as a child process (the way it runs in production) and
+ * learns its ports from its own "listening" log line.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { readFile } from 'node:fs/promises'
+import type { Test } from 'tap'
+import { CLI } from './cli.js'
+
+/** A running proxy process. */
+export interface ServeProcess {
+  child: ChildProcess
+  trafficPort: number
+  opsPort: number
+  logs: string[]
+  /** Resident set size and its peak so far (VmRSS, VmHWM), in bytes. */
+  memory (): Promise<{ rss: number, peak: number }>
+  stop (): Promise<number | null>
+}
+
+/** Spawns the proxy and resolves once it listens (or rejects with its output if it exits first). */
+export async function spawnServe (t: Test, env: Record<string, string>): Promise<ServeProcess> {
+  const child = spawn(process.execPath, [CLI, 'serve'], {
+    env: { PATH: process.env.PATH ?? '', TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1', TENANT_PROXY_TRAFFIC_PORT: '0', TENANT_PROXY_OPS_HOST: '127.0.0.1', TENANT_PROXY_OPS_PORT: '0', TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0', ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  const logs: string[] = []
+  let stderr = ''
+  child.stderr?.on('data', (c: Buffer) => { stderr += c.toString() })
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+  t.teardown(async () => {
+    if (child.exitCode === null) child.kill('SIGKILL')
+    await exited
+  })
+  const ports = await new Promise<{ traffic: number, ops: number }>((resolve, reject) => {
+    let buffered = ''
+    child.stdout?.on('data', (c: Buffer) => {
+      buffered += c.toString()
+      let nl: number
+      while ((nl = buffered.indexOf('\n')) !== -1) {
+        const line = buffered.slice(0, nl)
+        buffered = buffered.slice(nl + 1)
+        logs.push(line)
+        const entry = JSON.parse(line) as { msg?: string, traffic?: string, ops?: string }
+        if (entry.msg === 'tenant-proxy listening') {
+          resolve({ traffic: Number(entry.traffic?.split(':').pop()), ops: Number(entry.ops?.split(':').pop()) })
+        }
+      }
+    })
+    void exited.then((code) => reject(new Error(`tenant-proxy serve exited with ${String(code)} before listening: ${stderr}${logs.join('\n')}`)))
+  })
+  return {
+    child,
+    trafficPort: ports.traffic,
+    opsPort: ports.ops,
+    logs,
+    async memory () {
+      const status = await readFile(`/proc/${child.pid ?? 0}/status`, 'utf8')
+      const kb = (field: string): number => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) * 1024
+      return { rss: kb('VmRSS'), peak: kb('VmHWM') }
+    },
+    async stop () {
+      child.kill('SIGTERM')
+      return await exited
+    }
+  }
+}
