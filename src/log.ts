@@ -18,5 +18,5 @@ export function createLogger (level: string, destination?: pino.DestinationStrea
     base: { name: 'tenant-proxy' },
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
     timestamp: pino.stdTimeFunctions.isoTime
-  }, destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 }))
+  }, destination ?? pino.destination({ dest: 1, sync: false }))
 }

@@ -5,7 +5,6 @@
  */
 import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
-import { Agent } from 'undici'
 import type { Config } from './config/load.js'
 import { loadKeyring, type Keyring } from './descriptor/keyring.js'
 import { DescriptorCache } from './descriptor/sign.js'
@@ -13,6 +12,7 @@ import { buildOpsApp } from './ops/app.js'
 import { ProxyMetrics } from './ops/metrics.js'
 import { buildTrafficApp } from './proxy/app.js'
 import { createProxyState, type ProxyState } from './proxy/state.js'
+import { UpstreamAgent } from './proxy/upstream-agent.js'
 import { UpstreamPools } from './proxy/upstream-pools.js'
 import { describeError, openRegistry, type RegistryConnection } from './registry/connect.js'
 import { buildIndex } from './registry/index.js'
@@ -81,13 +81,15 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     if (!await reload()) throw new Error('the first registry snapshot could not be loaded')
 
     const pools = new UpstreamPools(config.upstream)
-    const dispatcher = new Agent({
+    const dispatcher = new UpstreamAgent({
       connections: config.upstream.connections,
       connect: { timeout: config.upstream.connectTimeoutMs },
       headersTimeout: config.upstream.headersTimeoutMs,
       bodyTimeout: config.upstream.bodyTimeoutMs
     })
-    cleanups.push(async () => await dispatcher.close())
+    // Runs after the traffic listener closed (graceful part done): whatever is still pending
+    // upstream has no client left to answer.
+    cleanups.push(async () => await dispatcher.destroy())
 
     const traffic = buildTrafficApp({ config, state, descriptors, metrics, logger, dispatcher })
     const ops = buildOpsApp({ state, metrics, keyring, origins: pools.all(), logger, probeTimeoutMs: Math.min(config.upstream.connectTimeoutMs, 1_000) })

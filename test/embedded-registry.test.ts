@@ -61,6 +61,8 @@ t.test('two starts racing on a fresh directory: one owns, the other joins', asyn
   t.equal(both[0]?.url, both[1]?.url, 'same server, same password')
   for (const r of both) t.same(await query(r.url, 'SELECT 1 AS one'), [{ one: 1 }])
   t.same((await fs.readdir(path.dirname(dataDir))).sort(), ['registry'], "the loser's staging directory is gone")
+  // Stopped here, not only in teardown: tap deletes the testdir before running teardowns.
+  await Promise.all(both.map((r) => r.stop()))
 })
 
 t.test('a stale postmaster.pid does not block a start', async (t) => {

@@ -33,8 +33,17 @@ t.test('scrubInbound: Connection-nominated first, hop-by-hop, every descriptor s
   t.equal(headers['x-forwarded-for'], '10.1.1.1')
 })
 
-t.test('scrubOutbound removes descriptor spellings from responses', async (t) => {
-  t.same(scrubOutbound({ 'x-tenant-descriptor': 'x', x_tenant_descriptor: 'y', 'content-type': 'text/plain' }, NAME), { 'content-type': 'text/plain' })
+t.test('scrubOutbound removes hop-by-hop headers and descriptor spellings from responses', async (t) => {
+  t.same(scrubOutbound({
+    'x-tenant-descriptor': 'x',
+    x_tenant_descriptor: 'y',
+    'content-type': 'text/plain',
+    connection: 'keep-alive, x-upstream-private',
+    'keep-alive': 'timeout=5',
+    'x-upstream-private': '1',
+    'transfer-encoding': 'chunked',
+    'set-cookie': ['a=1', 'b=2']
+  }, NAME), { 'content-type': 'text/plain', 'set-cookie': ['a=1', 'b=2'] })
 })
 
 t.test('setForwardingHeaders: append for trusted hops, replace for clients', async (t) => {

@@ -54,6 +54,7 @@ t.test('routing over real sockets', async (t) => {
     const gClaims = await verify(seen(g.text).headers['x-tenant-descriptor'])
     t.match(gClaims, { sub: 'globex', host: 'globex.example.com', db: { name: 'globex_prod', host: 'db2.internal', port: 6432 } })
     t.equal(a.headers['x-tenant-descriptor'], undefined, 'never echoed to the client, even when the app echoes it')
+    t.equal(a.headers['keep-alive'], 'timeout=72', 'keep-alive is the proxy\'s own (72 s), not the upstream\'s (5 s)')
     t.ok(typeof a.headers['x-request-id'] === 'string')
   })
 

@@ -35,11 +35,16 @@ t.test('upstream too slow to answer → 504 with TENANT_PROXY_ERR_UPSTREAM_TIMEO
   t.match(await res.body.json(), { error: { code: 'TENANT_PROXY_ERR_UPSTREAM_TIMEOUT' } })
 })
 
-t.test('a client that aborts is logged with status 499', async (t) => {
+t.test('a client that aborts is logged with status 499 and its upstream request is cancelled', async (t) => {
   const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example.com'] }])
   let arrived: (() => void) | undefined
+  let cancelled: (() => void) | undefined
   const reached = new Promise<void>((resolve) => { arrived = resolve })
-  const upstream = await startUpstream(t, () => arrived?.())
+  const upstreamCancelled = new Promise<void>((resolve) => { cancelled = resolve })
+  const upstream = await startUpstream(t, (_req, res) => {
+    res.on('close', () => { if (!res.writableFinished) cancelled?.() })
+    arrived?.()
+  })
   const lines: string[] = []
   const proxy = await startTestProxy(t, testConfig(registry.url, upstream.origin), lines)
   const socket = connect(proxy.traffic.port, '127.0.0.1')
@@ -48,6 +53,8 @@ t.test('a client that aborts is logged with status 499', async (t) => {
   socket.destroy()
   const line = await until(() => lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'request' && l.status === 499), 'the 499 log line')
   t.match(line, { tenant: 'acme', host: 'acme.example.com', outcome: 'routed', status: 499 })
+  await upstreamCancelled
+  t.pass('the proxy closed its upstream request instead of waiting for the answer')
 })
 
 t.test('one log line per request, without the descriptor or secrets', async (t) => {

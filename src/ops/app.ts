@@ -2,7 +2,7 @@
  * The ops listener: metrics, readiness and the descriptor key set. It is a separate listener so
  * none of this is reachable through a tenant's host on the traffic port.
  */
-import Fastify from 'fastify'
+import Fastify, { LogController } from 'fastify'
 import type { Logger } from 'pino'
 import type { Keyring } from '../descriptor/keyring.js'
 import type { ProxyState } from '../proxy/state.js'
@@ -23,7 +23,7 @@ export const JWKS_PATH = '/.well-known/tenant-proxy/jwks.json'
 
 /** Builds the ops app (not listening). */
 export function buildOpsApp (deps: OpsDeps) {
-  const app = Fastify({ loggerInstance: deps.logger.child({ listener: 'ops' }), disableRequestLogging: true })
+  const app = Fastify({ loggerInstance: deps.logger.child({ listener: 'ops' }), logController: new LogController({ disableRequestLogging: true }) })
 
   app.get('/metrics', async (_request, reply) => {
     const body = await deps.metrics.registry.metrics()

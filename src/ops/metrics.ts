@@ -35,6 +35,9 @@ export class ProxyMetrics {
   constructor () {
     const registers = [this.registry]
     client.collectDefaultMetrics({ register: this.registry })
+    // prom-client's *_total gauges break the Prometheus naming rule promtool enforces; the same
+    // counts exist without the suffix (nodejs_active_handles, …).
+    for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) this.registry.removeSingleMetric(name)
     this.#requests = new client.Counter({ name: 'tenant_proxy_requests_total', help: 'Requests on the traffic listener by outcome and status class.', labelNames: ['outcome', 'status_class'], registers })
     this.#duration = new client.Histogram({
       name: 'tenant_proxy_request_duration_seconds',

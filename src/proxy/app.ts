@@ -12,9 +12,8 @@ import { randomUUID } from 'node:crypto'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import httpProxy from '@fastify/http-proxy'
 import type { IncomingHttpHeaders } from 'node:http'
-import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Logger } from 'pino'
-import type { Agent } from 'undici'
 import type { Config } from '../config/load.js'
 import type { DescriptorCache } from '../descriptor/sign.js'
 import { tpError } from '../errors.js'
@@ -26,6 +25,7 @@ import { sendError } from './error-reply.js'
 import { isWellFormedRequestId, lastListEntry, scrubInbound, scrubOutbound, setForwardingHeaders, type HeaderMap } from './headers.js'
 import type { ProxyState } from './state.js'
 import { TrustedPeers } from './trusted-peers.js'
+import { kUpstreamHook, type UpstreamAgent, type UpstreamHook } from './upstream-agent.js'
 import { UpstreamPools } from './upstream-pools.js'
 
 /** What the traffic app needs; all built once at start by server.ts. */
@@ -35,7 +35,7 @@ export interface TrafficDeps {
   readonly descriptors: DescriptorCache
   readonly metrics: ProxyMetrics
   readonly logger: Logger
-  readonly dispatcher: Agent
+  readonly dispatcher: UpstreamAgent
 }
 
 /** Per-request data the hooks share. */
@@ -49,6 +49,7 @@ interface Flow {
   start: number
   upstreamStart: number
   upstreamMs: number | null
+  upstream: UpstreamHook
   done: boolean
 }
 
@@ -77,9 +78,9 @@ export function buildTrafficApp (deps: TrafficDeps) {
 
   const app = Fastify({
     loggerInstance: logger,
-    disableRequestLogging: true,
+    // Our own onResponse hook logs one line per request; Fastify's two lines per request would double it.
+    logController: new LogController({ disableRequestLogging: true }),
     requestIdHeader: false,
-    requestIdLogLabel: 'reqId',
     genReqId: (req) => {
       const inbound = req.headers['x-request-id']
       return trusted.has(req.socket.remoteAddress) && isWellFormedRequestId(inbound) ? inbound : randomUUID()
@@ -99,11 +100,19 @@ export function buildTrafficApp (deps: TrafficDeps) {
   app.decorateRequest('tp', null as unknown as Flow)
 
   app.addHook('onRequest', (request, reply, done) => {
-    request.tp = { outcome: 'bad_request', host: '', tenant: null, route: null, descriptor: null, origin: '', start: performance.now(), upstreamStart: 0, upstreamMs: null, done: false }
+    request.tp = { outcome: 'bad_request', host: '', tenant: null, route: null, descriptor: null, origin: '', start: performance.now(), upstreamStart: 0, upstreamMs: null, upstream: { abort: null }, done: false }
     metrics.inFlight.inc()
     // 'close' fires for finished responses and for connections the client dropped mid-way, even
     // when no Fastify hook runs (the upstream has not answered yet).
-    reply.raw.once('close', () => finish(request, reply.raw.writableFinished ? reply.statusCode : CLIENT_CLOSED))
+    reply.raw.once('close', () => {
+      if (reply.raw.writableFinished) {
+        finish(request, reply.statusCode)
+      } else {
+        // The client left before the answer: stop the upstream work too.
+        request.tp.upstream.abort?.()
+        finish(request, CLIENT_CLOSED)
+      }
+    })
     done()
   })
   app.addHook('onResponse', (request, reply, done) => {
@@ -258,6 +267,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
       requestId: request.id
     })
     if (tp.descriptor !== null) headers[headerName] = tp.descriptor
+    ;(headers as Record<symbol, unknown>)[kUpstreamHook] = tp.upstream
     tp.upstreamStart = performance.now()
     return headers
   }

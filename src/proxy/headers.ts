@@ -41,8 +41,23 @@ export function scrubInbound (headers: HeaderMap, descriptorHeader: string): voi
   }
 }
 
-/** Removes every spelling of the descriptor header from an upstream response, so it is never echoed. */
+/**
+ * Cleans an upstream response for the client: hop-by-hop headers describe the proxy-upstream
+ * connection only (RFC 9110 section 7.6.1; copying `Connection: keep-alive` would override a
+ * client's `Connection: close`), Node frames the body itself, and the descriptor is never echoed.
+ */
 export function scrubOutbound (headers: HeaderMap, descriptorHeader: string): HeaderMap {
+  const connection = headers.connection
+  if (connection !== undefined) {
+    for (const value of Array.isArray(connection) ? connection : [String(connection)]) {
+      for (const token of value.split(',')) {
+        const name = token.trim().toLowerCase()
+        if (name !== '') delete headers[name]
+      }
+    }
+  }
+  for (const name of HOP_BY_HOP) delete headers[name]
+  delete headers['transfer-encoding']
   for (const name of Object.keys(headers)) {
     if (isDescriptorHeaderName(name, descriptorHeader)) delete headers[name]
   }

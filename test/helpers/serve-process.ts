@@ -7,6 +7,8 @@ import { readFile } from 'node:fs/promises'
 import type { Test } from 'tap'
 import { CLI } from './cli.js'
 
+const GC_PRELOAD = new URL('./gc-on-signal.mjs', import.meta.url).href
+
 /** A running proxy process. */
 export interface ServeProcess {
   child: ChildProcess
@@ -15,18 +17,32 @@ export interface ServeProcess {
   logs: string[]
   /** Resident set size and its peak so far (VmRSS, VmHWM), in bytes. */
   memory (): Promise<{ rss: number, peak: number }>
+  /** Runs a full GC in the proxy (test preload); resolves to process.memoryUsage() after it. */
+  collectGarbage (): Promise<NodeJS.MemoryUsage>
   stop (): Promise<number | null>
 }
 
 /** Spawns the proxy and resolves once it listens (or rejects with its output if it exits first). */
 export async function spawnServe (t: Test, env: Record<string, string>): Promise<ServeProcess> {
-  const child = spawn(process.execPath, [CLI, 'serve'], {
+  // The preload lets tests trigger a full GC; it changes nothing else in the process.
+  const child = spawn(process.execPath, ['--expose-gc', `--import=${GC_PRELOAD}`, CLI, 'serve'], {
     env: { PATH: process.env.PATH ?? '', TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1', TENANT_PROXY_TRAFFIC_PORT: '0', TENANT_PROXY_OPS_HOST: '127.0.0.1', TENANT_PROXY_OPS_PORT: '0', TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const logs: string[] = []
   let stderr = ''
-  child.stderr?.on('data', (c: Buffer) => { stderr += c.toString() })
+  let gcWaiters: Array<(usage: NodeJS.MemoryUsage) => void> = []
+  child.stderr?.on('data', (c: Buffer) => {
+    const text = c.toString()
+    const match = /tenant-proxy-test: gc done (\{.*\})/.exec(text)
+    if (match !== null) {
+      const usage = JSON.parse(match[1] ?? '{}') as NodeJS.MemoryUsage
+      for (const fn of gcWaiters) fn(usage)
+      gcWaiters = []
+      return
+    }
+    stderr += text
+  })
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
   t.teardown(async () => {
     if (child.exitCode === null) child.kill('SIGKILL')
@@ -58,6 +74,11 @@ export async function spawnServe (t: Test, env: Record<string, string>): Promise
       const status = await readFile(`/proc/${child.pid ?? 0}/status`, 'utf8')
       const kb = (field: string): number => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) * 1024
       return { rss: kb('VmRSS'), peak: kb('VmHWM') }
+    },
+    async collectGarbage () {
+      const done = new Promise<NodeJS.MemoryUsage>((resolve) => gcWaiters.push(resolve))
+      child.kill('SIGUSR2')
+      return await done
     },
     async stop () {
       child.kill('SIGTERM')
