@@ -3,7 +3,7 @@
  * registry's form. The CLI uses it when writing domains and the proxy on every request, so a
  * domain is found exactly when it was written the same way.
  */
-import { domainToASCII } from 'node:url'
+import { domainToASCII, domainToUnicode } from 'node:url'
 import { tpError } from '../errors.js'
 
 export type CanonicalHost = { ok: true, host: string } | { ok: false, reason: string }
@@ -90,6 +90,8 @@ function checkName (raw: string): CanonicalHost {
     }
     if (!((c >= 97 && c <= 122) || (c >= 48 && c <= 57) || c === 45)) return fail(`invalid character ${JSON.stringify(String.fromCharCode(c))}`)
   }
+  // An A-label must decode (RFC 5891 section 5.4), or two spellings could name one registry row.
+  if (name.includes('xn--') && domainToUnicode(name) === '') return fail('invalid punycode label')
   if (allNumericLast) {
     // RFC 1123 section 2.1: a top-level label is never all-numeric, so such a name is an address.
     return fail(labels === 4 && /^\d{1,3}(\.\d{1,3}){3}$/.test(name) ? 'IP literal' : labels === 1 ? 'IP literal' : 'numeric top-level label')
