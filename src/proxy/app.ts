@@ -25,7 +25,7 @@ import { sendError } from './error-reply.js'
 import { isWellFormedRequestId, lastListEntry, scrubInbound, scrubOutbound, setForwardingHeaders, type HeaderMap } from './headers.js'
 import type { ProxyState } from './state.js'
 import { TrustedPeers } from './trusted-peers.js'
-import { kUpstreamHook, type UpstreamAgent, type UpstreamHook } from './upstream-agent.js'
+import { cancelUpstream, kUpstreamHook, type UpstreamAgent, type UpstreamHook } from './upstream-agent.js'
 import { UpstreamPools } from './upstream-pools.js'
 
 /** What the traffic app needs; all built once at start by server.ts. */
@@ -100,7 +100,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
   app.decorateRequest('tp', null as unknown as Flow)
 
   app.addHook('onRequest', (request, reply, done) => {
-    request.tp = { outcome: 'bad_request', host: '', tenant: null, route: null, descriptor: null, origin: '', start: performance.now(), upstreamStart: 0, upstreamMs: null, upstream: { abort: null }, done: false }
+    request.tp = { outcome: 'bad_request', host: '', tenant: null, route: null, descriptor: null, origin: '', start: performance.now(), upstreamStart: 0, upstreamMs: null, upstream: { handler: null }, done: false }
     metrics.inFlight.inc()
     // 'close' fires for finished responses and for connections the client dropped mid-way, even
     // when no Fastify hook runs (the upstream has not answered yet).
@@ -108,8 +108,9 @@ export function buildTrafficApp (deps: TrafficDeps) {
       if (reply.raw.writableFinished) {
         finish(request, reply.statusCode)
       } else {
-        // The client left before the answer: stop the upstream work too.
-        request.tp.upstream.abort?.()
+        // The client left before the upstream answered: stop the upstream work too. (Once the
+        // answer streams, Fastify's stream teardown cancels it.)
+        if (request.tp.upstreamMs === null) cancelUpstream(request.tp.upstream)
         finish(request, CLIENT_CLOSED)
       }
     })
