@@ -105,6 +105,8 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     cleanups.push(async () => { if (timer !== null) clearInterval(timer) })
 
     logger.info({ traffic: `${trafficAddress.address}:${trafficAddress.port}`, ops: `${opsAddress.address}:${opsAddress.port}`, embeddedRegistry: registry.embedded, kid: keyring.signer.kid, alg: keyring.signer.alg }, 'tenant-proxy listening')
+    // Start-up lines matter now (deploy logs, tests waiting for them): do not leave them buffered.
+    logger.flush()
 
     let stopping: Promise<void> | null = null
     return {
