@@ -195,3 +195,24 @@ t.test('an untrusted client cannot set forwarding headers or the request id', as
   t.not(s.headers['x-request-id'], 'mine')
   t.match(s.headers['x-request-id'], /^[0-9a-f-]{36}$/)
 })
+
+t.test('upstream pools: round-robin over the default origins, named pools per tenant, unknown pool → 502', async (t) => {
+  const registry = await testRegistry(t, [
+    { slug: 'acme', domains: ['acme.example.com'] },
+    { slug: 'heavy', domains: ['heavy.example.com'], upstream: 'reports' },
+    { slug: 'lost', domains: ['lost.example.com'], upstream: 'nowhere' }
+  ])
+  const a = await startUpstream(t)
+  const b = await startUpstream(t)
+  const reports = await startUpstream(t)
+  const proxy = await startTestProxy(t, testConfig(registry.url, `${a.origin},${b.origin}`, { TENANT_PROXY_UPSTREAM_POOLS: JSON.stringify({ reports: [reports.origin] }) }))
+  for (let i = 0; i < 4; i++) t.equal((await get(proxy.url, 'acme.example.com')).status, 200)
+  t.equal(a.seen.length, 2, 'half on the first origin')
+  t.equal(b.seen.length, 2, 'half on the second')
+  t.equal((await get(proxy.url, 'heavy.example.com')).status, 200)
+  t.equal(reports.seen.length, 1, 'the tenant\'s named pool')
+  const lost = await get(proxy.url, 'lost.example.com')
+  t.equal(lost.status, 502)
+  t.match(JSON.parse(lost.text), { error: { code: 'TENANT_PROXY_ERR_UPSTREAM_POOL_UNKNOWN' } })
+  t.equal(a.seen.length + b.seen.length, 4, 'never sent to another pool instead')
+})

@@ -16,7 +16,7 @@ import Fastify, { LogController, type FastifyReply, type FastifyRequest } from '
 import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
 import type { DescriptorCache } from '../descriptor/sign.js'
-import { tpError } from '../errors.js'
+import { tpError, type ErrorCode } from '../errors.js'
 import type { Outcome, ProxyMetrics, UpstreamErrorKind } from '../ops/metrics.js'
 import type { Route } from '../registry/index.js'
 import { canonicalHost } from '../routing/host.js'
@@ -190,39 +190,33 @@ export function buildTrafficApp (deps: TrafficDeps) {
     // counts only from a trusted hop, and then its last entry (the one that hop wrote).
     const hostValue = raw[kAbsoluteAuthority] ?? (peerTrusted && typeof xfh === 'string' && xfh !== '' ? lastListEntry(xfh) : request.headers.host)
     if (hostValue === undefined || hostValue === '') {
-      tp.outcome = 'bad_request'
-      sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'missing Host header' })
+      refuse(request, reply, 'bad_request', 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'missing Host header' })
       return
     }
     if (hasDuplicateHost(raw.rawHeaders)) {
       // RFC 9112 section 3.2: more than one Host field must be answered with 400 (Node keeps the first).
-      tp.outcome = 'bad_request'
-      sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'more than one Host header' })
+      refuse(request, reply, 'bad_request', 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'more than one Host header' })
       return
     }
     const canonical = canonicalHost(hostValue)
     if (!canonical.ok) {
-      tp.outcome = 'bad_request'
       tp.host = hostValue.slice(0, 255)
-      sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: `invalid Host (${canonical.reason})` })
+      refuse(request, reply, 'bad_request', 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: `invalid Host (${canonical.reason})` })
       return
     }
     tp.host = canonical.host
     if (!isDecodablePath(request.url)) {
-      tp.outcome = 'bad_request'
-      sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'malformed percent-encoding in the request target' })
+      refuse(request, reply, 'bad_request', 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'malformed percent-encoding in the request target' })
       return
     }
     const index = state.index
     if (index === null) {
-      tp.outcome = 'registry_unavailable'
-      sendError(request, reply, 'TENANT_PROXY_ERR_REGISTRY_NOT_LOADED', { retryAfterS: 5 })
+      refuse(request, reply, 'registry_unavailable', 'TENANT_PROXY_ERR_REGISTRY_NOT_LOADED', { retryAfterS: 5 })
       return
     }
     const decision = resolver.resolve(index, canonical.host)
     if (decision.kind === 'unknown') {
-      tp.outcome = 'unknown_host'
-      sendError(request, reply, 'TENANT_PROXY_ERR_UNKNOWN_HOST')
+      refuse(request, reply, 'unknown_host', 'TENANT_PROXY_ERR_UNKNOWN_HOST')
       return
     }
     if (decision.kind === 'passthrough') {
@@ -233,20 +227,17 @@ export function buildTrafficApp (deps: TrafficDeps) {
     const r = decision.route
     tp.tenant = r.slug
     if (r.state === 'suspended') {
-      tp.outcome = 'suspended'
-      sendError(request, reply, 'TENANT_PROXY_ERR_TENANT_SUSPENDED')
+      refuse(request, reply, 'suspended', 'TENANT_PROXY_ERR_TENANT_SUSPENDED')
       return
     }
     if (r.state === 'maintenance') {
-      tp.outcome = 'maintenance'
-      sendError(request, reply, 'TENANT_PROXY_ERR_TENANT_MAINTENANCE', { retryAfterS: retryAfter })
+      refuse(request, reply, 'maintenance', 'TENANT_PROXY_ERR_TENANT_MAINTENANCE', { retryAfterS: retryAfter })
       return
     }
     const origin = pools.next(r.upstream)
     if (origin === undefined) {
-      tp.outcome = 'routed'
       request.log.error({ tenant: r.slug, upstream: r.upstream }, 'tenant names an upstream pool missing from upstream.pools')
-      sendError(request, reply, 'TENANT_PROXY_ERR_UPSTREAM_POOL_UNKNOWN')
+      refuse(request, reply, 'routed', 'TENANT_PROXY_ERR_UPSTREAM_POOL_UNKNOWN')
       return
     }
     tp.outcome = 'routed'
@@ -283,6 +274,12 @@ export function buildTrafficApp (deps: TrafficDeps) {
   }
 
   return app
+}
+
+/** Answers a request here with a catalogue error, recording how it ended. */
+function refuse (request: FastifyRequest, reply: FastifyReply, outcome: Outcome, code: ErrorCode, opts?: Parameters<typeof sendError>[3]): void {
+  request.tp.outcome = outcome
+  sendError(request, reply, code, opts)
 }
 
 /** Maps undici/reply-from error codes to the kinds counted in metrics. */

@@ -26,19 +26,8 @@ export function isDescriptorHeaderName (name: string, descriptorHeader: string):
  * section 7.6.1), hop-by-hop headers, and every spelling of the descriptor header.
  */
 export function scrubInbound (headers: HeaderMap, descriptorHeader: string): void {
-  const connection = headers.connection
-  if (connection !== undefined) {
-    for (const value of Array.isArray(connection) ? connection : [String(connection)]) {
-      for (const token of value.split(',')) {
-        const name = token.trim().toLowerCase()
-        if (name !== '') delete headers[name]
-      }
-    }
-  }
-  for (const name of HOP_BY_HOP) delete headers[name]
-  for (const name of Object.keys(headers)) {
-    if (isDescriptorHeaderName(name, descriptorHeader)) delete headers[name]
-  }
+  dropHopByHop(headers)
+  dropDescriptor(headers, descriptorHeader)
 }
 
 /**
@@ -47,20 +36,9 @@ export function scrubInbound (headers: HeaderMap, descriptorHeader: string): voi
  * client's `Connection: close`), Node frames the body itself, and the descriptor is never echoed.
  */
 export function scrubOutbound (headers: HeaderMap, descriptorHeader: string): HeaderMap {
-  const connection = headers.connection
-  if (connection !== undefined) {
-    for (const value of Array.isArray(connection) ? connection : [String(connection)]) {
-      for (const token of value.split(',')) {
-        const name = token.trim().toLowerCase()
-        if (name !== '') delete headers[name]
-      }
-    }
-  }
-  for (const name of HOP_BY_HOP) delete headers[name]
+  dropHopByHop(headers)
   delete headers['transfer-encoding']
-  for (const name of Object.keys(headers)) {
-    if (isDescriptorHeaderName(name, descriptorHeader)) delete headers[name]
-  }
+  dropDescriptor(headers, descriptorHeader)
   return headers
 }
 
@@ -102,4 +80,23 @@ export function isWellFormedRequestId (value: unknown): value is string {
 export function lastListEntry (value: string): string {
   const i = value.lastIndexOf(',')
   return (i === -1 ? value : value.slice(i + 1)).trim()
+}
+
+function dropHopByHop (headers: HeaderMap): void {
+  const connection = headers.connection
+  if (connection !== undefined) {
+    for (const value of Array.isArray(connection) ? connection : [String(connection)]) {
+      for (const token of value.split(',')) {
+        const name = token.trim().toLowerCase()
+        if (name !== '') delete headers[name]
+      }
+    }
+  }
+  for (const name of HOP_BY_HOP) delete headers[name]
+}
+
+function dropDescriptor (headers: HeaderMap, descriptorHeader: string): void {
+  for (const name of Object.keys(headers)) {
+    if (isDescriptorHeaderName(name, descriptorHeader)) delete headers[name]
+  }
 }
