@@ -37,20 +37,20 @@ try {
   const origin = `http://127.0.0.1:${upstream.info.port}`
   const bare = await start('node', ['bench/bare-proxy.js', origin])
   const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' })
+  const trafficPort = await freePort()
   const tp = await start('node', ['dist/src/main.js', 'serve'], {
     REGISTRY_DATABASE_URL: dbUrl.toString(),
     TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1',
-    TENANT_PROXY_TRAFFIC_PORT: '0',
+    TENANT_PROXY_TRAFFIC_PORT: String(trafficPort),
     TENANT_PROXY_OPS_HOST: '127.0.0.1',
-    TENANT_PROXY_OPS_PORT: '0',
+    TENANT_PROXY_OPS_PORT: String(await freePort()),
     TENANT_PROXY_UPSTREAM_URLS: origin,
     TENANT_PROXY_DESCRIPTOR_KEYS: key,
     TENANT_PROXY_REGISTRY_RELOAD_INTERVAL_MS: '0',
     TENANT_PROXY_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info'
-  }, (line) => {
-    const entry = JSON.parse(line)
-    return entry.msg === 'tenant-proxy listening' ? { port: Number(entry.traffic.split(':').pop()) } : undefined
-  })
+  }, null)
+  await waitForUp(trafficPort)
+  tp.info = { port: trafficPort }
 
   const targets = { bare: { port: bare.info.port, pid: bare.child.pid }, 'tenant-proxy': { port: tp.info.port, pid: tp.child.pid } }
   const results = { bare: [], 'tenant-proxy': [] }
@@ -101,6 +101,29 @@ async function measure (target, seconds) {
   }
 }
 
+async function freePort () {
+  const { createServer } = await import('node:net')
+  return await new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+async function waitForUp (port) {
+  const deadline = Date.now() + 60_000
+  for (;;) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/up`)
+      if (res.status === 200) return
+    } catch { // not listening yet
+    }
+    if (Date.now() > deadline) throw new Error('tenant-proxy did not answer /up within 60 s')
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
 function cpuTicks (pid) {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
   return Number(fields[11]) + Number(fields[12]) // utime + stime
@@ -139,7 +162,8 @@ function report (results) {
 
 /** Spawns a child, resolving once `ready(line)` returns info (first stdout JSON line by default). */
 async function start (cmd, args, env = {}, ready = (line) => JSON.parse(line)) {
-  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] })
+  // Without a readiness line to read, stdout (request logs) goes straight to /dev/null.
+  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', ready === null ? 'ignore' : 'pipe', 'inherit'] })
   children.push(child)
   if (ready === null) return { child, info: null }
   const lines = createInterface({ input: child.stdout })

@@ -31,6 +31,7 @@ export function createLogger (level: string, destination?: pino.DestinationStrea
     level,
     base: { name: 'tenant-proxy' },
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-    timestamp: pino.stdTimeFunctions.isoTime
+    // Epoch milliseconds: formatting an ISO date costs more per request line than the rest of it.
+    timestamp: pino.stdTimeFunctions.epochTime
   }, stream)
 }
