@@ -4,12 +4,14 @@
  * stay bounded whatever the number of tenants.
  */
 import client from 'prom-client'
+import { IndexedCounter, IndexedHistogram } from './fast-metrics.js'
 
 /** How a request ended, as counted and logged. */
 export type Outcome = 'routed' | 'unknown_host' | 'suspended' | 'maintenance' | 'passthrough' | 'health' | 'bad_request' | 'registry_unavailable'
 
 export const OUTCOMES: readonly Outcome[] = ['routed', 'unknown_host', 'suspended', 'maintenance', 'passthrough', 'health', 'bad_request', 'registry_unavailable']
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
+const OUTCOME_INDEX = Object.fromEntries(OUTCOMES.map((o, i) => [o, i])) as Record<Outcome, number>
 
 /** Kinds of upstream failure. */
 export type UpstreamErrorKind = 'connect' | 'timeout' | 'reset' | 'other'
@@ -17,12 +19,11 @@ export type UpstreamErrorKind = 'connect' | 'timeout' | 'reset' | 'other'
 /** The proxy's metrics, with label children bound once so the hot path does no label hashing. */
 export class ProxyMetrics {
   readonly registry = new client.Registry()
-  readonly #requests: client.Counter<'outcome' | 'status_class'>
-  readonly #requestChildren = new Map<string, client.Counter.Internal>()
-  readonly #duration: client.Histogram<'outcome'>
-  readonly #durationChildren = new Map<Outcome, client.Histogram.Internal<'outcome'>>()
-  readonly upstreamDuration: client.Histogram
-  readonly inFlight: client.Gauge
+  readonly #requests: IndexedCounter
+  readonly #duration: IndexedHistogram
+  readonly #upstreamDuration: IndexedHistogram
+  /** Requests being handled; a plain number on the hot path, read by the gauge at scrape time. */
+  inFlight = 0
   readonly registryTenants: client.Gauge
   readonly registryDomains: client.Gauge
   readonly registryVersion: client.Gauge
@@ -38,21 +39,16 @@ export class ProxyMetrics {
     // prom-client's *_total gauges break the Prometheus naming rule promtool enforces; the same
     // counts exist without the suffix (nodejs_active_handles, …).
     for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) this.registry.removeSingleMetric(name)
-    this.#requests = new client.Counter({ name: 'tenant_proxy_requests_total', help: 'Requests on the traffic listener by outcome and status class.', labelNames: ['outcome', 'status_class'], registers })
-    this.#duration = new client.Histogram({
-      name: 'tenant_proxy_request_duration_seconds',
-      help: 'Time from request start to response end on the traffic listener.',
-      labelNames: ['outcome'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-      registers
-    })
-    this.upstreamDuration = new client.Histogram({
-      name: 'tenant_proxy_upstream_duration_seconds',
-      help: 'Time from forwarding a request to receiving the upstream response headers.',
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-      registers
-    })
-    this.inFlight = new client.Gauge({ name: 'tenant_proxy_requests_in_flight', help: 'Requests being handled on the traffic listener.', registers })
+    const buckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+    // Every series exists from the start, so dashboards see zeros instead of gaps.
+    this.#requests = new IndexedCounter('tenant_proxy_requests_total', 'Requests on the traffic listener by outcome and status class.',
+      OUTCOMES.flatMap((outcome) => STATUS_CLASSES.map((cls) => ({ outcome, status_class: cls }))))
+    this.#duration = new IndexedHistogram('tenant_proxy_request_duration_seconds', 'Time from request start to response end on the traffic listener.',
+      buckets, OUTCOMES.map((outcome) => ({ outcome })))
+    this.#upstreamDuration = new IndexedHistogram('tenant_proxy_upstream_duration_seconds', 'Time from forwarding a request to receiving the upstream response headers.', buckets)
+    for (const metric of [this.#requests, this.#duration, this.#upstreamDuration]) this.registry.registerMetric(metric as unknown as client.Metric)
+    const inFlight = (): number => this.inFlight
+    new client.Gauge({ name: 'tenant_proxy_requests_in_flight', help: 'Requests being handled on the traffic listener.', registers, collect () { this.set(inFlight()) } })
     this.registryTenants = new client.Gauge({ name: 'tenant_proxy_registry_tenants', help: 'Tenants in the loaded registry index.', registers })
     this.registryDomains = new client.Gauge({ name: 'tenant_proxy_registry_domains', help: 'Domains in the loaded registry index.', registers })
     this.registryVersion = new client.Gauge({ name: 'tenant_proxy_registry_version', help: 'Registry change version of the loaded index.', registers })
@@ -62,20 +58,21 @@ export class ProxyMetrics {
     this.upstreamErrors = new client.Counter({ name: 'tenant_proxy_upstream_errors_total', help: 'Upstream failures by kind.', labelNames: ['kind'], registers })
     this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
 
-    // Pre-create every series so dashboards see zeros instead of gaps, and bind children once.
-    for (const outcome of OUTCOMES) {
-      this.#durationChildren.set(outcome, this.#duration.labels(outcome))
-      for (const cls of STATUS_CLASSES) this.#requestChildren.set(outcome + cls, this.#requests.labels(outcome, cls))
-    }
     for (const kind of ['connect', 'timeout', 'reset', 'other'] as const) this.upstreamErrors.labels(kind)
     for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result)
   }
 
   /** Counts one finished request. */
   observeRequest (outcome: Outcome, status: number, seconds: number): void {
-    const cls = status >= 500 ? '5xx' : status >= 400 ? '4xx' : status >= 300 ? '3xx' : status >= 200 ? '2xx' : '1xx'
-    this.#requestChildren.get(outcome + cls)?.inc()
-    this.#durationChildren.get(outcome)?.observe(seconds)
+    const o = OUTCOME_INDEX[outcome]
+    const cls = status >= 500 ? 4 : status >= 400 ? 3 : status >= 300 ? 2 : status >= 200 ? 1 : 0
+    this.#requests.inc(o * STATUS_CLASSES.length + cls)
+    this.#duration.observe(o, seconds)
+  }
+
+  /** Records the time to the upstream's response headers. */
+  observeUpstream (seconds: number): void {
+    this.#upstreamDuration.observe(0, seconds)
   }
 
   /** Records a registry index being loaded. */
