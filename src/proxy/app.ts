@@ -9,16 +9,14 @@
  * buildTrafficApp() never listens and reads no environment; server.ts owns that.
  */
 import { randomUUID } from 'node:crypto'
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http'
 import httpProxy from '@fastify/http-proxy'
-import type { IncomingHttpHeaders } from 'node:http'
 import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Logger } from 'pino'
 import type { Config } from '../config/load.js'
 import type { DescriptorCache } from '../descriptor/sign.js'
 import { tpError, type ErrorCode } from '../errors.js'
 import type { Outcome, ProxyMetrics, UpstreamErrorKind } from '../ops/metrics.js'
-import type { Route } from '../registry/index.js'
 import { canonicalHost } from '../routing/host.js'
 import { Resolver } from '../routing/resolve.js'
 import { sendError } from './error-reply.js'
@@ -43,7 +41,6 @@ interface Flow {
   outcome: Outcome
   host: string
   tenant: string | null
-  route: Route | null
   descriptor: string | null
   origin: string
   start: number
@@ -103,7 +100,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
   app.decorateRequest('tp', null as unknown as Flow)
 
   app.addHook('onRequest', (request, reply, done) => {
-    request.tp = { outcome: 'bad_request', host: '', tenant: null, route: null, descriptor: null, origin: '', start: performance.now(), upstreamStart: 0, upstreamMs: null, upstream: { handler: null }, done: false }
+    request.tp = { outcome: 'bad_request', host: '', tenant: null, descriptor: null, origin: '', start: performance.now(), upstreamStart: 0, upstreamMs: null, upstream: { handler: null }, done: false }
     metrics.inFlight++
     // 'close' fires for finished responses and for connections the client dropped mid-way, even
     // when no Fastify hook runs (the upstream has not answered yet).
@@ -244,7 +241,6 @@ export function buildTrafficApp (deps: TrafficDeps) {
       return
     }
     tp.outcome = 'routed'
-    tp.route = r
     tp.origin = origin
     tp.descriptor = descriptors.get(r, canonical.host)
   }
