@@ -84,7 +84,8 @@ export function lastListEntry (value: string): string {
 
 function dropHopByHop (headers: HeaderMap): void {
   const connection = headers.connection
-  if (connection !== undefined) {
+  // The common values nominate nothing beyond the hop-by-hop list below: skip the parsing.
+  if (connection !== undefined && connection !== 'keep-alive' && connection !== 'close') {
     for (const value of Array.isArray(connection) ? connection : [String(connection)]) {
       for (const token of value.split(',')) {
         const name = token.trim().toLowerCase()
