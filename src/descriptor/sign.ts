@@ -1,6 +1,7 @@
 /**
  * Descriptor signing and the per-host cache that keeps signing off the per-request path.
  */
+import { tpError } from '../errors.js'
 import type { Signer, Keyring } from './keyring.js'
 
 /** The tenant facts a descriptor states. */
@@ -59,13 +60,21 @@ export class DescriptorCache {
   readonly #entries = new Map<string, Entry>()
 
   constructor (opts: DescriptorCacheOptions) {
-    this.#opts = { now: Date.now, onSign: () => {}, ...opts }
+    const { ttlS, refreshMarginS } = opts
+    // A margin at or past the TTL would make every request sign: exactly what the cache prevents.
+    if (!Number.isInteger(ttlS) || ttlS <= 0) throw tpError('TENANT_PROXY_ERR_CONFIG_INVALID', [`descriptor.ttlS must be a positive integer, got ${ttlS}`])
+    if (!Number.isInteger(refreshMarginS) || refreshMarginS < 0 || refreshMarginS >= ttlS) {
+      throw tpError('TENANT_PROXY_ERR_CONFIG_INVALID', [`descriptor.refreshMarginS must be an integer from 0 to ttlS - 1 (${ttlS - 1}), got ${refreshMarginS}`])
+    }
+    // Optional hooks resolve once to a default, so `get` never tests for undefined.
+    this.#opts = { ...opts, now: opts.now ?? Date.now, onSign: opts.onSign ?? noop }
   }
 
   /** The descriptor for `target` requested as `host`. */
   get (target: DescriptorTarget, host: string): string {
     const now = this.#opts.now()
     const entry = this.#entries.get(host)
+    // The hit path reads one map entry and allocates nothing: it runs on every proxied request.
     if (entry !== undefined && entry.target === target && now < entry.refreshAt) return entry.token
     const iat = Math.floor(now / 1000)
     const exp = iat + this.#opts.ttlS
@@ -107,3 +116,5 @@ export class DescriptorCache {
     return this.#entries.size
   }
 }
+
+function noop (): void {}
