@@ -5,6 +5,7 @@
 //
 //   npm run bench                       # defaults below
 //   BENCH_DATABASE_URL=postgres://…  BENCH_TENANTS=100000 BENCH_ROUNDS=3 BENCH_SECONDS=5 BENCH_CONNECTIONS=32 npm run bench
+//   BENCH_PROFILE_DIR=/tmp/prof npm run bench   # also writes a CPU profile per process
 //
 // Everything is on 127.0.0.1; every round is bounded in time; the throwaway database is dropped.
 import { spawn } from 'node:child_process'
@@ -65,7 +66,12 @@ try {
   }
   report(results)
 } finally {
-  for (const c of children) c.kill('SIGTERM')
+  // Wait (bounded) for the children to exit so they can write their profiles and flush logs.
+  await Promise.all(children.map((c) => c.exitCode !== null ? null : new Promise((resolve) => {
+    const timer = setTimeout(resolve, 15_000)
+    c.once('exit', () => { clearTimeout(timer); resolve() })
+    c.kill('SIGTERM')
+  })))
   await admin.query(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`)
   await admin.end()
 }
@@ -163,6 +169,8 @@ function report (results) {
 /** Spawns a child, resolving once `ready(line)` returns info (first stdout JSON line by default). */
 async function start (cmd, args, env = {}, ready = (line) => JSON.parse(line)) {
   // Without a readiness line to read, stdout (request logs) goes straight to /dev/null.
+  // BENCH_PROFILE_DIR=/tmp/prof writes a V8 CPU profile of every node child (open in Chrome DevTools).
+  if (cmd === 'node' && process.env.BENCH_PROFILE_DIR) args = ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`, ...args]
   const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', ready === null ? 'ignore' : 'pipe', 'inherit'] })
   children.push(child)
   if (ready === null) return { child, info: null }

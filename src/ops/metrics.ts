@@ -29,6 +29,10 @@ export class ProxyMetrics {
   readonly registryVersion: client.Gauge
   readonly registryLastLoad: client.Gauge
   readonly registryLoads: client.Counter<'result'>
+  readonly registryLastSync: client.Gauge
+  readonly registryFeedConnected: client.Gauge
+  readonly registryFeedReconnects: client.Counter
+  readonly registryStale: client.Gauge
   readonly descriptorSignatures: client.Counter
   readonly upstreamErrors: client.Counter<'kind'>
   readonly draining: client.Gauge
@@ -54,6 +58,10 @@ export class ProxyMetrics {
     this.registryVersion = new client.Gauge({ name: 'tenant_proxy_registry_version', help: 'Registry change version of the loaded index.', registers })
     this.registryLastLoad = new client.Gauge({ name: 'tenant_proxy_registry_last_load_timestamp_seconds', help: 'Unix time of the last successful registry load.', registers })
     this.registryLoads = new client.Counter({ name: 'tenant_proxy_registry_loads_total', help: 'Registry snapshot loads by result.', labelNames: ['result'], registers })
+    this.registryLastSync = new client.Gauge({ name: 'tenant_proxy_registry_last_sync_timestamp_seconds', help: 'Unix time the index was last confirmed current with the registry (load, applied change or version check).', registers })
+    this.registryFeedConnected = new client.Gauge({ name: 'tenant_proxy_registry_feed_connected', help: '1 while the LISTEN connection to the registry change feed is up and resynced.', registers })
+    this.registryFeedReconnects = new client.Counter({ name: 'tenant_proxy_registry_feed_reconnects_total', help: 'Reconnections of the registry change feed.', registers })
+    this.registryStale = new client.Gauge({ name: 'tenant_proxy_registry_stale', help: '1 while the index comes from the last-known-good snapshot file, not yet confirmed by the registry.', registers })
     this.descriptorSignatures = new client.Counter({ name: 'tenant_proxy_descriptor_signatures_total', help: 'Descriptors signed (cache misses and refreshes).', registers })
     this.upstreamErrors = new client.Counter({ name: 'tenant_proxy_upstream_errors_total', help: 'Upstream failures by kind.', labelNames: ['kind'], registers })
     this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
@@ -81,6 +89,7 @@ export class ProxyMetrics {
     this.registryDomains.set(index.byHost.size)
     this.registryVersion.set(index.version)
     this.registryLastLoad.set(index.loadedAt / 1000)
+    this.registryLastSync.set(index.loadedAt / 1000)
     this.registryLoads.labels('ok').inc()
   }
 }
