@@ -61,7 +61,7 @@ try {
     for (const name of order) {
       const r = await measure(targets[name], SECONDS)
       results[name].push(r)
-      console.error(`round ${round} ${name.padEnd(12)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50} ms  p99 ${r.p99} ms  ${r.cpuUsPerReq.toFixed(1)} µs CPU/req  errors ${r.errors}`)
+      console.error(`round ${round} ${name.padEnd(12)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50} ms  p99 ${r.p99} ms  ${r.cpuUsPerReq.toFixed(1)} µs CPU/req (user ${r.userUsPerReq.toFixed(1)}, sys ${r.sysUsPerReq.toFixed(1)})  ${r.readsPerReq.toFixed(2)} reads ${r.writesPerReq.toFixed(2)} writes/req  errors ${r.errors}`)
     }
   }
   report(results)
@@ -92,10 +92,14 @@ async function seed (url) {
 
 async function measure (target, seconds) {
   const before = cpuTicks(target.pid)
+  const splitBefore = cpuSplit(target.pid)
+  const ioBefore = syscalls(target.pid)
   // Cycle through HOSTS distinct tenants; bare ignores the Host header.
   const requests = Array.from({ length: HOSTS }, (_, i) => ({ method: 'GET', path: '/', headers: { host: `t${1 + Math.floor(i * TENANTS / HOSTS)}.bench.example` } }))
   const result = await autocannon({ url: `http://127.0.0.1:${target.port}`, connections: CONNECTIONS, duration: seconds, requests })
   const ticks = cpuTicks(target.pid) - before
+  const split = cpuSplit(target.pid)
+  const io = syscalls(target.pid)
   const done = result.requests.total
   return {
     rps: result.requests.average,
@@ -103,6 +107,10 @@ async function measure (target, seconds) {
     p99: result.latency.p99,
     cpuUsPerReq: done > 0 ? (ticks / CLK_TCK) * 1e6 / done : NaN,
     errors: result.errors + result.non2xx,
+    userUsPerReq: (split.user - splitBefore.user) / CLK_TCK * 1e6 / done,
+    sysUsPerReq: (split.sys - splitBefore.sys) / CLK_TCK * 1e6 / done,
+    readsPerReq: (io.reads - ioBefore.reads) / done,
+    writesPerReq: (io.writes - ioBefore.writes) / done,
     total: done
   }
 }
@@ -130,9 +138,20 @@ async function waitForUp (port) {
   }
 }
 
+function cpuSplit (pid) {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
+  return { user: Number(fields[11]), sys: Number(fields[12]) }
+}
+
 function cpuTicks (pid) {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')
   return Number(fields[11]) + Number(fields[12]) // utime + stime
+}
+
+/** Read and write system calls so far (/proc/<pid>/io): a proxy that writes more often pays for it in kernel time. */
+function syscalls (pid) {
+  const io = Object.fromEntries(readFileSync(`/proc/${pid}/io`, 'utf8').trim().split('\n').map((l) => l.split(': ')))
+  return { reads: Number(io.syscr), writes: Number(io.syscw) }
 }
 
 function median (xs) {

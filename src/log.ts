@@ -35,3 +35,32 @@ export function createLogger (level: string, destination?: pino.DestinationStrea
     timestamp: pino.stdTimeFunctions.epochTime
   }, stream)
 }
+
+/** The fields of one access-log line (one per traffic request). */
+export interface AccessLine {
+  reqId: string
+  host: string
+  tenant: string | null
+  outcome: string
+  status: number
+  ms: number
+  upstreamMs: number | null
+}
+
+/**
+ * A writer for access lines, or null when `info` is off. The line is built by hand and written
+ * straight to the logger's destination: pino's generic serializer costs several µs per line on a
+ * path where the proxy's whole budget is about 100 µs. Same JSON shape as the logger's own lines;
+ * no field here can hold a secret, so redaction has nothing to do.
+ */
+export function accessLogWriter (logger: Logger): ((line: AccessLine) => void) | null {
+  if (!logger.isLevelEnabled('info')) return null
+  const stream = (logger as unknown as Record<symbol, { write (s: string): void }>)[pino.symbols.streamSym]
+  if (stream === undefined) return null
+  const prefix = `{"level":${logger.levels.values.info ?? 30},"time":`
+  const bindings = JSON.stringify(logger.bindings()).slice(1, -1)
+  const base = bindings === '' ? '' : `,${bindings}`
+  return (l) => {
+    stream.write(`${prefix}${Date.now()}${base},"reqId":${JSON.stringify(l.reqId)},"host":${JSON.stringify(l.host)},"tenant":${l.tenant === null ? 'null' : JSON.stringify(l.tenant)},"outcome":"${l.outcome}","status":${l.status},"ms":${l.ms},"upstreamMs":${l.upstreamMs ?? 'null'},"msg":"request"}\n`)
+  }
+}

@@ -26,11 +26,23 @@ t.test('scrubInbound: Connection-nominated first, hop-by-hop, every descriptor s
     accept: 'text/html',
     cookie: 'kept=1'
   }
-  scrubInbound(headers, NAME)
-  t.same(headers, { accept: 'text/html', cookie: 'kept=1' })
+  const scrubbed = scrubInbound(headers, NAME)
+  t.same(scrubbed, { accept: 'text/html', cookie: 'kept=1' })
   // Forwarding headers added after the scrub survive whatever Connection said.
-  setForwardingHeaders(headers, { peer: '10.1.1.1', trusted: false, host: 'acme.example.com', requestId: 'r1' })
-  t.equal(headers['x-forwarded-for'], '10.1.1.1')
+  setForwardingHeaders(scrubbed, { peer: '10.1.1.1', trusted: false, host: 'acme.example.com', requestId: 'r1' })
+  t.equal(scrubbed['x-forwarded-for'], '10.1.1.1')
+})
+
+t.test('scrub returns the same object when nothing has to go, a copy otherwise', async (t) => {
+  const clean: HeaderMap = { host: 'a.example', accept: '*/*', 'content-length': '3' }
+  t.equal(scrubInbound(clean, NAME), clean)
+  t.equal(scrubOutbound(clean, NAME), clean)
+  const dirty: HeaderMap = { 'content-type': 'text/plain', connection: 'keep-alive', 'keep-alive': 'timeout=5' }
+  const out = scrubOutbound(dirty, NAME)
+  t.not(out, dirty)
+  t.same(out, { 'content-type': 'text/plain' })
+  // A nominated name goes whatever case the Connection value spells it in.
+  t.same(scrubInbound({ connection: 'X-Private', 'x-private': '1', te: 'trailers', accept: 'a' }, NAME), { accept: 'a' })
 })
 
 t.test('scrubOutbound removes hop-by-hop headers and descriptor spellings from responses', async (t) => {

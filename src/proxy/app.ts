@@ -17,6 +17,7 @@ import type { Config } from '../config/load.js'
 import type { DescriptorCache } from '../descriptor/sign.js'
 import { tpError, type ErrorCode } from '../errors.js'
 import type { Outcome, ProxyMetrics, UpstreamErrorKind } from '../ops/metrics.js'
+import { accessLogWriter } from '../log.js'
 import { canonicalHost } from '../routing/host.js'
 import { Resolver } from '../routing/resolve.js'
 import { sendError } from './error-reply.js'
@@ -72,6 +73,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
   const pools = new UpstreamPools(config.upstream)
   const hostHeader = config.upstream.hostHeader
   const retryAfter = config.routing.maintenanceRetryAfterS
+  const accessLog = accessLogWriter(logger)
 
   const app = Fastify({
     loggerInstance: logger,
@@ -128,7 +130,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
     const elapsedMs = performance.now() - tp.start
     metrics.inFlight--
     metrics.observeRequest(tp.outcome, status, elapsedMs / 1000)
-    request.log.info({ reqId: request.id, host: tp.host, tenant: tp.tenant, outcome: tp.outcome, status, ms: round(elapsedMs), upstreamMs: tp.upstreamMs === null ? null : round(tp.upstreamMs) }, 'request')
+    accessLog?.({ reqId: request.id, host: tp.host, tenant: tp.tenant, outcome: tp.outcome, status, ms: round(elapsedMs), upstreamMs: tp.upstreamMs === null ? null : round(tp.upstreamMs) })
   }
 
   app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
@@ -165,9 +167,9 @@ export function buildTrafficApp (deps: TrafficDeps) {
       getUpstream: (request) => request.tp.origin,
       rewriteRequestHeaders: (request, headers) => upstreamHeaders(request as FastifyRequest, headers as HeaderMap) as IncomingHttpHeaders,
       rewriteHeaders: (headers, request) => {
-        scrubOutbound(headers, headerName)
-        if (request !== undefined) (headers as HeaderMap)['x-request-id'] = request.id
-        return headers
+        const cleaned = scrubOutbound(headers as HeaderMap, headerName)
+        if (request !== undefined) cleaned['x-request-id'] = request.id
+        return cleaned as IncomingHttpHeaders
       },
       onResponse: (request, reply, res) => {
         request.tp.upstreamMs = performance.now() - request.tp.upstreamStart
@@ -246,9 +248,9 @@ export function buildTrafficApp (deps: TrafficDeps) {
   }
 
   /** Step 4: the headers the upstream sees. */
-  function upstreamHeaders (request: FastifyRequest, headers: HeaderMap): HeaderMap {
+  function upstreamHeaders (request: FastifyRequest, inbound: HeaderMap): HeaderMap {
     const tp = request.tp
-    scrubInbound(headers, headerName)
+    const headers = scrubInbound(inbound, headerName)
     const clientHost = request.headers.host ?? tp.host
     headers.host = hostHeader ?? clientHost
     setForwardingHeaders(headers, {

@@ -6,12 +6,6 @@
 /** Header map as Node and undici use it: lower-case names. */
 export type HeaderMap = Record<string, string | string[] | number | undefined>
 
-/**
- * Hop-by-hop headers (RFC 9110 section 7.6.1) that never cross a proxy, plus the legacy
- * Proxy-Connection that some clients still send.
- */
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'upgrade']
-
 /** True when `name` would be read as the descriptor header by some server or framework. */
 export function isDescriptorHeaderName (name: string, descriptorHeader: string): boolean {
   // Rack, CGI and many frameworks map '_' to '-' (or the reverse) and ignore case, so
@@ -21,25 +15,23 @@ export function isDescriptorHeaderName (name: string, descriptorHeader: string):
 }
 
 /**
- * Removes, in place, every header a client must not control: the ones nominated in Connection
+ * The client's headers without any it must not control: the ones nominated in Connection
  * (processed first, so a client cannot nominate headers the proxy adds afterwards, RFC 9110
- * section 7.6.1), hop-by-hop headers, and every spelling of the descriptor header.
+ * section 7.6.1), hop-by-hop headers, and every spelling of the descriptor header. Returns
+ * `headers` itself when nothing had to go, else a filtered copy.
  */
-export function scrubInbound (headers: HeaderMap, descriptorHeader: string): void {
-  dropHopByHop(headers)
-  dropDescriptor(headers, descriptorHeader)
+export function scrubInbound (headers: HeaderMap, descriptorHeader: string): HeaderMap {
+  return scrub(headers, descriptorHeader, false)
 }
 
 /**
  * Cleans an upstream response for the client: hop-by-hop headers describe the proxy-upstream
  * connection only (RFC 9110 section 7.6.1; copying `Connection: keep-alive` would override a
  * client's `Connection: close`), Node frames the body itself, and the descriptor is never echoed.
+ * Returns `headers` itself when nothing had to go, else a filtered copy.
  */
 export function scrubOutbound (headers: HeaderMap, descriptorHeader: string): HeaderMap {
-  dropHopByHop(headers)
-  if (headers['transfer-encoding'] !== undefined) delete headers['transfer-encoding']
-  dropDescriptor(headers, descriptorHeader)
-  return headers
+  return scrub(headers, descriptorHeader, true)
 }
 
 /** Inputs of the forwarding headers for one request. */
@@ -82,23 +74,59 @@ export function lastListEntry (value: string): string {
   return (i === -1 ? value : value.slice(i + 1)).trim()
 }
 
-function dropHopByHop (headers: HeaderMap): void {
-  const connection = headers.connection
-  // The common values nominate nothing beyond the hop-by-hop list below: skip the parsing.
-  if (connection !== undefined && connection !== 'keep-alive' && connection !== 'close') {
-    for (const value of Array.isArray(connection) ? connection : [String(connection)]) {
-      for (const token of value.split(',')) {
-        const name = token.trim().toLowerCase()
-        if (name !== '') delete headers[name]
-      }
-    }
+/**
+ * One pass to find out whether anything must go (usually: the upstream's Connection and
+ * Keep-Alive), then a copy without it. Copying beats `delete`, which turns the object into a slow
+ * dictionary for everything that iterates it afterwards (reply-from, undici, Fastify).
+ */
+function scrub (headers: HeaderMap, descriptorHeader: string, framing: boolean): HeaderMap {
+  const nominated = nominatedBy(headers.connection)
+  let drop = false
+  for (const name in headers) {
+    if (dropped(name, descriptorHeader, framing, nominated)) { drop = true; break }
   }
-  // Delete only what is there: deleting a property turns the object into a slow dictionary.
-  for (const name of HOP_BY_HOP) if (headers[name] !== undefined) delete headers[name]
+  if (!drop) return headers
+  const kept: HeaderMap = {}
+  for (const name in headers) {
+    if (!dropped(name, descriptorHeader, framing, nominated)) kept[name] = headers[name]
+  }
+  return kept
 }
 
-function dropDescriptor (headers: HeaderMap, descriptorHeader: string): void {
-  for (const name of Object.keys(headers)) {
-    if (isDescriptorHeaderName(name, descriptorHeader)) delete headers[name]
+function dropped (name: string, descriptorHeader: string, framing: boolean, nominated: ReadonlySet<string> | null): boolean {
+  const length = name.length
+  return (length === descriptorHeader.length && isDescriptorHeaderName(name, descriptorHeader)) ||
+    isHopByHop(name, length, framing) ||
+    (nominated !== null && nominated.has(name.toLowerCase()))
+}
+
+/** The header names a Connection value nominates, or null for none. */
+function nominatedBy (connection: HeaderMap[string]): ReadonlySet<string> | null {
+  // The common values nominate nothing beyond the hop-by-hop list: skip the parsing.
+  if (connection === undefined || connection === 'keep-alive' || connection === 'close') return null
+  const names = new Set<string>()
+  for (const value of Array.isArray(connection) ? connection : [String(connection)]) {
+    for (const token of value.split(',')) {
+      const name = token.trim().toLowerCase()
+      if (name !== '') names.add(name)
+    }
+  }
+  return names.size === 0 ? null : names
+}
+
+/**
+ * Hop-by-hop headers (RFC 9110 section 7.6.1) that never cross a proxy, plus the legacy
+ * Proxy-Connection that some clients still send; switched on length so most names cost one test.
+ */
+function isHopByHop (name: string, length: number, framing: boolean): boolean {
+  // Names from Node and undici are lower-case already; others (tests, hand-built maps) may not be.
+  switch (length) {
+    case 2: return name === 'te'
+    case 7: return name === 'trailer' || name === 'upgrade'
+    case 10: return name === 'connection' || name === 'keep-alive'
+    case 16: return name === 'proxy-connection'
+    case 17: return framing && name === 'transfer-encoding'
+    case 19: return name === 'proxy-authorization'
+    default: return false
   }
 }
