@@ -167,7 +167,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
       getUpstream: (request) => request.tp.origin,
       rewriteRequestHeaders: (request, headers) => upstreamHeaders(request as FastifyRequest, headers as HeaderMap) as IncomingHttpHeaders,
       rewriteHeaders: (headers, request) => {
-        const cleaned = scrubOutbound(headers as HeaderMap, headerName)
+        const cleaned = scrubOutbound(headers, headerName)
         if (request !== undefined) cleaned['x-request-id'] = request.id
         return cleaned as IncomingHttpHeaders
       },
