@@ -47,7 +47,7 @@ try {
     TENANT_PROXY_OPS_PORT: String(await freePort()),
     TENANT_PROXY_UPSTREAM_URLS: origin,
     TENANT_PROXY_DESCRIPTOR_KEYS: key,
-    TENANT_PROXY_REGISTRY_RELOAD_INTERVAL_MS: '0',
+    TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: '',
     TENANT_PROXY_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'info'
   }, null)
   await waitForUp(trafficPort)

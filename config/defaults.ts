@@ -28,8 +28,24 @@ export const DEFAULTS = {
     connectTimeoutMs: 5_000, // 5 seconds
     /** Abort a registry statement after this long. Milliseconds. */
     statementTimeoutMs: 15_000, // 15 seconds
-    /** Full registry reload period of the proxy; 0 disables (SIGHUP still reloads). Milliseconds. */
-    reloadIntervalMs: 30_000, // 30 seconds
+    /**
+     * Period of the check that the index is at the registry's version (heals a lost notification
+     * or a silently dead connection); 0 disables. Changes normally arrive by LISTEN/NOTIFY at once. Milliseconds.
+     */
+    versionCheckIntervalMs: 30_000, // 30 seconds
+    /** First delay before reconnecting the change feed; doubles per failure, with jitter. Milliseconds. */
+    reconnectMinMs: 250,
+    /** Longest delay between change feed reconnection attempts. Milliseconds. */
+    reconnectMaxMs: 30_000, // 30 seconds
+    /** Retry-After sent with 503 for hosts that cannot be checked while the registry is unreachable. Seconds. */
+    unavailableRetryAfterS: 5,
+    /**
+     * Last-known-good snapshot file, rewritten (atomically) after every load or change; a proxy
+     * starting while the registry is down routes from it. Empty disables. Path.
+     */
+    snapshotPath: './data/last-known-good.json',
+    /** Change log rows older than this are pruned by the proxies (hourly); 0 keeps them forever. Seconds. */
+    changeRetentionS: 604_800, // 7 days
     embedded: {
       /** Data directory of the embedded PostgreSQL (relative to the working directory). Path. */
       dataDir: './data/registry',

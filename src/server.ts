@@ -15,8 +15,10 @@ import { createProxyState, type ProxyState } from './proxy/state.js'
 import { UpstreamAgent } from './proxy/upstream-agent.js'
 import { UpstreamPools } from './proxy/upstream-pools.js'
 import { describeError, openRegistry, type RegistryConnection } from './registry/connect.js'
-import { buildIndex } from './registry/index.js'
 import { migrate } from './registry/migrate.js'
+import { registryFingerprint } from './registry/snapshot-file.js'
+import { RegistrySync } from './registry/sync.js'
+import { tpError } from './errors.js'
 
 /** A running proxy. */
 export interface ProxyHandle {
@@ -51,34 +53,39 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
   }
 
   try {
-    const registry: RegistryConnection = await openRegistry(config, registryLog(logger), { max: 2 })
+    const registry: RegistryConnection = await openRegistry(config, registryLog(logger), { max: 2, check: false })
     cleanups.push(async () => await registry.close())
-    const migrated = await migrate(registry.pool, registry.schema)
-    if (migrated.applied.length > 0) logger.info({ from: migrated.from, to: migrated.to }, 'registry schema migrated')
-
-    let loading: Promise<boolean> | null = null
-    const reload = async (): Promise<boolean> => {
-      // Coalesce: a SIGHUP during a timer reload waits for that one instead of starting another.
-      loading ??= (async () => {
-        const started = performance.now()
-        try {
-          const snapshot = await registry.store.snapshot()
-          const index = buildIndex(snapshot, config.tenantDatabase, state.index)
-          state.index = index
-          metrics.observeRegistryLoad(index)
-          logger.info({ version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, ms: Math.round(performance.now() - started) }, 'registry loaded')
-          return true
-        } catch (err) {
-          metrics.registryLoads.labels('error').inc()
-          logger.error({ error: describeError(err) }, state.index === null ? 'registry load failed' : 'registry reload failed; keeping the loaded index')
-          return false
-        } finally {
-          loading = null
-        }
-      })()
-      return await loading
+    const sync = new RegistrySync({
+      store: registry.store,
+      url: registry.url,
+      schema: registry.schema,
+      applicationName: config.registry.applicationName,
+      connectTimeoutMs: config.registry.connectTimeoutMs,
+      statementTimeoutMs: config.registry.statementTimeoutMs,
+      defaults: config.tenantDatabase,
+      versionCheckIntervalMs: config.registry.versionCheckIntervalMs,
+      reconnectMinMs: config.registry.reconnectMinMs,
+      reconnectMaxMs: config.registry.reconnectMaxMs,
+      changeRetentionS: config.registry.changeRetentionS,
+      snapshotFile: config.registry.snapshotPath === '' ? null : config.registry.snapshotPath,
+      fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema),
+      onConnect: async () => {
+        const migrated = await migrate(registry.pool, registry.schema)
+        if (migrated.applied.length > 0) logger.info({ from: migrated.from, to: migrated.to }, 'registry schema migrated')
+      },
+      state,
+      metrics,
+      descriptors,
+      logger
+    })
+    cleanups.push(async () => await sync.stop())
+    try {
+      await sync.start()
+    } catch (err) {
+      if (String((err as { code?: unknown }).code).startsWith('TENANT_PROXY_ERR_')) throw err
+      throw tpError('TENANT_PROXY_ERR_REGISTRY_UNREACHABLE', [`${describeError(err)} (and no usable last-known-good snapshot file)`], err)
     }
-    if (!await reload()) throw new Error('the first registry snapshot could not be loaded')
+    const reload = async (): Promise<boolean> => await sync.reload()
 
     const pools = new UpstreamPools(config.upstream)
     const dispatcher = new UpstreamAgent({
@@ -99,10 +106,6 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     await ops.listen({ host: config.ops.host, port: config.ops.port })
     const trafficAddress = traffic.server.address() as AddressInfo
     const opsAddress = ops.server.address() as AddressInfo
-
-    const timer = config.registry.reloadIntervalMs > 0 ? setInterval(() => { void reload() }, config.registry.reloadIntervalMs) : null
-    timer?.unref()
-    cleanups.push(async () => { if (timer !== null) clearInterval(timer) })
 
     logger.info({ traffic: `${trafficAddress.address}:${trafficAddress.port}`, ops: `${opsAddress.address}:${opsAddress.port}`, embeddedRegistry: registry.embedded, kid: keyring.signer.kid, alg: keyring.signer.alg }, 'tenant-proxy listening')
     // Start-up lines matter now (deploy logs, tests waiting for them): do not leave them buffered.

@@ -25,27 +25,23 @@ async function status (port: number, host: string, path = '/'): Promise<number> 
   return res.statusCode
 }
 
-t.test('SIGHUP reloads the registry; a state change is then enforced', async (t) => {
+t.test('serve applies CLI changes live (LISTEN/NOTIFY), and SIGHUP forces a full reload', async (t) => {
   const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example.com'] }])
   const upstream = await startUpstream(t)
-  const proxy = await spawnServe(t, { REGISTRY_DATABASE_URL: registry.url, TENANT_PROXY_UPSTREAM_URLS: upstream.origin, TENANT_PROXY_DESCRIPTOR_KEYS: es256Pem(), TENANT_PROXY_REGISTRY_RELOAD_INTERVAL_MS: '0' })
+  const proxy = await spawnServe(t, { REGISTRY_DATABASE_URL: registry.url, TENANT_PROXY_UPSTREAM_URLS: upstream.origin, TENANT_PROXY_DESCRIPTOR_KEYS: es256Pem(), TENANT_PROXY_REGISTRY_VERSION_CHECK_INTERVAL_MS: '0' })
   t.equal(await status(proxy.trafficPort, 'acme.example.com'), 200)
   t.equal(await status(proxy.trafficPort, 'new.example.com'), 404)
   t.equal((await runCli(['tenants', 'add', 'newco', '--domain', 'new.example.com', '--database', 'newco'], { REGISTRY_DATABASE_URL: registry.url })).code, 0)
   t.equal((await runCli(['tenants', 'state', 'acme', 'suspended'], { REGISTRY_DATABASE_URL: registry.url })).code, 0)
-  t.equal(await status(proxy.trafficPort, 'new.example.com'), 404, 'no reload yet: no registry query per request')
+  await eventually(async () => await status(proxy.trafficPort, 'new.example.com') === 200, 'the new tenant, with no signal and no version check')
+  await eventually(async () => await status(proxy.trafficPort, 'acme.example.com') === 403, 'the suspension')
+  const loads = proxy.logs.filter((l) => l.includes('"msg":"registry loaded"')).length
   proxy.child.kill('SIGHUP')
-  await eventually(async () => await status(proxy.trafficPort, 'new.example.com') === 200, 'the new tenant after SIGHUP')
-  t.equal(await status(proxy.trafficPort, 'acme.example.com'), 403, 'the suspension applies')
-  t.equal(await proxy.stop(), 0)
-})
-
-t.test('the reload interval picks changes up without a signal', async (t) => {
-  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example.com'] }])
-  const upstream = await startUpstream(t)
-  const proxy = await spawnServe(t, { REGISTRY_DATABASE_URL: registry.url, TENANT_PROXY_UPSTREAM_URLS: upstream.origin, TENANT_PROXY_DESCRIPTOR_KEYS: es256Pem(), TENANT_PROXY_REGISTRY_RELOAD_INTERVAL_MS: '200' })
-  t.equal((await runCli(['tenants', 'state', 'acme', 'maintenance'], { REGISTRY_DATABASE_URL: registry.url })).code, 0)
-  await eventually(async () => await status(proxy.trafficPort, 'acme.example.com') === 503, 'maintenance after the next reload')
+  await eventually(async () => proxy.logs.filter((l) => l.includes('"msg":"registry loaded"') && l.includes('"reason":"reload"')).length === 1, 'a full reload logged after SIGHUP')
+  t.ok(loads >= 1)
+  t.equal(await status(proxy.trafficPort, 'new.example.com'), 200, 'still routing after the reload')
+  const statusCli = await runCli(['registry', 'status', '--json'], { REGISTRY_DATABASE_URL: registry.url })
+  t.match(JSON.parse(statusCli.stdout), { feeds: [{ application_name: /^tenant-proxy feed / }] }, 'registry status lists the proxy\'s change feed')
   t.equal(await proxy.stop(), 0)
 })
 
@@ -55,7 +51,7 @@ t.test('without a registry URL, serve starts the embedded PostgreSQL and the CLI
   const dataDir = path.join(dir, 'registry')
   const env = { TENANT_PROXY_REGISTRY_EMBEDDED_DATA_DIR: dataDir, TENANT_PROXY_REGISTRY_EMBEDDED_PORT: String(await freePort()) }
   const upstream = await startUpstream(t)
-  const proxy = await spawnServe(t, { ...env, TENANT_PROXY_UPSTREAM_URLS: upstream.origin, TENANT_PROXY_DESCRIPTOR_KEYS: es256Pem(), TENANT_PROXY_REGISTRY_RELOAD_INTERVAL_MS: '0' })
+  const proxy = await spawnServe(t, { ...env, TENANT_PROXY_UPSTREAM_URLS: upstream.origin, TENANT_PROXY_DESCRIPTOR_KEYS: es256Pem() })
   t.equal(await status(proxy.trafficPort, 'anything', '/up'), 200, '/up with zero tenants on the embedded registry')
   const added = await runCli(['tenants', 'add', 'acme', '--domain', 'acme.localhost', '--database', 'acme'], env)
   t.equal(added.code, 0, added.stderr)

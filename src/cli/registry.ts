@@ -16,7 +16,12 @@ export const registryStatus: Command = {
       `SELECT application_name, client_addr::text, to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS backend_start
        FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()
        ORDER BY backend_start`, [ctx.config().registry.applicationName])
-    const result = { schema: registry.schema, embedded: registry.embedded, ...status, connections: proxies.rows }
+    // Each running proxy holds one LISTEN connection named "<applicationName> feed <host>/<pid>".
+    const feeds = await registry.pool.query<{ application_name: string, client_addr: string | null, backend_start: string, state: string | null }>(
+      `SELECT application_name, client_addr::text, to_char(backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS backend_start, state
+       FROM pg_stat_activity WHERE datname = current_database() AND starts_with(application_name, $1)
+       ORDER BY backend_start`, [`${ctx.config().registry.applicationName} feed `])
+    const result = { schema: registry.schema, embedded: registry.embedded, ...status, feeds: feeds.rows, connections: proxies.rows }
     if (flag(args, 'json')) {
       ctx.io.out(JSON.stringify(result, null, 2) + '\n')
     } else {
@@ -25,7 +30,9 @@ export const registryStatus: Command = {
         `version:     ${result.version}`,
         `tenants:     ${result.tenants}`,
         `domains:     ${result.domains}`,
-        `connections: ${result.connections.length} from tenant-proxy processes`
+        `proxies:     ${result.feeds.length} listening for changes`,
+        ...result.feeds.map((f) => `  ${f.application_name.slice(ctx.config().registry.applicationName.length + 6)}  from ${f.client_addr ?? 'local socket'} since ${f.backend_start}`),
+        `connections: ${result.connections.length} other tenant-proxy connections`
       ].join('\n') + '\n')
     }
     return 0

@@ -23,7 +23,12 @@ export const SCHEMA = {
     applicationName: text({ pattern: /^[\x20-\x7e]{1,63}$/, describe: '1-63 printable ASCII characters' }),
     connectTimeoutMs: integer(1, 600_000),
     statementTimeoutMs: integer(1, HOUR_MS),
-    reloadIntervalMs: integer(0, 24 * HOUR_MS),
+    versionCheckIntervalMs: integer(0, 24 * HOUR_MS),
+    reconnectMinMs: integer(1, 600_000),
+    reconnectMaxMs: integer(1, HOUR_MS),
+    unavailableRetryAfterS: integer(0, 86_400),
+    snapshotPath: text({ allowEmpty: true }),
+    changeRetentionS: integer(0, 10 * 365 * 86_400),
     embedded: {
       dataDir: text(),
       port: integer(1, 65_535)

@@ -106,7 +106,12 @@ export class DescriptorCache {
     this.#entries.delete(host)
   }
 
-  /** Forgets every token (e.g. after the registry drops hosts). */
+  /** Keeps only the tokens of hosts for which `keep` is true (after a full registry load). */
+  retain (keep: (host: string) => boolean): void {
+    for (const host of this.#entries.keys()) if (!keep(host)) this.#entries.delete(host)
+  }
+
+  /** Forgets every token. */
   clear (): void {
     this.#entries.clear()
   }

@@ -48,7 +48,12 @@ export function buildOpsApp (deps: OpsDeps) {
             tenants: index.bySlug.size,
             domains: index.byHost.size,
             loadedAt: new Date(index.loadedAt).toISOString(),
-            snapshotAgeSeconds: Math.round((now - index.loadedAt) / 100) / 10
+            snapshotAgeSeconds: Math.round((now - index.loadedAt) / 100) / 10,
+            // Feed up and resynced: the index is current. Stale: from the last-known-good file.
+            synced: state.synced,
+            stale: state.stale,
+            lastSyncAt: state.lastSyncAt === 0 ? null : new Date(state.lastSyncAt).toISOString(),
+            secondsSinceSync: state.lastSyncAt === 0 ? null : Math.round((now - state.lastSyncAt) / 100) / 10
           },
       upstreams
     })

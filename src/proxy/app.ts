@@ -73,6 +73,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
   const pools = new UpstreamPools(config.upstream)
   const hostHeader = config.upstream.hostHeader
   const retryAfter = config.routing.maintenanceRetryAfterS
+  const unavailableRetryAfter = config.registry.unavailableRetryAfterS
   const accessLog = accessLogWriter(logger)
 
   const app = Fastify({
@@ -218,7 +219,9 @@ export function buildTrafficApp (deps: TrafficDeps) {
     }
     const decision = resolver.resolve(index, canonical.host)
     if (decision.kind === 'unknown') {
-      refuse(request, reply, 'unknown_host', 'TENANT_PROXY_ERR_UNKNOWN_HOST')
+      // Out of sync with the registry, the proxy cannot tell "unknown" from "added since".
+      if (state.synced) refuse(request, reply, 'unknown_host', 'TENANT_PROXY_ERR_UNKNOWN_HOST')
+      else refuse(request, reply, 'registry_unavailable', 'TENANT_PROXY_ERR_REGISTRY_UNAVAILABLE', { retryAfterS: unavailableRetryAfter })
       return
     }
     if (decision.kind === 'passthrough') {

@@ -9,9 +9,19 @@ export interface ProxyState {
   /** null until the first snapshot is loaded. */
   index: RegistryIndex | null
   draining: boolean
+  /**
+   * True while the index is known current: the change feed is connected and resynced. When false
+   * (registry unreachable, or routing from the last-known-good file), a host missing from the
+   * index may exist in the registry, so it gets 503 + Retry-After instead of 404.
+   */
+  synced: boolean
+  /** True while the index comes from the snapshot file and the registry has not confirmed it. */
+  stale: boolean
+  /** Last time the index was confirmed current with the registry, ms since the epoch (0: never). */
+  lastSyncAt: number
 }
 
 /** A fresh state: nothing loaded, not draining. */
 export function createProxyState (): ProxyState {
-  return { index: null, draining: false }
+  return { index: null, draining: false, synced: false, stale: false, lastSyncAt: 0 }
 }

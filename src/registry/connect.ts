@@ -26,7 +26,7 @@ export interface RegistryConnection {
 }
 
 /** Connects to the registry (starting the embedded one when no URL is configured) and checks it answers. */
-export async function openRegistry (config: Config, logger: RegistryLogger, opts: { max?: number } = {}): Promise<RegistryConnection> {
+export async function openRegistry (config: Config, logger: RegistryLogger, opts: { max?: number, check?: boolean } = {}): Promise<RegistryConnection> {
   const registry = config.registry
   let embedded: EmbeddedRegistry | null = null
   let url = registry.databaseUrl
@@ -43,12 +43,15 @@ export async function openRegistry (config: Config, logger: RegistryLogger, opts
   })
   // An idle client that loses its server emits 'error' on the pool; without a listener Node would crash.
   pool.on('error', (err) => logger.warn(`registry connection lost: ${err.message}`))
-  try {
-    await pool.query('SELECT 1')
-  } catch (err) {
-    await pool.end().catch(() => undefined)
-    await embedded?.stop()
-    throw tpError('TENANT_PROXY_ERR_REGISTRY_UNREACHABLE', [describeError(err)], err)
+  // The proxy skips the check: it can start from its last-known-good file and connect later.
+  if (opts.check !== false) {
+    try {
+      await pool.query('SELECT 1')
+    } catch (err) {
+      await pool.end().catch(() => undefined)
+      await embedded?.stop()
+      throw tpError('TENANT_PROXY_ERR_REGISTRY_UNREACHABLE', [describeError(err)], err)
+    }
   }
   return {
     pool,

@@ -50,8 +50,33 @@ export interface TenantPatch {
 /** A consistent copy of the whole registry, read in one snapshot transaction. */
 export interface RegistrySnapshot {
   version: number
-  tenants: Array<{ id: number, slug: string, databaseName: string, databaseHost: string | null, databasePort: number | null, state: TenantState, upstream: string | null, epoch: number }>
-  domains: Array<{ hostname: string, tenantId: number }>
+  /** Names the registry (see migration 002). */
+  registryId: string
+  tenants: TenantRow[]
+  domains: DomainRow[]
+}
+
+/** A tenant as the index needs it. */
+export interface TenantRow { id: number, slug: string, databaseName: string, databaseHost: string | null, databasePort: number | null, state: TenantState, upstream: string | null, epoch: number }
+
+/** A domain as the index needs it. */
+export interface DomainRow { hostname: string, tenantId: number }
+
+/**
+ * What changed after a version, read in one REPEATABLE READ transaction: the current rows of
+ * every tenant and domain touched after `since`, up to `version`. Applying it to an index at
+ * `since` gives the index at `version`. `complete` is false when the log cannot tell (rows pruned
+ * past `since`, or more changes than `limit`): the caller loads a full snapshot instead.
+ */
+export type RegistryDelta =
+  | { complete: true, since: number, version: number, registryId: string, changes: number, tenantIds: number[], tenants: TenantRow[], hostnames: string[], domains: DomainRow[] }
+  | { complete: false, since: number, version: number, registryId: string, reason: string }
+
+type TenantTuple = [string, string, string, string | null, number | null, TenantState, string | null, string]
+const TENANT_COLUMNS = 'id, slug, database_name, database_host, database_port, state, upstream, epoch'
+
+function tenantRow ([id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch]: TenantTuple): TenantRow {
+  return { id: Number(id), slug, databaseName, databaseHost, databasePort, state, upstream, epoch: Number(epoch) }
 }
 
 /** SQL access to one registry schema over an injected pool. */
@@ -161,23 +186,93 @@ export class RegistryStore {
 
   /** Reads the whole registry at one point in time, for the proxy's in-memory index. */
   async snapshot (): Promise<RegistrySnapshot> {
-    const c = await this.#pool.connect()
-    try {
-      // REPEATABLE READ: version, tenants and domains come from the same instant.
-      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
-      const v = await c.query<{ version: string }>(`SELECT version FROM ${this.#s}.registry_state`)
-      const t = await c.query<[string, string, string, string | null, number | null, TenantState, string | null, string]>({
-        text: `SELECT id, slug, database_name, database_host, database_port, state, upstream, epoch FROM ${this.#s}.tenants`,
-        rowMode: 'array'
-      })
+    return await this.#readOnly(async (c) => {
+      const v = await c.query<{ version: string, registry_id: string }>(`SELECT version, registry_id FROM ${this.#s}.registry_state`)
+      const t = await c.query<TenantTuple>({ text: `SELECT ${TENANT_COLUMNS} FROM ${this.#s}.tenants`, rowMode: 'array' })
       const d = await c.query<[string, string]>({ text: `SELECT hostname, tenant_id FROM ${this.#s}.domains`, rowMode: 'array' })
-      await c.query('COMMIT')
       return {
         version: Number(v.rows[0]?.version ?? 0),
-        tenants: t.rows.map(([id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch]) =>
-          ({ id: Number(id), slug, databaseName, databaseHost, databasePort, state, upstream, epoch: Number(epoch) })),
+        registryId: v.rows[0]?.registry_id ?? '',
+        tenants: t.rows.map(tenantRow),
         domains: d.rows.map(([hostname, tenantId]) => ({ hostname, tenantId: Number(tenantId) }))
       }
+    })
+  }
+
+  /** The changes after version `since` as current rows (see RegistryDelta); at most `limit` change rows. */
+  async delta (since: number, limit: number): Promise<RegistryDelta> {
+    return await this.#readOnly(async (c) => {
+      const v = await c.query<{ version: string, registry_id: string, pruned_through: string }>(`SELECT version, registry_id, pruned_through FROM ${this.#s}.registry_state`)
+      const version = Number(v.rows[0]?.version ?? 0)
+      const registryId = v.rows[0]?.registry_id ?? ''
+      if (Number(v.rows[0]?.pruned_through ?? 0) > since) return { complete: false, since, version, registryId, reason: 'change log pruned past the loaded version' }
+      const ch = await c.query<[string, string, string, string | null]>({
+        text: `SELECT version, entity, key, tenant_id FROM ${this.#s}.changes WHERE version > $1 ORDER BY id LIMIT $2`,
+        values: [since, limit + 1],
+        rowMode: 'array'
+      })
+      if (ch.rows.length > limit) return { complete: false, since, version, registryId, reason: `more than ${limit} changes` }
+      const tenantIds = new Set<number>()
+      const hostnames = new Set<string>()
+      for (const [, entity, key, tenantId] of ch.rows) {
+        if (tenantId !== null) tenantIds.add(Number(tenantId))
+        if (entity === 'domain') hostnames.add(key)
+      }
+      const ids = [...tenantIds]
+      const hosts = [...hostnames]
+      const t = await c.query<TenantTuple>({ text: `SELECT ${TENANT_COLUMNS} FROM ${this.#s}.tenants WHERE id = ANY($1::bigint[])`, values: [ids], rowMode: 'array' })
+      // Every domain of a touched tenant (its route object changes) and every touched hostname.
+      const d = await c.query<[string, string]>({
+        text: `SELECT hostname, tenant_id FROM ${this.#s}.domains WHERE tenant_id = ANY($1::bigint[]) OR hostname = ANY($2::text[])`,
+        values: [ids, hosts],
+        rowMode: 'array'
+      })
+      return {
+        complete: true,
+        since,
+        version,
+        registryId,
+        changes: ch.rows.length,
+        tenantIds: ids,
+        tenants: t.rows.map(tenantRow),
+        hostnames: hosts,
+        domains: d.rows.map(([hostname, tenantId]) => ({ hostname, tenantId: Number(tenantId) }))
+      }
+    })
+  }
+
+  /** The registry's version and id (the feed's periodic check). */
+  async version (): Promise<{ version: number, registryId: string }> {
+    const r = await this.#pool.query<{ version: string, registry_id: string }>(`SELECT version, registry_id FROM ${this.#s}.registry_state`)
+    return { version: Number(r.rows[0]?.version ?? 0), registryId: r.rows[0]?.registry_id ?? '' }
+  }
+
+  /**
+   * Deletes change rows older than `retentionS` seconds (keeping the newest version's, so the log
+   * is never empty after writes) and records the pruned version; proxies further behind resync.
+   */
+  async pruneChanges (retentionS: number): Promise<number> {
+    return await this.#tx(async (c) => {
+      const r = await c.query<{ through: string | null }>(
+        `SELECT max(version) AS through FROM ${this.#s}.changes
+         WHERE changed_at < now() - make_interval(secs => $1) AND version < (SELECT max(version) FROM ${this.#s}.changes)`, [retentionS])
+      const through = r.rows[0]?.through
+      if (through === null || through === undefined) return 0
+      // Raise pruned_through before deleting, in the same transaction: no reader sees the hole without the mark.
+      await c.query(`UPDATE ${this.#s}.registry_state SET pruned_through = greatest(pruned_through, $1)`, [through])
+      const d = await c.query(`DELETE FROM ${this.#s}.changes WHERE version <= $1`, [through])
+      return d.rowCount ?? 0
+    }, { slug: null, databaseName: null, domains: [] })
+  }
+
+  async #readOnly<T> (fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.#pool.connect()
+    try {
+      // REPEATABLE READ: every statement sees the same instant (the version and the rows agree).
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+      const result = await fn(c)
+      await c.query('COMMIT')
+      return result
     } catch (err) {
       await c.query('ROLLBACK').catch(() => undefined)
       throw err

@@ -47,7 +47,8 @@ export function testConfig (registryUrl: string, upstreamOrigin: string, env: Re
       TENANT_PROXY_OPS_PORT: '0',
       TENANT_PROXY_LOG_LEVEL: 'silent',
       TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0',
-      TENANT_PROXY_REGISTRY_RELOAD_INTERVAL_MS: '0',
+      TENANT_PROXY_REGISTRY_VERSION_CHECK_INTERVAL_MS: '0',
+      TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: '',
       TENANT_PROXY_UPSTREAM_URLS: upstreamOrigin,
       TENANT_PROXY_DESCRIPTOR_KEYS: es256Pem(),
       ...env

@@ -26,7 +26,7 @@ export interface ServeProcess {
 export async function spawnServe (t: Test, env: Record<string, string>): Promise<ServeProcess> {
   // The preload lets tests trigger a full GC; it changes nothing else in the process.
   const child = spawn(process.execPath, ['--expose-gc', `--import=${GC_PRELOAD}`, CLI, 'serve'], {
-    env: { PATH: process.env.PATH ?? '', TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1', TENANT_PROXY_TRAFFIC_PORT: '0', TENANT_PROXY_OPS_HOST: '127.0.0.1', TENANT_PROXY_OPS_PORT: '0', TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0', ...env },
+    env: { PATH: process.env.PATH ?? '', TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1', TENANT_PROXY_TRAFFIC_PORT: '0', TENANT_PROXY_OPS_HOST: '127.0.0.1', TENANT_PROXY_OPS_PORT: '0', TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0', TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const logs: string[] = []

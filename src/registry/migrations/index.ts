@@ -3,6 +3,7 @@
  * released migration, add a new one (the runner records applied versions in schema_migrations).
  */
 import { initial } from './001-initial.js'
+import { live } from './002-live.js'
 
 /** One versioned migration; `sql` gets the quoted schema identifier and the NOTIFY channel. */
 export interface Migration {
@@ -11,7 +12,7 @@ export interface Migration {
   sql (schema: string, channel: string): string
 }
 
-export const MIGRATIONS: readonly Migration[] = [initial]
+export const MIGRATIONS: readonly Migration[] = [initial, live]
 
 /** The newest version this build knows. */
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0

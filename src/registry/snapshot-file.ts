@@ -1,0 +1,163 @@
+/**
+ * The last-known-good snapshot file: the index as of a registry version, so a proxy that starts
+ * while the registry is down still routes the tenants it knew. Written atomically (temp file,
+ * fsync, rename), checksummed, and tied to the registry it came from; a file that fails any check
+ * is refused whole, never half-loaded.
+ *
+ * Layout, three lines: a JSON header, a JSON body of row arrays, a JSON trailer with the SHA-256
+ * of the first two lines. Tenants are [id, slug, dbName, dbHost, dbPort, state, upstream, epoch]
+ * (database host/port already resolved against the defaults), domains [hostname, tenantId].
+ */
+import { createHash } from 'node:crypto'
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
+import { TENANT_STATES, type TenantState } from './names.js'
+import { indexRows, type RegistryIndex } from './index.js'
+import type { DomainRow, TenantRow } from './store.js'
+
+const FORMAT = 'tenant-proxy/last-known-good'
+const FORMAT_VERSION = 1
+/** Rows serialised between two yields to the event loop, so a big index never stalls requests. */
+const CHUNK = 20_000
+
+interface Header {
+  format: string
+  formatVersion: number
+  /** Fingerprint of the registry location (see registryFingerprint); a file for another is foreign. */
+  registry: string
+  registryId: string
+  version: number
+  writtenAt: string
+  tenants: number
+  domains: number
+}
+
+/** A snapshot file's content, validated. */
+export interface SnapshotFileContent {
+  readonly registryId: string
+  readonly version: number
+  readonly writtenAt: string
+  readonly tenants: TenantRow[]
+  readonly domains: DomainRow[]
+}
+
+/** Why a file was refused (logged as is; never contains secrets). */
+export class SnapshotFileError extends Error {}
+
+/**
+ * Identifies a registry location without its credentials: host, port, database and schema. A
+ * snapshot file written for one location is refused by a proxy configured for another.
+ */
+export function registryFingerprint (databaseUrl: string | null, embeddedDataDir: string, schema: string): string {
+  let where = `embedded:${path.resolve(embeddedDataDir)}`
+  if (databaseUrl !== null) {
+    const u = new URL(databaseUrl)
+    where = `${u.hostname}:${u.port === '' ? '5432' : u.port}/${decodeURIComponent(u.pathname.slice(1))}`
+  }
+  return createHash('sha256').update(`${where}#${schema}`).digest('hex').slice(0, 32)
+}
+
+/** Writes the index to `file` atomically. Rows are copied synchronously, serialised in chunks. */
+export async function writeSnapshotFile (file: string, index: RegistryIndex, fingerprint: string): Promise<{ bytes: number }> {
+  const { tenants, domains } = indexRows(index)
+  const header: Header = {
+    format: FORMAT,
+    formatVersion: FORMAT_VERSION,
+    registry: fingerprint,
+    registryId: index.registryId,
+    version: index.version,
+    writtenAt: new Date().toISOString(),
+    tenants: tenants.length,
+    domains: domains.length
+  }
+  const hash = createHash('sha256')
+  const parts: string[] = []
+  const push = (s: string): void => { hash.update(s); parts.push(s) }
+  push(JSON.stringify(header) + '\n')
+  push('{"tenants":[')
+  for (let i = 0; i < tenants.length; i += CHUNK) {
+    if (i > 0) await yieldToEventLoop()
+    push(tenants.slice(i, i + CHUNK).map((r) => JSON.stringify([r.id, r.slug, r.db.name, r.db.host, r.db.port, r.state, r.upstream, r.epoch])).join(',') + (i + CHUNK < tenants.length ? ',' : ''))
+  }
+  push('],"domains":[')
+  for (let i = 0; i < domains.length; i += CHUNK) {
+    await yieldToEventLoop()
+    push(domains.slice(i, i + CHUNK).map((d) => JSON.stringify([d.hostname, d.tenantId])).join(',') + (i + CHUNK < domains.length ? ',' : ''))
+  }
+  push(']}\n')
+  parts.push(JSON.stringify({ sha256: hash.digest('hex') }) + '\n')
+
+  await fs.mkdir(path.dirname(file), { recursive: true })
+  const tmp = `${file}.tmp-${process.pid}`
+  const handle = await fs.open(tmp, 'w', 0o600)
+  let bytes = 0
+  try {
+    for (const part of parts) bytes += (await handle.write(part)).bytesWritten
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+  try {
+    await fs.rename(tmp, file)
+  } catch (err) {
+    await fs.rm(tmp, { force: true })
+    throw err
+  }
+  // The rename is durable only once the directory entry is on disk.
+  const dir = await fs.open(path.dirname(file), 'r')
+  try { await dir.sync() } catch { /* some filesystems refuse fsync on directories */ } finally { await dir.close() }
+  return { bytes }
+}
+
+/** Reads and validates a snapshot file; throws SnapshotFileError naming the first problem. */
+export async function readSnapshotFile (file: string, fingerprint: string): Promise<SnapshotFileContent> {
+  let text: string
+  try {
+    text = await fs.readFile(file, 'utf8')
+  } catch (err) {
+    throw new SnapshotFileError((err as { code?: string }).code === 'ENOENT' ? 'no snapshot file' : `cannot read: ${(err as Error).message}`)
+  }
+  const first = text.indexOf('\n')
+  const last = text.lastIndexOf('\n', text.length - 2)
+  if (first === -1 || last <= first || !text.endsWith('\n')) throw new SnapshotFileError('not a tenant-proxy snapshot file (layout)')
+  const header = parseJson(text.slice(0, first), 'header') as Partial<Header>
+  if (header.format !== FORMAT) throw new SnapshotFileError('not a tenant-proxy snapshot file (format)')
+  if (header.formatVersion !== FORMAT_VERSION) throw new SnapshotFileError(`snapshot format version ${String(header.formatVersion)} is not ${FORMAT_VERSION}`)
+  if (header.registry !== fingerprint) throw new SnapshotFileError('written for another registry (database location or schema differ)')
+  const trailer = parseJson(text.slice(last + 1), 'trailer') as { sha256?: unknown }
+  const digest = createHash('sha256').update(text.slice(0, last + 1)).digest('hex')
+  if (trailer.sha256 !== digest) throw new SnapshotFileError('checksum mismatch (truncated or modified)')
+  const body = parseJson(text.slice(first + 1, last), 'body') as { tenants?: unknown, domains?: unknown }
+  if (!Array.isArray(body.tenants) || !Array.isArray(body.domains)) throw new SnapshotFileError('body lacks tenants or domains')
+  if (body.tenants.length !== header.tenants || body.domains.length !== header.domains) throw new SnapshotFileError('row counts differ from the header')
+  if (typeof header.version !== 'number' || typeof header.registryId !== 'string' || typeof header.writtenAt !== 'string') throw new SnapshotFileError('header fields missing')
+  const tenants = body.tenants.map((r: unknown, i) => tenantRow(r, i))
+  const domains = body.domains.map((r: unknown, i) => domainRow(r, i))
+  return { registryId: header.registryId, version: header.version, writtenAt: header.writtenAt, tenants, domains }
+}
+
+function parseJson (s: string, part: string): unknown {
+  try {
+    const v: unknown = JSON.parse(s)
+    if (typeof v !== 'object' || v === null) throw new Error('not an object')
+    return v
+  } catch {
+    throw new SnapshotFileError(`not a tenant-proxy snapshot file (${part} is not JSON)`)
+  }
+}
+
+function tenantRow (r: unknown, i: number): TenantRow {
+  if (!Array.isArray(r) || r.length !== 8) throw new SnapshotFileError(`tenant row ${i} malformed`)
+  const [id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch] = r as unknown[]
+  if (typeof id !== 'number' || typeof slug !== 'string' || typeof databaseName !== 'string' || typeof databaseHost !== 'string' ||
+    typeof databasePort !== 'number' || !TENANT_STATES.includes(state as TenantState) || !(upstream === null || typeof upstream === 'string') || typeof epoch !== 'number') {
+    throw new SnapshotFileError(`tenant row ${i} malformed`)
+  }
+  return { id, slug, databaseName, databaseHost, databasePort, state: state as TenantState, upstream, epoch }
+}
+
+function domainRow (r: unknown, i: number): DomainRow {
+  if (!Array.isArray(r) || r.length !== 2 || typeof r[0] !== 'string' || typeof r[1] !== 'number') throw new SnapshotFileError(`domain row ${i} malformed`)
+  return { hostname: r[0], tenantId: r[1] }
+}

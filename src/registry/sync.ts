@@ -1,0 +1,331 @@
+/**
+ * Keeps the proxy's registry index current and survives registry outages:
+ *
+ *   connect → LISTEN on the schema's channel → (migrate) → full snapshot → synced
+ *   notification or periodic version check → read the change log after our version → apply
+ *   connection lost → not synced (unknown hosts get 503) → reconnect with backoff → full resync
+ *
+ * LISTEN comes before the snapshot, so a write that commits after the snapshot is always
+ * notified; a notification only says "something after version N" and the change log says what,
+ * so coalesced or duplicate notifications lose nothing. Every index write (full load or delta)
+ * goes through one queue. Known hosts keep routing from memory for as long as the registry is
+ * away; the last-known-good file carries the index across a restart during an outage.
+ */
+import { hostname } from 'node:os'
+import pg from 'pg'
+import type { Logger } from 'pino'
+import type { DescriptorCache } from '../descriptor/sign.js'
+import type { ProxyMetrics } from '../ops/metrics.js'
+import type { ProxyState } from '../proxy/state.js'
+import { describeError } from './connect.js'
+import { applyDelta, buildIndex, type DatabaseDefaults, type RegistryIndex } from './index.js'
+import { readSnapshotFile, SnapshotFileError, writeSnapshotFile } from './snapshot-file.js'
+import type { RegistryStore } from './store.js'
+
+/** Changes applied incrementally at most; a bigger backlog is cheaper as a full snapshot. */
+const DELTA_LIMIT = 10_000
+/** Pruning of the change log runs at most this often per proxy. */
+const PRUNE_EVERY_MS = 3_600_000
+/** Snapshot file rewrites are coalesced to at most one per this interval. */
+const FILE_WRITE_INTERVAL_MS = 1_000
+
+/** What the sync needs; built once by server.ts. */
+export interface SyncOptions {
+  readonly store: RegistryStore
+  /** Connection string for the dedicated LISTEN connection (never logged). */
+  readonly url: string
+  readonly schema: string
+  readonly applicationName: string
+  readonly connectTimeoutMs: number
+  readonly statementTimeoutMs: number
+  readonly defaults: DatabaseDefaults
+  readonly versionCheckIntervalMs: number
+  readonly reconnectMinMs: number
+  readonly reconnectMaxMs: number
+  readonly changeRetentionS: number
+  /** Last-known-good file path, or null. */
+  readonly snapshotFile: string | null
+  readonly fingerprint: string
+  /** Runs after each (re)connection, before the resync (schema migrations). */
+  readonly onConnect: () => Promise<void>
+  readonly state: ProxyState
+  readonly metrics: ProxyMetrics
+  readonly descriptors: DescriptorCache
+  readonly logger: Logger
+  /** Randomness for the backoff jitter (tests pin it). */
+  readonly random?: () => number
+}
+
+/** The registry sync of one proxy process. */
+export class RegistrySync {
+  readonly #o: SyncOptions
+  readonly #log: Logger
+  #client: pg.Client | null = null
+  #queue: Promise<unknown> = Promise.resolve()
+  #catchUpPending = false
+  #reconnectTimer: NodeJS.Timeout | null = null
+  #checkTimer: NodeJS.Timeout | null = null
+  #attempt = 0
+  #stopped = false
+  #lastPruneAt = 0
+  #fileTimer: NodeJS.Timeout | null = null
+  #fileWriting: Promise<void> | null = null
+  #fileDirty = false
+  #lastFileWriteAt = 0
+
+  constructor (opts: SyncOptions) {
+    this.#o = opts
+    this.#log = opts.logger.child({ component: 'registry' })
+  }
+
+  /**
+   * Connects and loads the first index. When the registry cannot be reached, falls back to the
+   * last-known-good file and keeps reconnecting in the background; throws only when neither works.
+   */
+  async start (): Promise<void> {
+    try {
+      await this.#connect()
+    } catch (err) {
+      this.#dropClient()
+      const fromFile = await this.#loadFile()
+      if (!fromFile) throw err
+      this.#log.warn({ error: describeError(err) }, 'registry unreachable at start: routing known hosts from the last-known-good snapshot file')
+      this.#scheduleReconnect()
+    }
+    if (this.#o.versionCheckIntervalMs > 0) {
+      this.#checkTimer = setInterval(() => { void this.#check() }, this.#o.versionCheckIntervalMs)
+      this.#checkTimer.unref()
+    }
+  }
+
+  /** Loads a full snapshot now (SIGHUP); keeps the current index on failure. */
+  async reload (): Promise<boolean> {
+    try {
+      await this.#serial(async () => await this.#fullLoad('reload'))
+      return true
+    } catch (err) {
+      this.#o.metrics.registryLoads.labels('error').inc()
+      this.#log.error({ error: describeError(err) }, this.#o.state.index === null ? 'registry load failed' : 'registry reload failed; keeping the loaded index')
+      return false
+    }
+  }
+
+  /** Applies whatever the change log holds after the loaded version (also what a notification triggers). */
+  async catchUp (): Promise<void> {
+    // Coalesce: while one catch-up waits in the queue, more notifications add nothing.
+    if (this.#catchUpPending) return await this.#queue.then(() => undefined, () => undefined)
+    this.#catchUpPending = true
+    try {
+      await this.#serial(async () => {
+        this.#catchUpPending = false
+        await this.#applyChanges()
+      })
+    } catch (err) {
+      this.#lost(this.#client, err)
+    }
+  }
+
+  /** Stops the feed, timers and pending file write (the last write completes). */
+  async stop (): Promise<void> {
+    this.#stopped = true
+    for (const timer of [this.#reconnectTimer, this.#checkTimer, this.#fileTimer]) if (timer !== null) clearTimeout(timer)
+    this.#dropClient()
+    await this.#queue.catch(() => undefined)
+    await this.#fileWriting
+  }
+
+  async #connect (): Promise<void> {
+    const o = this.#o
+    const client = new pg.Client({
+      connectionString: o.url,
+      // Visible in pg_stat_activity (and `tenant-proxy registry status`) as this proxy's feed.
+      application_name: `${o.applicationName} feed ${hostname()}/${process.pid}`.slice(0, 63),
+      connectionTimeoutMillis: o.connectTimeoutMs,
+      query_timeout: o.statementTimeoutMs,
+      keepAlive: true
+    })
+    this.#client = client
+    client.on('error', (err) => this.#lost(client, err))
+    client.on('end', () => this.#lost(client, null))
+    client.on('notification', (msg) => {
+      if (msg.channel !== o.schema) return
+      const version = Number(msg.payload)
+      const index = o.state.index
+      if (index === null || !(version <= index.version)) void this.catchUp()
+    })
+    await client.connect()
+    await client.query(`LISTEN "${o.schema}"`)
+    await o.onConnect()
+    await this.#serial(async () => await this.#fullLoad(this.#attempt > 0 ? 'resync after reconnect' : 'start'))
+    if (this.#client !== client) throw new Error('registry connection lost during the resync')
+    o.state.synced = true
+    o.state.stale = false
+    o.metrics.registryFeedConnected.set(1)
+    o.metrics.registryStale.set(0)
+  }
+
+  /** Full snapshot → new index swapped in; cached descriptors of vanished hosts dropped. */
+  async #fullLoad (reason: string): Promise<void> {
+    const started = performance.now()
+    const snapshot = await this.#o.store.snapshot()
+    const index = buildIndex(snapshot, this.#o.defaults, this.#o.state.index)
+    this.#install(index)
+    this.#o.descriptors.retain((host) => index.byHost.has(host))
+    this.#log.info({ reason, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, ms: Math.round(performance.now() - started) }, 'registry loaded')
+  }
+
+  #install (index: RegistryIndex): void {
+    const o = this.#o
+    o.state.index = index
+    o.state.lastSyncAt = index.loadedAt
+    o.metrics.observeRegistryLoad(index)
+    this.#scheduleFileWrite()
+  }
+
+  async #applyChanges (): Promise<void> {
+    const o = this.#o
+    const index = o.state.index
+    if (index === null) return await this.#fullLoad('no index')
+    const started = performance.now()
+    const delta = await o.store.delta(index.version, DELTA_LIMIT)
+    if (o.state.index !== index) return await this.#applyChanges()
+    if (!delta.complete) return await this.#fullLoad(delta.reason)
+    if (delta.registryId !== index.registryId) return await this.#fullLoad('registry id changed')
+    const now = Date.now()
+    if (delta.version > index.version) {
+      const result = applyDelta(index, delta, o.defaults)
+      if (!result.consistent) return await this.#fullLoad('change log names a tenant the index lacks')
+      for (const host of result.removedHosts) o.descriptors.delete(host)
+      o.metrics.registryTenants.set(index.bySlug.size)
+      o.metrics.registryDomains.set(index.byHost.size)
+      o.metrics.registryVersion.set(index.version)
+      this.#log.debug({ from: delta.since, to: delta.version, changes: delta.changes, ms: Math.round((performance.now() - started) * 100) / 100 }, 'registry changes applied')
+      this.#scheduleFileWrite()
+    }
+    o.state.lastSyncAt = now
+    o.metrics.registryLastSync.set(now / 1000)
+  }
+
+  /** Periodic check over the feed connection: heals missed notifications, detects a dead connection. */
+  async #check (): Promise<void> {
+    const client = this.#client
+    if (client === null || !this.#o.state.synced) return
+    try {
+      const r = await client.query<{ version: string }>(`SELECT version FROM "${this.#o.schema}".registry_state`)
+      const version = Number(r.rows[0]?.version ?? 0)
+      const index = this.#o.state.index
+      if (index !== null && version > index.version) {
+        this.#log.warn({ loaded: index.version, registry: version }, 'version check found changes no notification announced; catching up')
+      }
+      await this.catchUp()
+      await this.#prune()
+    } catch (err) {
+      this.#lost(client, err)
+    }
+  }
+
+  async #prune (): Promise<void> {
+    if (this.#o.changeRetentionS === 0 || Date.now() - this.#lastPruneAt < PRUNE_EVERY_MS) return
+    this.#lastPruneAt = Date.now()
+    const deleted = await this.#o.store.pruneChanges(this.#o.changeRetentionS)
+    if (deleted > 0) this.#log.info({ deleted, retentionS: this.#o.changeRetentionS }, 'pruned the registry change log')
+  }
+
+  /** The feed connection (or a query on it) failed: stop trusting the index, reconnect. */
+  #lost (client: pg.Client | null, err: unknown): void {
+    if (client === null || client !== this.#client) return
+    this.#dropClient()
+    const o = this.#o
+    o.state.synced = false
+    o.metrics.registryFeedConnected.set(0)
+    if (this.#stopped) return
+    this.#log.warn({ error: err === null ? 'connection closed' : describeError(err) }, 'registry change feed lost; known hosts keep routing, unknown hosts get 503 until it is back')
+    this.#scheduleReconnect()
+  }
+
+  #dropClient (): void {
+    const client = this.#client
+    this.#client = null
+    if (client !== null) {
+      client.removeAllListeners('notification')
+      // Keep an error listener: a late socket error on a dropped client must not crash the process.
+      client.on('error', () => {})
+      client.end().catch(() => undefined)
+    }
+  }
+
+  #scheduleReconnect (): void {
+    if (this.#stopped || this.#reconnectTimer !== null) return
+    const o = this.#o
+    // Exponential backoff with equal jitter: spreads many proxies' reconnects after a registry restart.
+    const ceiling = Math.min(o.reconnectMaxMs, o.reconnectMinMs * 2 ** Math.min(this.#attempt, 20))
+    const delay = Math.round(ceiling / 2 + (o.random ?? Math.random)() * ceiling / 2)
+    this.#attempt++
+    this.#reconnectTimer = setTimeout(() => {
+      this.#reconnectTimer = null
+      this.#connect().then(() => {
+        this.#o.metrics.registryFeedReconnects.inc()
+        this.#log.info({ attempts: this.#attempt }, 'registry change feed reconnected and resynced')
+        this.#attempt = 0
+      }, (err: unknown) => {
+        this.#dropClient()
+        this.#log.debug({ error: describeError(err), attempt: this.#attempt }, 'registry reconnect failed')
+        this.#scheduleReconnect()
+      })
+    }, delay)
+    this.#reconnectTimer.unref()
+  }
+
+  /** Runs index writers one at a time, in order. */
+  async #serial<T> (fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(fn, fn)
+    this.#queue = run.catch(() => undefined)
+    return await run
+  }
+
+  async #loadFile (): Promise<boolean> {
+    const o = this.#o
+    if (o.snapshotFile === null) return false
+    try {
+      const content = await readSnapshotFile(o.snapshotFile, o.fingerprint)
+      // Rows in the file carry resolved database hosts and ports already.
+      const index = buildIndex({ version: content.version, registryId: content.registryId, tenants: content.tenants, domains: content.domains }, o.defaults, null, Date.parse(content.writtenAt))
+      o.state.index = index
+      o.state.stale = true
+      o.state.synced = false
+      o.metrics.observeRegistryLoad(index)
+      o.metrics.registryStale.set(1)
+      this.#log.warn({ file: o.snapshotFile, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, writtenAt: content.writtenAt }, 'loaded the last-known-good snapshot file')
+      return true
+    } catch (err) {
+      const reason = err instanceof SnapshotFileError ? err.message : describeError(err)
+      this.#log.error({ file: o.snapshotFile, reason }, 'last-known-good snapshot file refused')
+      return false
+    }
+  }
+
+  #scheduleFileWrite (): void {
+    const file = this.#o.snapshotFile
+    if (file === null || this.#stopped) return
+    if (this.#fileWriting !== null || this.#fileTimer !== null) {
+      this.#fileDirty = true
+      return
+    }
+    const delay = Math.max(0, this.#lastFileWriteAt + FILE_WRITE_INTERVAL_MS - Date.now())
+    this.#fileTimer = setTimeout(() => {
+      this.#fileTimer = null
+      const index = this.#o.state.index
+      if (index === null || this.#o.state.stale) return
+      this.#fileDirty = false
+      this.#fileWriting = writeSnapshotFile(file, index, this.#o.fingerprint).then(({ bytes }) => {
+        this.#log.debug({ file, version: index.version, bytes }, 'wrote the last-known-good snapshot file')
+      }, (err: unknown) => {
+        this.#log.error({ file, error: describeError(err) }, 'cannot write the last-known-good snapshot file')
+      }).finally(() => {
+        this.#fileWriting = null
+        this.#lastFileWriteAt = Date.now()
+        if (this.#fileDirty) this.#scheduleFileWrite()
+      })
+    }, delay)
+  }
+}

@@ -1,0 +1,290 @@
+/**
+ * The live registry over real sockets and real PostgreSQL: changes reach a running proxy through
+ * LISTEN/NOTIFY and the change log, a registry outage loses no request for a known tenant, and the
+ * last-known-good snapshot file carries a restart through an outage.
+ *
+ * Outages are real: either a dedicated embedded PostgreSQL that the test stops and starts, or the
+ * proxy's own role locked out (NOLOGIN + its backends terminated) on the shared server, which
+ * keeps the proxy disconnected for exactly as long as the test wants.
+ */
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import pg from 'pg'
+import t, { type Test } from 'tap'
+import { request } from 'undici'
+import { createLogger } from '../src/log.js'
+import { startEmbeddedRegistry, type EmbeddedRegistry } from '../src/registry/embedded.js'
+import { migrate } from '../src/registry/migrate.js'
+import { RegistryStore } from '../src/registry/store.js'
+import { startProxy } from '../src/server.js'
+import { runCli } from './helpers/cli.js'
+import { freePort } from './helpers/postgres.js'
+import { startTestProxy, testConfig, testRegistry } from './helpers/proxy.js'
+import { startUpstream } from './helpers/upstream.js'
+import { until } from './helpers/wait.js'
+
+interface Answer { status: number, tenant: string | null, code: string | null, retryAfter: string | null }
+
+/** One request through the proxy; the tenant is read from the descriptor the upstream received. */
+async function hit (url: string, host: string): Promise<Answer> {
+  const res = await request(url, { headers: { host } })
+  const text = await res.body.text()
+  const retryAfter = res.headers['retry-after']
+  const answer: Answer = { status: res.statusCode, tenant: null, code: null, retryAfter: typeof retryAfter === 'string' ? retryAfter : null }
+  const body = JSON.parse(text) as { headers?: Record<string, string>, error?: { code: string } }
+  const token = body.headers?.['x-tenant-descriptor']
+  if (token !== undefined) answer.tenant = (JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString()) as { sub: string }).sub
+  if (body.error !== undefined) answer.code = body.error.code
+  return answer
+}
+
+async function ready (opsUrl: string): Promise<{ status: string, registry: Record<string, unknown> }> {
+  const res = await request(`${opsUrl}/ready`)
+  return await res.body.json() as { status: string, registry: Record<string, unknown> }
+}
+
+async function metric (opsUrl: string, name: string): Promise<number> {
+  const text = await (await request(`${opsUrl}/metrics`)).body.text()
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `))
+  return Number(line?.split(' ')[1])
+}
+
+/** A role only the proxy uses, so the test can lock it out of the registry and let it back in. */
+async function proxyRole (t: Test, registryUrl: string): Promise<{ url: string, lockOut (): Promise<void>, letIn (): Promise<void> }> {
+  const role = `tp_proxy_${process.pid}_${Math.floor(Math.random() * 1e9)}`
+  const admin = new pg.Client({ connectionString: registryUrl })
+  await admin.connect()
+  await admin.query(`CREATE ROLE ${role} LOGIN SUPERUSER`)
+  t.teardown(async () => {
+    await admin.query(`ALTER ROLE ${role} NOLOGIN`)
+    await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [role])
+    await until(async () => (await admin.query('SELECT 1 FROM pg_stat_activity WHERE usename = $1', [role])).rowCount === 0 ? true : undefined, 'the proxy role to have no sessions')
+    await admin.query(`DROP ROLE ${role}`)
+    await admin.end()
+  })
+  const url = new URL(registryUrl)
+  url.username = role
+  return {
+    url: url.toString(),
+    async lockOut () {
+      await admin.query(`ALTER ROLE ${role} NOLOGIN`)
+      await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [role])
+    },
+    async letIn () {
+      await admin.query(`ALTER ROLE ${role} LOGIN`)
+    }
+  }
+}
+
+t.test('a CLI change reaches a running proxy without restart or signal', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const upstream = await startUpstream(t)
+  const proxy = await startTestProxy(t, testConfig(registry.url, upstream.origin))
+  const env = { REGISTRY_DATABASE_URL: registry.url }
+  t.equal((await hit(proxy.url, 'new.example')).status, 404)
+  t.equal((await runCli(['tenants', 'add', 'newco', '--domain', 'new.example', '--database', 'newco'], env)).code, 0)
+  t.equal((await until(async () => { const a = await hit(proxy.url, 'new.example'); return a.status === 200 ? a : undefined }, 'the new tenant through the proxy')).tenant, 'newco')
+  t.equal((await runCli(['tenants', 'state', 'acme', 'suspended'], env)).code, 0)
+  await until(async () => (await hit(proxy.url, 'acme.example')).status === 403 ? true : undefined, 'the suspension')
+  t.equal((await runCli(['tenants', 'remove', 'newco', '--yes'], env)).code, 0)
+  await until(async () => (await hit(proxy.url, 'new.example')).status === 404 ? true : undefined, 'the removed tenant to be unknown')
+  t.equal(proxy.state.index?.version, (await registry.store.status()).version, 'the index is at the registry version')
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_connected'), 1)
+})
+
+t.test('a write is applied whole: a domain moved between tenants is never seen half-moved', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'a', domains: ['a.example', 'shared.example'] }, { slug: 'b', domains: ['b.example'] }])
+  const upstream = await startUpstream(t)
+  const proxy = await startTestProxy(t, testConfig(registry.url, upstream.origin))
+  const c = new pg.Client({ connectionString: registry.url })
+  await c.connect()
+  t.teardown(async () => await c.end())
+  let moves = 0
+  let stop = false
+  const mover = (async () => {
+    for (let i = 0; i < 30 && !stop; i++) {
+      const to = i % 2 === 0 ? 'b' : 'a'
+      // Delete and re-insert in one transaction: between the two statements the host is unknown.
+      await c.query('BEGIN')
+      await c.query('DELETE FROM tenant_proxy.domains WHERE hostname = $1', ['shared.example'])
+      await c.query(`INSERT INTO tenant_proxy.domains (hostname, tenant_id, kind) SELECT 'shared.example', id, 'alias' FROM tenant_proxy.tenants WHERE slug = $1`, [to])
+      await c.query('COMMIT')
+      moves++
+    }
+  })()
+  const seen = new Set<string>()
+  const statuses = new Set<number>()
+  for (let i = 0; i < 400 && moves < 30; i++) {
+    const a = await hit(proxy.url, 'shared.example')
+    statuses.add(a.status)
+    if (a.tenant !== null) seen.add(a.tenant)
+  }
+  stop = true
+  await mover
+  t.same([...statuses], [200], 'every request found the domain on one tenant or the other')
+  t.ok(seen.size >= 1, `served by ${[...seen].join(', ')}`)
+  await until(async () => proxy.state.index?.version === (await registry.store.status()).version ? true : undefined, 'the proxy to reach the last version')
+  t.equal(proxy.state.index?.byHost.get('shared.example')?.slug, 'a', 'the last move (to a) is what the index holds')
+})
+
+t.test('the periodic version check heals a change whose notification was lost', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const upstream = await startUpstream(t)
+  const proxy = await startTestProxy(t, testConfig(registry.url, upstream.origin, { TENANT_PROXY_REGISTRY_VERSION_CHECK_INTERVAL_MS: '100' }))
+  const c = new pg.Client({ connectionString: registry.url })
+  await c.connect()
+  t.teardown(async () => await c.end())
+  // Claim this transaction's version by hand: the trigger then records the change but does not
+  // notify (it notifies only when it assigns the version itself), like a notification lost in transit.
+  await c.query('BEGIN')
+  const v = await c.query<{ version: string }>('UPDATE tenant_proxy.registry_state SET version = version + 1 RETURNING version')
+  await c.query("SELECT set_config('tenant_proxy_txn.tenant_proxy', $1, true)", [v.rows[0]?.version])
+  await c.query("UPDATE tenant_proxy.tenants SET state = 'maintenance' WHERE slug = 'acme'")
+  await c.query('COMMIT')
+  const a = await until(async () => { const r = await hit(proxy.url, 'acme.example'); return r.status === 503 ? r : undefined }, 'maintenance after the version check')
+  t.equal(a.code, 'TENANT_PROXY_ERR_TENANT_MAINTENANCE')
+})
+
+t.test('while locked out of the registry: known hosts route, unknown hosts get 503, changes arrive after reconnect', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }, { slug: 'globex', domains: ['globex.example'] }])
+  const role = await proxyRole(t, registry.url)
+  const upstream = await startUpstream(t)
+  const proxy = await startTestProxy(t, testConfig(role.url, upstream.origin, { TENANT_PROXY_REGISTRY_RECONNECT_MIN_MS: '20', TENANT_PROXY_REGISTRY_RECONNECT_MAX_MS: '100' }))
+  t.equal(proxy.state.synced, true)
+
+  await role.lockOut()
+  await until(() => proxy.state.synced ? undefined : true, 'the proxy to notice the lost feed')
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_connected'), 0)
+  for (let i = 0; i < 50; i++) t.equal((await hit(proxy.url, i % 2 === 0 ? 'acme.example' : 'globex.example')).status, 200, 'known host routes from memory')
+  const unknown = await hit(proxy.url, 'unknown.example')
+  t.match(unknown, { status: 503, code: 'TENANT_PROXY_ERR_REGISTRY_UNAVAILABLE', retryAfter: '5' }, 'unknown host: 503, not 404')
+  t.equal((await request(`${proxy.url}/up`)).statusCode, 200, '/up stays 200')
+  t.match(await ready(proxy.opsUrl), { registry: { loaded: true, synced: false, stale: false } })
+
+  // Written while the proxy cannot connect: it must pick these up in its resync.
+  const env = { REGISTRY_DATABASE_URL: registry.url }
+  t.equal((await runCli(['tenants', 'add', 'initech', '--domain', 'initech.example', '--database', 'initech'], env)).code, 0)
+  t.equal((await runCli(['tenants', 'state', 'globex', 'suspended'], env)).code, 0)
+  t.equal((await hit(proxy.url, 'initech.example')).status, 503, 'still out of sync')
+  const reconnectsBefore = await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_reconnects_total')
+
+  await role.letIn()
+  await until(() => proxy.state.synced ? true : undefined, 'the proxy to reconnect and resync')
+  t.equal((await hit(proxy.url, 'initech.example')).tenant, 'initech')
+  t.equal((await hit(proxy.url, 'globex.example')).status, 403)
+  t.equal((await hit(proxy.url, 'unknown.example')).status, 404, 'unknown is 404 again once in sync')
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_reconnects_total'), reconnectsBefore + 1)
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_connected'), 1)
+})
+
+t.test('registry server stopped and restarted: zero failed requests, restart from the snapshot file', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-live-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  await chmod(dir, 0o711) // the embedded server runs as the postgres user when we are root
+  const quiet = { debug () {}, info () {}, warn () {} }
+  const port = await freePort()
+  const pgOpts = { dataDir: path.join(dir, 'registry'), port, logger: quiet }
+  let server: EmbeddedRegistry | null = await startEmbeddedRegistry(pgOpts)
+  t.teardown(async () => { await server?.stop() })
+  const url = server.url
+  const pool = new pg.Pool({ connectionString: url, max: 2 })
+  await migrate(pool, 'tenant_proxy')
+  const store = new RegistryStore(pool, 'tenant_proxy')
+  for (const slug of ['acme', 'globex']) {
+    await store.addTenant({ slug, databaseName: slug, databaseHost: null, databasePort: null, state: 'active', upstream: null, settings: {}, domains: [`${slug}.example`] })
+  }
+  await pool.end()
+
+  const upstream = await startUpstream(t)
+  const snapshotPath = path.join(dir, 'state', 'last-known-good.json')
+  const env = { TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath, TENANT_PROXY_REGISTRY_RECONNECT_MIN_MS: '50', TENANT_PROXY_REGISTRY_RECONNECT_MAX_MS: '200', TENANT_PROXY_REGISTRY_CONNECT_TIMEOUT_MS: '1000' }
+  const proxy = await startTestProxy(t, testConfig(url, upstream.origin, env))
+  await until(async () => await readFile(snapshotPath).then(() => true, () => undefined), 'the snapshot file')
+
+  // A bounded stream of requests for known tenants while the registry goes down.
+  let failures = 0
+  let done = 0
+  let running = true
+  const client = (async () => {
+    for (let i = 0; running && i < 5_000; i++) {
+      const a = await hit(proxy.url, i % 2 === 0 ? 'acme.example' : 'globex.example')
+      if (a.status !== 200) failures++
+      done++
+    }
+  })()
+  await until(() => done >= 20 ? true : undefined, 'requests flowing')
+  await server.stop()
+  server = null
+  await until(() => proxy.state.synced ? undefined : true, 'the proxy to notice the outage')
+  const during = done
+  await until(() => done >= during + 50 ? true : undefined, '50 more requests during the outage')
+  running = false
+  await client
+  t.equal(failures, 0, `no request for a known tenant failed (${done} sent)`)
+  t.match(await hit(proxy.url, 'unknown.example'), { status: 503, code: 'TENANT_PROXY_ERR_REGISTRY_UNAVAILABLE' })
+
+  // Restart a proxy while the registry is down: it routes from the last-known-good file.
+  await proxy.stop()
+  const second = await startTestProxy(t, testConfig(url, upstream.origin, env))
+  t.equal(second.state.stale, true)
+  t.equal((await hit(second.url, 'acme.example')).tenant, 'acme', 'known tenant routes from the file')
+  t.equal((await request(`${second.url}/up`)).statusCode, 200, '/up is 200 from the file')
+  t.match(await ready(second.opsUrl), { registry: { loaded: true, stale: true, synced: false, tenants: 2, domains: 2 } })
+  t.equal(await metric(second.opsUrl, 'tenant_proxy_registry_stale'), 1)
+  t.match(await hit(second.url, 'unknown.example'), { status: 503, code: 'TENANT_PROXY_ERR_REGISTRY_UNAVAILABLE' })
+
+  // The registry returns (with a change made meanwhile): the proxy resyncs and leaves the file behind.
+  server = await startEmbeddedRegistry(pgOpts)
+  const writer = new pg.Pool({ connectionString: server.url, max: 1 })
+  await new RegistryStore(writer, 'tenant_proxy').updateTenant('globex', { state: 'suspended' })
+  await writer.end()
+  await until(() => second.state.synced ? true : undefined, 'the resync after the registry returns', 20_000)
+  t.equal(second.state.stale, false)
+  t.equal((await hit(second.url, 'globex.example')).status, 403)
+  t.equal((await hit(second.url, 'unknown.example')).status, 404)
+})
+
+t.test('a corrupt or foreign snapshot file is refused whole, with a log line that says why', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-snap-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const upstream = await startUpstream(t)
+  const snapshotPath = path.join(dir, 'lkg.json')
+  const first = await startTestProxy(t, testConfig(registry.url, upstream.origin, { TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath }))
+  await until(async () => await readFile(snapshotPath).then(() => true, () => undefined), 'the snapshot file')
+  await first.stop()
+  const good = await readFile(snapshotPath, 'utf8')
+  // The proxy's role locked out: the registry is unreachable for it, at the same location (so the
+  // file is not foreign). Another port is another location: there the same file is foreign.
+  const role = await proxyRole(t, registry.url)
+  await role.lockOut()
+  const elsewhere = `postgres://postgres@127.0.0.1:${await freePort()}/nowhere`
+
+  const attempt = async (content: string, registryUrl = role.url): Promise<{ error: string, logs: string }> => {
+    await writeFile(snapshotPath, content)
+    const lines: string[] = []
+    const logger = createLogger('info', { write: (l: string) => { lines.push(l) } })
+    const config = testConfig(registryUrl, upstream.origin, { TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath, TENANT_PROXY_REGISTRY_CONNECT_TIMEOUT_MS: '500' })
+    const error = await startProxy(config, logger).then(async (p) => { await p.stop(); return 'started' }, (err: Error) => err.message)
+    return { error, logs: lines.join('') }
+  }
+  // Control: the intact file loads when the registry is unreachable.
+  t.equal((await attempt(good)).error, 'started', 'the intact file is used')
+  const foreign = await attempt(good, elsewhere)
+  t.match(foreign.error, /unreachable/)
+  t.match(foreign.logs, /written for another registry/)
+
+  const flipped = good.replace('"acme"', '"acmf"')
+  for (const [name, content, reason] of [
+    ['modified', flipped, /checksum mismatch/],
+    ['truncated', good.slice(0, Math.floor(good.length / 2)), /layout|checksum|not JSON/],
+    ['not ours', '{"hello":"world"}\n{}\n{}\n', /format/],
+    ['empty', '', /layout/]
+  ] as const) {
+    const r = await attempt(content)
+    t.match(r.error, /unreachable/, `${name}: the start fails`)
+    t.match(r.logs, reason, `${name}: the log says why`)
+    t.notMatch(r.logs, /loaded the last-known-good/, `${name}: nothing was loaded`)
+  }
+})
