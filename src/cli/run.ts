@@ -13,13 +13,14 @@ import { keysGenerate } from './keys.js'
 import { migrateCommand } from './migrate.js'
 import { registryStatus } from './registry.js'
 import { serveCommand } from './serve.js'
+import { registryExport, registryImport } from './transfer.js'
 import { domainsAdd, domainsRemove, tenantsAdd, tenantsList, tenantsRemove, tenantsShow, tenantsState, tenantsUpdate } from './tenants.js'
 
 export const COMMANDS: readonly Command[] = [
   serveCommand, demoCommand, migrateCommand,
   tenantsAdd, tenantsList, tenantsShow, tenantsUpdate, tenantsState, tenantsRemove,
   domainsAdd, domainsRemove,
-  registryStatus, keysGenerate, descriptorDecode
+  registryStatus, registryExport, registryImport, keysGenerate, descriptorDecode
 ]
 
 /** Exit codes: 0 ok, 1 operation failed, 2 usage error, 78 configuration error (sysexits EX_CONFIG). */
@@ -94,7 +95,7 @@ function reportError (io: CliIo, err: unknown): number {
   if (isTpError(err)) {
     io.err(`tenant-proxy: ${err.message} (${err.code})\n`)
     if (err.code === 'TENANT_PROXY_ERR_CONFIG_INVALID' || err.code === 'TENANT_PROXY_ERR_CONFIG_FILE' || err.code === 'TENANT_PROXY_ERR_KEY_INVALID') return EXIT.config
-    if (err.code === 'TENANT_PROXY_ERR_CLI_USAGE' || err.code === 'TENANT_PROXY_ERR_CLI_CONFIRM' || err.code === 'TENANT_PROXY_ERR_TENANT_INVALID' || err.code === 'TENANT_PROXY_ERR_HOST_INVALID') return EXIT.usage
+    if (err.code === 'TENANT_PROXY_ERR_CLI_USAGE' || err.code === 'TENANT_PROXY_ERR_CLI_CONFIRM' || err.code === 'TENANT_PROXY_ERR_TENANT_INVALID' || err.code === 'TENANT_PROXY_ERR_HOST_INVALID' || err.code === 'TENANT_PROXY_ERR_IMPORT_INVALID') return EXIT.usage
     return EXIT.failed
   }
   io.err(`tenant-proxy: unexpected error: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)

@@ -6,6 +6,7 @@ import type pg from 'pg'
 import { tpError } from '../errors.js'
 import type { TenantState } from './names.js'
 import { quoteIdent } from './sql.js'
+import type { TransferTenant } from './transfer.js'
 
 export type DomainKind = 'primary' | 'alias'
 
@@ -276,6 +277,52 @@ export class RegistryStore {
     } catch (err) {
       await c.query('ROLLBACK').catch(() => undefined)
       throw err
+    } finally {
+      c.release()
+    }
+  }
+
+  /**
+   * Writes validated tenants in one transaction (bulk statements, so 100,000 rows take seconds).
+   * Without `replace`, an existing slug or a domain owned by a tenant outside the import is a
+   * conflict; with it, listed tenants are updated and their domain sets replaced. Every conflict
+   * is reported at once and nothing is written. Returns what was created and updated.
+   */
+  async importTenants (tenants: readonly TransferTenant[], opts: { replace: boolean, dryRun: boolean }): Promise<{ created: number, updated: number }> {
+    const rows = JSON.stringify(tenants.map(({ domains: _domains, ...t }) => t))
+    const domains = JSON.stringify(tenants.flatMap((t) => t.domains.map((d) => ({ hostname: d.hostname, kind: d.kind, slug: t.slug }))))
+    const slugs = tenants.map((t) => t.slug)
+    const c = await this.#pool.connect()
+    try {
+      await c.query('BEGIN')
+      const existing = await c.query<{ slug: string }>(`SELECT slug FROM ${this.#s}.tenants WHERE slug = ANY($1::text[])`, [slugs])
+      const problems: string[] = []
+      if (!opts.replace) for (const r of existing.rows) problems.push(`tenant ${r.slug} already exists (use --replace to update it)`)
+      const taken = await c.query<{ hostname: string, slug: string, wanted: string }>(
+        `SELECT d.hostname, t.slug, x.slug AS wanted FROM jsonb_to_recordset($1::jsonb) AS x(hostname text, slug text)
+         JOIN ${this.#s}.domains d ON d.hostname = x.hostname JOIN ${this.#s}.tenants t ON t.id = d.tenant_id
+         WHERE t.slug <> x.slug AND NOT (t.slug = ANY($2::text[]) AND $3)`, [domains, slugs, opts.replace])
+      for (const r of taken.rows) problems.push(`domain ${r.hostname} (for ${r.wanted}) belongs to tenant ${r.slug}`)
+      if (problems.length > 0) throw tpError('TENANT_PROXY_ERR_IMPORT_INVALID', [problems.join('\n')])
+      const columns = 'slug text, state text, database_name text, database_host text, database_port int, upstream text, settings jsonb'
+      const written = await c.query<{ inserted: boolean }>(
+        `INSERT INTO ${this.#s}.tenants (slug, state, database_name, database_host, database_port, upstream, settings)
+         SELECT slug, state, database_name, database_host, database_port, upstream, coalesce(settings, '{}'::jsonb) FROM jsonb_to_recordset($1::jsonb) AS x(${columns})
+         ON CONFLICT (slug) DO UPDATE SET state = EXCLUDED.state, database_name = EXCLUDED.database_name, database_host = EXCLUDED.database_host,
+           database_port = EXCLUDED.database_port, upstream = EXCLUDED.upstream, settings = EXCLUDED.settings
+         RETURNING (xmax = 0) AS inserted`, [rows])
+      await c.query(`DELETE FROM ${this.#s}.domains WHERE tenant_id IN (SELECT id FROM ${this.#s}.tenants WHERE slug = ANY($1::text[]))`, [slugs])
+      // Domains taken over from tenants outside the import were refused above; inside it they move.
+      await c.query(`DELETE FROM ${this.#s}.domains WHERE hostname IN (SELECT hostname FROM jsonb_to_recordset($1::jsonb) AS x(hostname text))`, [domains])
+      await c.query(
+        `INSERT INTO ${this.#s}.domains (hostname, tenant_id, kind)
+         SELECT x.hostname, t.id, x.kind FROM jsonb_to_recordset($1::jsonb) AS x(hostname text, kind text, slug text) JOIN ${this.#s}.tenants t ON t.slug = x.slug`, [domains])
+      const created = written.rows.filter((r) => r.inserted).length
+      await c.query(opts.dryRun ? 'ROLLBACK' : 'COMMIT')
+      return { created, updated: written.rows.length - created }
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined)
+      throw await this.#explain(err, { slug: null, databaseName: null, domains: [] })
     } finally {
       c.release()
     }

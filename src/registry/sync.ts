@@ -128,10 +128,17 @@ export class RegistrySync {
   /** Stops the feed, timers and pending file write (the last write completes). */
   async stop (): Promise<void> {
     this.#stopped = true
-    for (const timer of [this.#reconnectTimer, this.#checkTimer, this.#fileTimer]) if (timer !== null) clearTimeout(timer)
+    for (const timer of [this.#reconnectTimer, this.#checkTimer]) if (timer !== null) clearTimeout(timer)
     this.#dropClient()
     await this.#queue.catch(() => undefined)
     await this.#fileWriting
+    // A change applied within the last write interval is not on disk yet: write it now.
+    if (this.#fileTimer !== null || this.#fileDirty) {
+      if (this.#fileTimer !== null) clearTimeout(this.#fileTimer)
+      this.#fileTimer = null
+      this.#writeFile()
+      await this.#fileWriting
+    }
   }
 
   async #connect (): Promise<void> {
@@ -314,18 +321,24 @@ export class RegistrySync {
     const delay = Math.max(0, this.#lastFileWriteAt + FILE_WRITE_INTERVAL_MS - Date.now())
     this.#fileTimer = setTimeout(() => {
       this.#fileTimer = null
-      const index = this.#o.state.index
-      if (index === null || this.#o.state.stale) return
-      this.#fileDirty = false
-      this.#fileWriting = writeSnapshotFile(file, index, this.#o.fingerprint).then(({ bytes }) => {
-        this.#log.debug({ file, version: index.version, bytes }, 'wrote the last-known-good snapshot file')
-      }, (err: unknown) => {
-        this.#log.error({ file, error: describeError(err) }, 'cannot write the last-known-good snapshot file')
-      }).finally(() => {
-        this.#fileWriting = null
-        this.#lastFileWriteAt = Date.now()
-        if (this.#fileDirty) this.#scheduleFileWrite()
-      })
+      this.#writeFile()
     }, delay)
+  }
+
+  /** Starts writing the current index to the snapshot file (never a stale one: it came from there). */
+  #writeFile (): void {
+    const file = this.#o.snapshotFile
+    const index = this.#o.state.index
+    if (file === null || index === null || this.#o.state.stale) return
+    this.#fileDirty = false
+    this.#fileWriting = writeSnapshotFile(file, index, this.#o.fingerprint).then(({ bytes }) => {
+      this.#log.debug({ file, version: index.version, bytes }, 'wrote the last-known-good snapshot file')
+    }, (err: unknown) => {
+      this.#log.error({ file, error: describeError(err) }, 'cannot write the last-known-good snapshot file')
+    }).finally(() => {
+      this.#fileWriting = null
+      this.#lastFileWriteAt = Date.now()
+      if (this.#fileDirty) this.#scheduleFileWrite()
+    })
   }
 }

@@ -1,0 +1,144 @@
+/**
+ * The registry's JSON lines exchange format (`registry export` / `registry import`): one tenant
+ * per line, the same keys as `tenants show --json` minus the timestamps. Import validates every
+ * line before anything is written and reports every problem with its line number.
+ */
+import { canonicalHost } from '../routing/host.js'
+import { checkDatabaseHost, checkDatabaseName, checkPort, checkSlug, checkState, checkUpstream, type TenantState } from './names.js'
+import type { DomainKind, TenantRecord } from './store.js'
+
+/** One tenant as exported and imported. */
+export interface TransferTenant {
+  slug: string
+  state: TenantState
+  database_name: string
+  database_host: string | null
+  database_port: number | null
+  upstream: string | null
+  settings: Record<string, unknown>
+  domains: Array<{ hostname: string, kind: DomainKind }>
+}
+
+const KEYS = new Set(['slug', 'state', 'database_name', 'database_host', 'database_port', 'upstream', 'epoch', 'settings', 'domains', 'created_at', 'updated_at'])
+
+/** The export line of a tenant. */
+export function exportLine (t: TenantRecord): string {
+  const { slug, state, database_name: dbName, database_host: dbHost, database_port: dbPort, upstream, epoch, settings, domains } = t
+  return JSON.stringify({ slug, state, database_name: dbName, database_host: dbHost, database_port: dbPort, upstream, epoch, settings, domains }) + '\n'
+}
+
+/**
+ * Parses and validates JSON lines; returns the tenants or every problem found ("line N: …").
+ * `epoch`, `created_at` and `updated_at` are accepted (export output) and ignored: the registry
+ * assigns them.
+ */
+export function parseImport (text: string): { tenants: TransferTenant[], problems: string[] } {
+  const tenants: TransferTenant[] = []
+  const problems: string[] = []
+  const slugs = new Map<string, number>()
+  const hosts = new Map<string, number>()
+  const locations = new Map<string, number>()
+  const lines = text.split('\n')
+  for (const [i, raw] of lines.entries()) {
+    const n = i + 1
+    const line = raw.trim()
+    if (line === '') continue
+    const problem = (msg: string): void => { problems.push(`line ${n}: ${msg}`) }
+    let value: unknown
+    try {
+      value = JSON.parse(line)
+    } catch (err) {
+      problem(`not JSON (${(err as Error).message})`)
+      continue
+    }
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      problem('not a JSON object')
+      continue
+    }
+    const o = value as Record<string, unknown>
+    const unknown = Object.keys(o).filter((k) => !KEYS.has(k))
+    if (unknown.length > 0) problem(`unknown key(s) ${unknown.join(', ')}`)
+    const tenant = validate(o, problem)
+    if (tenant === null) continue
+    const seen = (map: Map<string, number>, key: string, what: string): void => {
+      const first = map.get(key)
+      if (first !== undefined) problem(`${what} also on line ${first}`)
+      else map.set(key, n)
+    }
+    seen(slugs, tenant.slug, `slug ${tenant.slug}`)
+    for (const d of tenant.domains) seen(hosts, d.hostname, `domain ${d.hostname}`)
+    seen(locations, `${tenant.database_host ?? ''}:${tenant.database_port ?? 0}/${tenant.database_name}`, `database ${tenant.database_name} on the same server`)
+    tenants.push(tenant)
+  }
+  if (tenants.length === 0 && problems.length === 0) problems.push('no tenants in the input')
+  return { tenants, problems }
+}
+
+function validate (o: Record<string, unknown>, problem: (msg: string) => void): TransferTenant | null {
+  let count = 0
+  const report = (msg: string): void => { count++; problem(msg) }
+  const check = <T>(fn: () => T): T | null => {
+    try {
+      return fn()
+    } catch (err) {
+      report((err as Error).message.replace(/ \(TENANT_PROXY_ERR_[A-Z_]+\)$/, ''))
+      return null
+    }
+  }
+  const str = (key: string): string | null => {
+    if (typeof o[key] === 'string') return o[key]
+    report(`${key} must be a string`)
+    return null
+  }
+  const optional = <T>(key: string, fn: (v: never) => T): T | null => {
+    const v = o[key]
+    if (v === undefined || v === null) return null
+    return check(() => fn(v as never))
+  }
+  const slugText = str('slug')
+  const slug = slugText === null ? null : check(() => checkSlug(slugText))
+  const dbText = str('database_name')
+  const databaseName = dbText === null ? null : check(() => checkDatabaseName(dbText))
+  const state = o.state === undefined ? 'active' : check(() => checkState(String(o.state)))
+  const databaseHost = optional('database_host', (v: string) => checkDatabaseHost(String(v)))
+  const databasePort = optional('database_port', (v: number) => checkPort(v))
+  const upstream = optional('upstream', (v: string) => checkUpstream(String(v)))
+  let settings: Record<string, unknown> = {}
+  if (o.settings !== undefined) {
+    if (typeof o.settings !== 'object' || o.settings === null || Array.isArray(o.settings)) {
+      report('settings must be a JSON object')
+    } else {
+      settings = o.settings as Record<string, unknown>
+    }
+  }
+  const domains: Array<{ hostname: string, kind: DomainKind }> = []
+  if (!Array.isArray(o.domains) || o.domains.length === 0) {
+    report('domains must be a non-empty list')
+  } else {
+    let primaries = 0
+    for (const [j, d] of (o.domains as unknown[]).entries()) {
+      const entry = typeof d === 'string' ? { hostname: d, kind: j === 0 ? 'primary' : 'alias' } : d
+      if (typeof entry !== 'object' || entry === null || typeof (entry as { hostname?: unknown }).hostname !== 'string') {
+        report(`domains[${j}] must be a hostname or {"hostname","kind"}`)
+        continue
+      }
+      const { hostname, kind = 'alias' } = entry as { hostname: string, kind?: unknown }
+      const canonical = canonicalHost(hostname)
+      if (!canonical.ok) {
+        report(`domains[${j}]: invalid host ${JSON.stringify(hostname)}: ${canonical.reason}`)
+        continue
+      }
+      if (kind !== 'primary' && kind !== 'alias') {
+        report(`domains[${j}]: kind must be primary or alias`)
+        continue
+      }
+      if (kind === 'primary') primaries++
+      domains.push({ hostname: canonical.host, kind })
+    }
+    if (primaries > 1) {
+      report('more than one primary domain')
+    }
+  }
+  if (count > 0 || slug === null || databaseName === null || state === null) return null
+  return { slug, state, database_name: databaseName, database_host: databaseHost, database_port: databasePort, upstream, settings, domains }
+}
