@@ -10,11 +10,11 @@
 //
 // Everything is on 127.0.0.1; every loop is bounded in count and time; the throwaway databases,
 // the lockout role and the temp directory are removed and every child is killed, also on error.
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
-import { cpus, tmpdir } from 'node:os'
+import { cpus, loadavg, tmpdir } from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
 import pg from 'pg'
@@ -81,6 +81,7 @@ async function stopChild (child) {
 
 // ---- main ----------------------------------------------------------------------------------
 const results = {}
+const loadAtStart = loadavg()
 admin = new pg.Client({ connectionString: ADMIN_URL })
 await admin.connect()
 try {
@@ -499,7 +500,7 @@ function report () {
   const lines = [
     '# Benchmark: live tenant registry',
     '',
-    `${new Date().toISOString()} · node ${process.version} · nproc ${cpus().length} · PostgreSQL at ${new URL(ADMIN_URL).host} · ${n} tenants (one domain each) · ${CHANGES.toLocaleString('en-US')} changes · 1 and ${PROXIES} proxies`,
+    `${new Date().toISOString()} · node ${process.version} · nproc ${cpus().length} · load average ${loadAtStart[0].toFixed(1)} at start, ${loadavg()[0].toFixed(1)} at end · PostgreSQL at ${new URL(ADMIN_URL).host} · ${n} tenants (one domain each) · ${CHANGES.toLocaleString('en-US')} changes · 1 and ${PROXIES} proxies · code: ${revision()}`,
     '',
     `Command: \`${commandLine()}\``,
     '',
@@ -511,7 +512,7 @@ function report () {
     'Boot time is wall time from spawn to the first 200 from the traffic port\'s `/up`, polled every 10 ms. The snapshot-file boot points REGISTRY_DATABASE_URL at the same',
     'host, port and database with a NOLOGIN role (the file\'s fingerprint ignores the user) and TENANT_PROXY_REGISTRY_CONNECT_TIMEOUT_MS=1000. VmRSS and VmHWM come from /proc/<pid>/status.',
     'Propagation: each change is one transaction (UPDATE … state, flipped between active and maintenance, tenants round-robin over 1,000 hosts); after COMMIT returns every proxy is',
-    `requested for that tenant\'s host back to back over a keep-alive connection (no sleeps, at most ${CHANGE_BUDGET_MS} ms) until it answers 200 (active) or 503 TENANT_PROXY_ERR_TENANT_MAINTENANCE;`,
+    `requested for that tenant's host back to back over a keep-alive connection (no sleeps, at most ${CHANGE_BUDGET_MS} ms) until it answers 200 (active) or 503 TENANT_PROXY_ERR_TENANT_MAINTENANCE;`,
     'the latency is commit → receipt of that response, per proxy. The benchmark, PostgreSQL and all proxies share the machine\'s cores.',
     '',
     'Regenerate with `npm run build && npm run bench:registry` (figures drift with the machine and its load).',
@@ -519,6 +520,17 @@ function report () {
   ]
   writeFileSync('docs/registry-benchmarks.md', lines.join('\n'))
   console.log(lines.join('\n'))
+}
+
+/** The commit measured, and whether src/ had uncommitted changes (dist/ is built from the working tree). */
+function revision () {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim()
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).trim() !== ''
+    return `${head}${dirty ? ' + uncommitted changes in src/' : ''}`
+  } catch {
+    return 'unknown (not a git checkout)'
+  }
 }
 
 function commandLine () {
