@@ -27,6 +27,8 @@ export interface TestRegistry { url: string, store: RegistryStore, pool: pg.Pool
 export async function testRegistry (t: Test, tenants: readonly SeedTenant[] = []): Promise<TestRegistry> {
   const url = await throwawayDatabase(t)
   const pool = new pg.Pool({ connectionString: url, max: 2 })
+  // The database is dropped WITH (FORCE) at teardown, which may end idle clients before pool.end().
+  pool.on('error', () => {})
   t.teardown(async () => await pool.end())
   await migrate(pool, 'tenant_proxy')
   const store = new RegistryStore(pool, 'tenant_proxy')
