@@ -20,8 +20,10 @@ async function exportedNames (): Promise<Set<string>> {
   const names = new Set<string>()
   for (const metric of await metrics.registry.getMetricsAsJSON()) {
     names.add(metric.name)
-    if (metric.type === 'histogram') for (const suffix of ['_bucket', '_sum', '_count']) names.add(metric.name + suffix)
-    if (metric.type === 'summary') for (const suffix of ['_sum', '_count']) names.add(metric.name + suffix)
+    // prom-client types `type` as an enum whose values are these strings.
+    const type = String(metric.type)
+    if (type === 'histogram') for (const suffix of ['_bucket', '_sum', '_count']) names.add(metric.name + suffix)
+    if (type === 'summary') for (const suffix of ['_sum', '_count']) names.add(metric.name + suffix)
   }
   return names
 }
