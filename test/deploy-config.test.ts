@@ -1,0 +1,253 @@
+/**
+ * The deploy kit's Kamal and Compose files: valid YAML whose tenant-proxy settings are real
+ * configuration keys with valid values (loaded through the proxy's own config loader), with the
+ * ports, paths, host names and secrets that must agree across files agreeing. The Compose sample
+ * app is then run for real next to the proxy (without Docker) to show the two verify each other.
+ */
+import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import t from 'tap'
+import type { Test } from 'tap'
+import { request } from 'undici'
+import { parse } from 'yaml'
+import { loadConfig, type Config } from '../src/config/load.js'
+import { CLI } from './helpers/cli.js'
+import { freePort } from './helpers/postgres.js'
+import { es256Pem, testRegistry } from './helpers/proxy.js'
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+const KAMAL = path.join(ROOT, 'deploy/kamal')
+
+/** A YAML document as plain data; the tests narrow what they read with `at`. */
+type Yaml = Record<string, unknown>
+
+async function yamlFile (file: string): Promise<Yaml> {
+  // merge: Compose files use `<<:` merge keys (YAML 1.1), as Docker Compose does.
+  return parse(await readFile(file, 'utf8'), { merge: true }) as Yaml
+}
+
+/** The value at a dotted path, or undefined. */
+function at (doc: unknown, dotted: string): unknown {
+  let node: unknown = doc
+  for (const key of dotted.split('.')) {
+    if (typeof node !== 'object' || node === null) return undefined
+    node = (node as Record<string, unknown>)[key]
+  }
+  return node
+}
+
+function strings (value: unknown): string[] {
+  return Array.isArray(value) ? value.map(String) : []
+}
+
+/** Placeholder values for secrets, valid enough for the config loader. */
+const SECRET_PLACEHOLDERS: Readonly<Record<string, string>> = {
+  REGISTRY_DATABASE_URL: 'postgres://tenant_proxy_ro:placeholder@registry-db.internal:5432/tenant_registry',
+  RAILS_MASTER_KEY: 'placeholder'
+}
+
+/** Loads the config an env section describes; key files read as a fresh PEM, other files do not exist. */
+function configFrom (env: Record<string, string>, keyFiles: string[]): Config {
+  const pem = es256Pem()
+  return loadConfig({
+    env,
+    readFile: (p) => {
+      if (keyFiles.includes(p)) return pem
+      throw Object.assign(new Error(`ENOENT: ${p}`), { code: 'ENOENT' })
+    }
+  })
+}
+
+/** `env: { clear, secret }` of a Kamal file as one environment, secrets as placeholders. */
+function kamalEnv (section: unknown): Record<string, string> {
+  const env: Record<string, string> = {}
+  for (const [k, v] of Object.entries((at(section, 'clear') ?? {}) as Record<string, unknown>)) env[k] = String(v)
+  for (const name of strings(at(section, 'secret'))) env[name] = SECRET_PLACEHOLDERS[name] ?? 'placeholder'
+  return env
+}
+
+/** Names a .kamal/secrets file defines, checking every value is a reference, not a literal secret. */
+async function secretsFile (t: Test, file: string): Promise<Set<string>> {
+  const names = new Set<string>()
+  for (const line of (await readFile(file, 'utf8')).split('\n')) {
+    const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(line.trim())
+    if (m === null) continue
+    names.add(m[1] ?? '')
+    t.match(m[2], /^\$/, `${path.relative(ROOT, file)}: ${m[1] ?? ''} is a placeholder ($VAR or $(command)), not a value`)
+  }
+  return names
+}
+
+t.test('Kamal, in-image topology', async (t) => {
+  const dir = path.join(KAMAL, 'in-image')
+  const deploy = await yamlFile(path.join(dir, 'deploy.yml'))
+  const env = kamalEnv(deploy.env)
+  const keyFile = env.TENANT_PROXY_DESCRIPTOR_KEYS_FILE ?? ''
+  const config = configFrom(env, [keyFile])
+
+  t.equal(at(deploy, 'proxy.app_port'), config.traffic.port, 'kamal-proxy sends traffic to tenant-proxy\'s traffic port')
+  t.equal(at(deploy, 'proxy.healthcheck.path'), config.traffic.healthPath, 'kamal-proxy health-checks tenant-proxy\'s /up')
+  t.equal(at(deploy, 'proxy.host'), undefined, 'no host: every tenant domain reaches the service')
+  t.ok(strings(deploy.volumes).some((v) => v.split(':')[1] === keyFile), 'the key file is mounted where TENANT_PROXY_DESCRIPTOR_KEYS_FILE points')
+  t.equal(config.upstream.urls[0], 'http://127.0.0.1:3000', 'the default upstream is the app on loopback')
+  t.equal(env.APP_PORT, '3000', 'the entry script\'s APP_PORT matches')
+  t.ok(config.traffic.trustedProxies.length > 0, 'kamal-proxy\'s forwarded headers are believed')
+  const stopMs = config.shutdown.drainDelayMs + config.shutdown.graceMs
+  t.ok(stopMs < Number(deploy.drain_timeout) * 1000, `drain delay + grace (${stopMs} ms) fit in Kamal's drain_timeout, leaving the app time to stop`)
+
+  const secrets = await secretsFile(t, path.join(dir, '.kamal/secrets'))
+  for (const name of strings(at(deploy, 'env.secret'))) t.ok(secrets.has(name), `.kamal/secrets defines ${name}`)
+
+  const fragment = await readFile(path.join(dir, 'Dockerfile.fragment'), 'utf8')
+  const cmd = JSON.parse(/^CMD (\[.*\])$/m.exec(fragment)?.[1] ?? '[]') as string[]
+  const entrypointCopy = /^COPY (?:--chmod=0755 )?bin\/tenant-proxy-entrypoint (\S+)$/m.exec(fragment)?.[1]
+  t.equal(cmd[0], entrypointCopy, 'CMD runs the entry script where the fragment copies it')
+  t.same(cmd.slice(-2), ['./bin/rails', 'server'], 'CMD ends in ./bin/rails server, so Rails\' docker-entrypoint still runs db:prepare')
+  t.match(fragment, /^ENTRYPOINT \["\/usr\/bin\/tini", "--", /m, 'tini is PID 1')
+  t.match(fragment, new RegExp(`^EXPOSE ${config.traffic.port}$`, 'm'), 'the image exposes the traffic port')
+  t.match(fragment, /^COPY --from=tenant-proxy \/app \/opt\/tenant-proxy$/m, 'tenant-proxy lands where the entry script looks (PROXY_MAIN default)')
+  const script = await readFile(path.join(dir, 'bin/tenant-proxy-entrypoint'), 'utf8')
+  t.match(script, /PROXY_MAIN:=\/opt\/tenant-proxy\/dist\/src\/main\.js/)
+  t.ok(existsSync(path.join(ROOT, 'dist/src/main.js')), 'dist/src/main.js is what the image ships')
+})
+
+t.test('Kamal, accessory topology', async (t) => {
+  const dir = path.join(KAMAL, 'accessory')
+  const deploy = await yamlFile(path.join(dir, 'deploy.yml'))
+  const accessory = at(deploy, 'accessories.tenant-proxy')
+  t.ok(accessory, 'a tenant-proxy accessory')
+  const env = kamalEnv(at(accessory, 'env'))
+  const keyFile = env.TENANT_PROXY_DESCRIPTOR_KEYS_FILE ?? ''
+  const config = configFrom(env, [keyFile])
+
+  t.equal(env.TENANT_PROXY_UPSTREAM_URLS, 'http://kamal-proxy:80')
+  t.same(config.upstream.urls.map((u) => new URL(u).origin), [new URL('http://kamal-proxy:80').origin], 'forwards back through kamal-proxy on port 80')
+  const appHost = at(deploy, 'proxy.host')
+  t.type(appHost, 'string', 'the app has an internal route')
+  t.equal(config.upstream.hostHeader, appHost, 'with Host rewritten to the app\'s route (no loop through the catch-all)')
+  t.equal(at(accessory, 'proxy.host'), undefined, 'the accessory\'s route has no host: the catch-all')
+  t.equal(at(accessory, 'proxy.hosts'), undefined)
+  t.equal(at(accessory, 'proxy.app_port'), config.traffic.port, 'kamal-proxy reaches the accessory on its traffic port')
+  t.equal(at(accessory, 'proxy.healthcheck.path'), config.traffic.healthPath)
+  t.match(String(at(accessory, 'port')), new RegExp(`^\\d+\\.\\d+\\.\\d+\\.\\d+:${config.ops.port}:${config.ops.port}$`), 'the ops port is published on one (private) address only')
+  const files = (at(accessory, 'files') ?? []) as Array<Record<string, unknown>>
+  t.ok(files.some((f) => f.remote === keyFile && f.mode === '0400' && f.owner === '1000:1000'), 'the key file is uploaded where TENANT_PROXY_DESCRIPTOR_KEYS_FILE points, readable by the image user only')
+  t.ok(config.traffic.trustedProxies.length > 0)
+
+  const secrets = await secretsFile(t, path.join(dir, '.kamal/secrets'))
+  for (const name of [...strings(at(accessory, 'env.secret')), ...strings(at(deploy, 'env.secret'))]) t.ok(secrets.has(name), `.kamal/secrets defines ${name}`)
+})
+
+const compose = await yamlFile(path.join(ROOT, 'deploy/docker-compose.yml'))
+const services = (compose.services ?? {}) as Record<string, Yaml>
+
+/** A Compose service's environment as a map (mapping or KEY=VALUE list form). */
+function composeEnv (service: Yaml | undefined): Record<string, string> {
+  const env = service?.environment
+  if (Array.isArray(env)) return Object.fromEntries(env.map((e) => String(e).split(/=(.*)/s).slice(0, 2) as [string, string]))
+  return Object.fromEntries(Object.entries((env ?? {}) as Record<string, unknown>).map(([k, v]) => [k, String(v)]))
+}
+
+t.test('docker-compose.yml', async (t) => {
+  t.same(Object.keys(services).sort(), ['app', 'keys', 'registry', 'seed', 'tenant-proxy'])
+  const proxy = services['tenant-proxy']
+  const app = services.app
+  const registry = services.registry
+
+  const built = Object.entries(services).filter(([, s]) => s.build !== undefined)
+  t.ok(built.length > 0)
+  for (const [name, s] of built) {
+    t.ok(existsSync(path.join(ROOT, 'deploy', String(at(s, 'build.context')), String(at(s, 'build.dockerfile')))), `${name} is built from the repository's Dockerfile`)
+    t.equal(s.image, 'tenant-proxy:local', `${name} runs the tenant-proxy image`)
+  }
+  t.ok(proxy?.build, 'tenant-proxy is built from the Dockerfile')
+
+  const proxyEnv = composeEnv(proxy)
+  const keyFile = proxyEnv.TENANT_PROXY_DESCRIPTOR_KEYS_FILE ?? ''
+  const config = configFrom(proxyEnv, [keyFile])
+  const url = new URL(config.registry.databaseUrl ?? '')
+  const pgEnv = composeEnv(registry)
+  t.equal(url.hostname, 'registry', 'the registry URL names the registry service')
+  t.same([url.username, url.password, url.pathname.slice(1)], [pgEnv.POSTGRES_USER, pgEnv.POSTGRES_PASSWORD, pgEnv.POSTGRES_DB], 'with its user, password and database')
+  t.same(composeEnv(services.seed).REGISTRY_DATABASE_URL, proxyEnv.REGISTRY_DATABASE_URL, 'seed writes the registry the proxy reads')
+  configFrom(composeEnv(services.seed), [])
+
+  const ports = strings(proxy?.ports)
+  t.ok(ports.includes(`${config.traffic.port}:${config.traffic.port}`), 'traffic port published')
+  t.ok(ports.includes(`127.0.0.1:${config.ops.port}:${config.ops.port}`), 'ops port published on loopback only')
+
+  t.equal(app?.network_mode, 'service:tenant-proxy', 'the app shares the proxy\'s network namespace')
+  const appEnv = composeEnv(app)
+  const appConfig = configFrom(appEnv, [appEnv.TENANT_PROXY_DESCRIPTOR_KEYS_FILE ?? ''])
+  t.equal(config.upstream.urls[0], `http://127.0.0.1:${appEnv.PORT ?? ''}`, 'the proxy forwards to the app\'s port')
+  t.equal(appConfig.deploymentId, config.deploymentId, 'the app pins the proxy\'s issuer')
+  t.equal(appConfig.descriptor.audience, config.descriptor.audience, 'and its audience')
+  t.equal(appEnv.TENANT_PROXY_DESCRIPTOR_KEYS_FILE, keyFile, 'and reads the same key')
+
+  const volumes = Object.keys(compose.volumes ?? {})
+  for (const [name, s] of Object.entries(services)) {
+    for (const v of strings(s.volumes)) {
+      const source = v.split(':')[0] ?? ''
+      if (source.startsWith('.')) t.ok(existsSync(path.join(ROOT, 'deploy', source)), `${name}: ${source} exists`)
+      else t.ok(volumes.includes(source), `${name}: volume ${source} is declared`)
+    }
+  }
+})
+
+t.test('the Compose sample app verifies what the proxy signs (run without Docker)', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-compose-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const keyFile = path.join(dir, 'descriptor.pem')
+  // What the keys service writes: the full `keys generate` output, comments and JWK included.
+  const generated = await new Promise<string>((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, 'keys', 'generate'], { stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout.on('data', (c: Buffer) => { out += c.toString() })
+    child.once('exit', (code) => { if (code === 0) resolve(out); else reject(new Error(`keys generate exited ${String(code)}`)) })
+  })
+  await writeFile(keyFile, generated, { mode: 0o600 })
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.localhost'], databaseName: 'acme_production' }])
+  const appPort = await freePort()
+  const trafficPort = await freePort()
+  // The Compose environments, with host paths and free ports in place of the container ones.
+  const local = { TENANT_PROXY_DESCRIPTOR_KEYS_FILE: keyFile }
+  const appEnv = { ...composeEnv(services.app), ...local, PORT: String(appPort), APP_DIST: path.join(ROOT, 'dist') }
+  const proxyEnv = {
+    ...composeEnv(services['tenant-proxy']),
+    ...local,
+    REGISTRY_DATABASE_URL: registry.url,
+    TENANT_PROXY_UPSTREAM_URLS: `http://127.0.0.1:${appPort}`,
+    TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1',
+    TENANT_PROXY_TRAFFIC_PORT: String(trafficPort),
+    TENANT_PROXY_OPS_HOST: '127.0.0.1',
+    TENANT_PROXY_OPS_PORT: String(await freePort()),
+    TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0'
+  }
+  const start = async (args: string[], env: Record<string, string>, ready: string): Promise<() => Promise<number | null>> => {
+    const child = spawn(process.execPath, args, { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+    t.teardown(async () => { if (child.exitCode === null) child.kill('SIGKILL'); await exited })
+    let out = ''
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no "${ready}" within 30 s: ${out}`)), 30_000)
+      const onData = (c: Buffer): void => { out += c.toString(); if (out.includes(ready)) { clearTimeout(timer); resolve() } }
+      child.stdout.on('data', onData)
+      child.stderr.on('data', onData)
+      void exited.then((code) => { clearTimeout(timer); reject(new Error(`exited with ${String(code)}: ${out}`)) })
+    })
+    return async () => { child.kill('SIGTERM'); return await exited }
+  }
+  const stopApp = await start([path.join(ROOT, 'deploy/compose/echo-app.mjs')], appEnv, 'echo app listening')
+  const stopProxy = await start([CLI, 'serve'], proxyEnv, 'tenant-proxy listening')
+
+  const res = await request(`http://127.0.0.1:${trafficPort}/`, { headers: { host: 'acme.localhost' } })
+  const body = await res.body.json() as Record<string, unknown>
+  t.equal(res.statusCode, 200)
+  t.match(body, { verified: true, tenant: 'acme', database: { name: 'acme_production' } }, 'the sample app verified the descriptor')
+  t.equal(await stopProxy(), 0)
+  t.equal(await stopApp(), 0, 'the sample app stops cleanly on SIGTERM')
+})
