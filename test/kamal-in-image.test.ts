@@ -121,7 +121,7 @@ async function setup (t: Test): Promise<{ env: Record<string, string>, trafficPo
       TENANT_PROXY_OPS_HOST: '127.0.0.1',
       TENANT_PROXY_OPS_PORT: String(await freePort()),
       TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0',
-      TENANT_PROXY_REGISTRY_RELOAD_INTERVAL_MS: '0'
+      TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: ''
     }
   }
 }
