@@ -82,6 +82,7 @@ async function stopChild (child) {
 // ---- main ----------------------------------------------------------------------------------
 const results = {}
 const loadAtStart = loadavg()
+const codeRevision = revision() // what `npm run build` just built dist/ from
 admin = new pg.Client({ connectionString: ADMIN_URL })
 await admin.connect()
 try {
@@ -500,7 +501,7 @@ function report () {
   const lines = [
     '# Benchmark: live tenant registry',
     '',
-    `${new Date().toISOString()} · node ${process.version} · nproc ${cpus().length} · load average ${loadAtStart[0].toFixed(1)} at start, ${loadavg()[0].toFixed(1)} at end · PostgreSQL at ${new URL(ADMIN_URL).host} · ${n} tenants (one domain each) · ${CHANGES.toLocaleString('en-US')} changes · 1 and ${PROXIES} proxies · code: ${revision()}`,
+    `${new Date().toISOString()} · node ${process.version} · nproc ${cpus().length} · load average ${loadAtStart[0].toFixed(1)} at start, ${loadavg()[0].toFixed(1)} at end · PostgreSQL at ${new URL(ADMIN_URL).host} · ${n} tenants (one domain each) · ${CHANGES.toLocaleString('en-US')} changes · 1 and ${PROXIES} proxies · code: ${codeRevision}`,
     '',
     `Command: \`${commandLine()}\``,
     '',

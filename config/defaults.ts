@@ -75,7 +75,13 @@ export const DEFAULTS = {
     /** A client must send all request headers within this long. Milliseconds. */
     requestHeadersTimeoutMs: 30_000, // 30 seconds
     /** Largest request header section accepted. Bytes. */
-    maxHeaderBytes: 16_384 // 16 KiB
+    maxHeaderBytes: 16_384, // 16 KiB
+    /**
+     * What /up checks besides "registry loaded, not draining": `registry` nothing more (the proxy
+     * in its own container), `upstream` also the app's own health path (upstream.healthCheck.path;
+     * the proxy inside the app image, health-checked in place of the app). One of registry, upstream.
+     */
+    healthMode: 'registry' as 'registry' | 'upstream'
   },
 
   ops: {
@@ -128,15 +134,44 @@ export const DEFAULTS = {
     headersTimeoutMs: 60_000, // 60 seconds
     /** Give up when the upstream body stalls for this long. Milliseconds. */
     bodyTimeoutMs: 300_000, // 5 minutes
-    /** Most concurrent connections to each upstream origin. Count. */
-    connections: 128
+    /** Most concurrent connections to each upstream address. Count. */
+    connections: 128,
+    /** Largest request body forwarded; larger ones get 413. 0 = no limit. Bytes. */
+    maxBodyBytes: 1_073_741_824, // 1 GiB
+    /**
+     * Upstream host names are re-resolved this often and every address is used (a Docker network
+     * alias resolves to the old and new containers during a deploy); 0 resolves once. Milliseconds.
+     */
+    dnsRefreshMs: 5_000, // 5 seconds
+    /** Consecutive connection failures after which an address is ejected from rotation. Count. */
+    ejectAfterFailures: 2,
+    /** First ejection period; doubles while the address keeps failing. Milliseconds. */
+    ejectMinMs: 1_000, // 1 second
+    /** Longest ejection period. Milliseconds. */
+    ejectMaxMs: 30_000, // 30 seconds
+    healthCheck: {
+      /** The app's own health path, checked on every address (e.g. /up); empty disables active checks. URL path. */
+      path: '',
+      /** Active health check period per address. Milliseconds. */
+      intervalMs: 5_000, // 5 seconds
+      /** A health check without an answer after this long failed. Milliseconds. */
+      timeoutMs: 2_000, // 2 seconds
+      /** With traffic.healthMode upstream: how long /up reuses the app's last answer. Milliseconds. */
+      cacheMs: 1_000 // 1 second
+    }
   },
 
   shutdown: {
-    /** After SIGTERM, /up answers 503 for this long before listeners close. Milliseconds. */
-    drainDelayMs: 5_000, // 5 seconds
-    /** In-flight requests get this long to finish after listeners close. Milliseconds. */
-    graceMs: 30_000 // 30 seconds
+    /**
+     * After SIGTERM, /up answers 503 (and responses say Connection: close) for this long while the
+     * listener still accepts, so the load balancer moves away. Milliseconds.
+     */
+    drainDelayMs: 3_000, // 3 seconds
+    /**
+     * Then the listener closes, WebSockets get close code 1001, and in-flight requests get this
+     * long to finish. Delay + grace stay under Docker's default 10 s stop timeout. Milliseconds.
+     */
+    graceMs: 5_000 // 5 seconds
   }
 }
 

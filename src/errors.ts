@@ -47,6 +47,7 @@ export const ERRORS = {
   TENANT_PROXY_ERR_TENANT_MAINTENANCE: { status: 503, message: 'This tenant is under maintenance; retry later' },
   TENANT_PROXY_ERR_REGISTRY_NOT_LOADED: { status: 503, message: 'The tenant registry is not loaded yet; retry later' },
   TENANT_PROXY_ERR_REGISTRY_UNAVAILABLE: { status: 503, message: 'This host is not in the last known registry and the registry cannot be reached to check it; retry later' },
+  TENANT_PROXY_ERR_BODY_TOO_LARGE: { status: 413, message: 'The request body is larger than this proxy accepts (%s)' },
   TENANT_PROXY_ERR_UPSTREAM_CONNECT: { status: 502, message: 'The upstream application could not be reached' },
   TENANT_PROXY_ERR_UPSTREAM_TIMEOUT: { status: 504, message: 'The upstream application did not answer in time' },
   TENANT_PROXY_ERR_UPSTREAM_FAILED: { status: 502, message: 'The upstream application failed to answer' },

@@ -13,6 +13,7 @@ import { ProxyMetrics } from './ops/metrics.js'
 import { buildTrafficApp } from './proxy/app.js'
 import { createProxyState, type ProxyState } from './proxy/state.js'
 import { UpstreamAgent } from './proxy/upstream-agent.js'
+import { UpstreamHealth } from './proxy/upstream-health.js'
 import { UpstreamPools } from './proxy/upstream-pools.js'
 import { describeError, openRegistry, type RegistryConnection } from './registry/connect.js'
 import { migrate } from './registry/migrate.js'
@@ -87,7 +88,21 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     }
     const reload = async (): Promise<boolean> => await sync.reload()
 
-    const pools = new UpstreamPools(config.upstream)
+    const upstreamLog = logger.child({ component: 'upstream' })
+    const pools = new UpstreamPools(config.upstream, {
+      dnsRefreshMs: config.upstream.dnsRefreshMs,
+      ejectAfterFailures: config.upstream.ejectAfterFailures,
+      ejectMinMs: config.upstream.ejectMinMs,
+      ejectMaxMs: config.upstream.ejectMaxMs,
+      onEject: (pool, address, forMs) => {
+        metrics.upstreamEjections.inc()
+        upstreamLog.warn({ pool: pool.name ?? 'default', address: address.origin, forMs }, 'upstream address ejected after repeated connection failures')
+      },
+      onDnsError: (hostname, err) => upstreamLog.warn({ hostname, error: describeError(err) }, 'upstream DNS re-resolution failed; keeping the previous addresses')
+    })
+    await pools.start()
+    cleanups.push(async () => { pools.stop() })
+    metrics.watchPools(pools)
     const dispatcher = new UpstreamAgent({
       connections: config.upstream.connections,
       connect: { timeout: config.upstream.connectTimeoutMs },
@@ -97,11 +112,28 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     // Runs after the traffic listener closed (graceful part done): whatever is still pending
     // upstream has no client left to answer.
     cleanups.push(async () => await dispatcher.destroy())
+    dispatcher.usePools(pools, { onRetry: () => metrics.upstreamRetries.inc() })
+    const check = config.upstream.healthCheck
+    const upstreamHealth = check.path === ''
+      ? null
+      : new UpstreamHealth(pools, {
+        ...check,
+        hostHeader: config.upstream.hostHeader,
+        dispatcher,
+        onChange: (pool, address, ok, detail) => upstreamLog[ok ? 'info' : 'warn']({ pool: pool.name ?? 'default', address: address.origin, detail }, ok ? 'upstream address passes its health check again' : 'upstream address fails its health check; out of rotation')
+      })
+    upstreamHealth?.start()
+    cleanups.push(async () => { upstreamHealth?.stop() })
 
-    const traffic = buildTrafficApp({ config, state, descriptors, metrics, logger, dispatcher })
-    const ops = buildOpsApp({ state, metrics, keyring, origins: pools.all(), logger, probeTimeoutMs: Math.min(config.upstream.connectTimeoutMs, 1_000) })
+    const traffic = buildTrafficApp({ config, state, descriptors, metrics, logger, dispatcher, pools, upstreamHealth: config.traffic.healthMode === 'upstream' ? upstreamHealth : null })
+    const ops = buildOpsApp({ state, metrics, keyring, pools, logger, probeTimeoutMs: Math.min(config.upstream.connectTimeoutMs, 1_000) })
     cleanups.push(async () => await ops.close())
-    cleanups.push(async () => await closeWithGrace(traffic, config.shutdown.graceMs, logger))
+    cleanups.push(async () => {
+      // Close code 1001 "going away": Action Cable and other clients reconnect (to another instance).
+      const closed = traffic.closeWebSockets(1001, 'server shutting down')
+      if (closed > 0) logger.info({ websockets: closed }, 'closed WebSockets with 1001')
+      await closeWithGrace(traffic, config.shutdown.graceMs, logger)
+    })
     await traffic.listen({ host: config.traffic.host, port: config.traffic.port })
     await ops.listen({ host: config.ops.host, port: config.ops.port })
     const trafficAddress = traffic.server.address() as AddressInfo

@@ -45,7 +45,8 @@ export const SCHEMA = {
     trustedProxies: list(ipOrCidr()),
     keepAliveTimeoutMs: integer(1, HOUR_MS),
     requestHeadersTimeoutMs: integer(1, HOUR_MS),
-    maxHeaderBytes: integer(1_024, 1_048_576)
+    maxHeaderBytes: integer(1_024, 1_048_576),
+    healthMode: oneOf(['registry', 'upstream'] as const)
   },
   ops: {
     host: ipAddress(),
@@ -72,7 +73,18 @@ export const SCHEMA = {
     connectTimeoutMs: integer(1, 600_000),
     headersTimeoutMs: integer(1, HOUR_MS),
     bodyTimeoutMs: integer(1, 24 * HOUR_MS),
-    connections: integer(1, 65_536)
+    connections: integer(1, 65_536),
+    maxBodyBytes: integer(0, Number.MAX_SAFE_INTEGER),
+    dnsRefreshMs: integer(0, HOUR_MS),
+    ejectAfterFailures: integer(1, 1_000),
+    ejectMinMs: integer(1, HOUR_MS),
+    ejectMaxMs: integer(1, 24 * HOUR_MS),
+    healthCheck: {
+      path: text({ allowEmpty: true, pattern: /^(\/[A-Za-z0-9._~!$&'()*+,;=:@/?-]*)?$/, describe: 'an absolute URL path such as /up, or empty' }),
+      intervalMs: integer(100, HOUR_MS),
+      timeoutMs: integer(1, 600_000),
+      cacheMs: integer(0, 600_000)
+    }
   },
   shutdown: {
     drainDelayMs: integer(0, 600_000),
@@ -105,6 +117,15 @@ export function crossChecks (config: Config): Array<[string, string]> {
   const healthPath = config.traffic.healthPath
   if (healthPath.includes('//') || healthPath.split('/').some((s) => s === '.' || s === '..')) {
     problems.push(['traffic.healthPath', 'must not contain empty, "." or ".." segments'])
+  }
+  if (config.traffic.healthMode === 'upstream' && config.upstream.healthCheck.path === '') {
+    problems.push(['traffic.healthMode', 'is "upstream", which needs upstream.healthCheck.path (the app\'s own health path, e.g. /up)'])
+  }
+  if (config.upstream.ejectMaxMs < config.upstream.ejectMinMs) {
+    problems.push(['upstream.ejectMaxMs', `must be at least upstream.ejectMinMs (${config.upstream.ejectMinMs})`])
+  }
+  if (config.upstream.healthCheck.timeoutMs >= config.upstream.healthCheck.intervalMs) {
+    problems.push(['upstream.healthCheck.timeoutMs', `must be less than upstream.healthCheck.intervalMs (${config.upstream.healthCheck.intervalMs})`])
   }
   return problems
 }

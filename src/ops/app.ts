@@ -7,6 +7,7 @@ import type { Logger } from 'pino'
 import type { Keyring } from '../descriptor/keyring.js'
 import type { ProxyState } from '../proxy/state.js'
 import type { ProxyMetrics } from './metrics.js'
+import type { UpstreamPools } from '../proxy/upstream-pools.js'
 import { probeOrigins, type OriginProbe } from './upstream-probe.js'
 
 /** What the ops app reads. */
@@ -14,7 +15,7 @@ export interface OpsDeps {
   readonly state: ProxyState
   readonly metrics: ProxyMetrics
   readonly keyring: Keyring
-  readonly origins: readonly string[]
+  readonly pools: UpstreamPools
   readonly logger: Logger
   readonly probeTimeoutMs: number
 }
@@ -33,7 +34,7 @@ export function buildOpsApp (deps: OpsDeps) {
   app.get('/ready', async (_request, reply) => {
     const { state } = deps
     const index = state.index
-    const upstreams: OriginProbe[] = await probeOrigins(deps.origins, deps.probeTimeoutMs)
+    const upstreams: OriginProbe[] = await probeOrigins(deps.pools.default.addresses.map((a) => a.origin), deps.probeTimeoutMs)
     const reachable = upstreams.some((u) => u.reachable)
     const ready = index !== null && !state.draining && reachable
     const now = Date.now()
@@ -55,7 +56,11 @@ export function buildOpsApp (deps: OpsDeps) {
             lastSyncAt: state.lastSyncAt === 0 ? null : new Date(state.lastSyncAt).toISOString(),
             secondsSinceSync: state.lastSyncAt === 0 ? null : Math.round((now - state.lastSyncAt) / 100) / 10
           },
-      upstreams
+      upstreams,
+      pools: deps.pools.all().map((p) => ({
+        name: p.name ?? 'default',
+        addresses: p.addresses.map((a) => ({ origin: a.origin, configured: a.configured, usable: a.usable(now), failures: a.failures, ejectedUntil: a.ejectedUntil > now ? new Date(a.ejectedUntil).toISOString() : null, healthCheckOk: a.checkOk }))
+      }))
     })
   })
 

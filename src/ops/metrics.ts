@@ -13,6 +13,9 @@ export const OUTCOMES: readonly Outcome[] = ['routed', 'unknown_host', 'suspende
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
 const OUTCOME_INDEX = Object.fromEntries(OUTCOMES.map((o, i) => [o, i])) as Record<Outcome, number>
 
+/** What the address gauge reads from the upstream pools. */
+interface PoolsView { all (): Array<{ name: string | null, addresses: ReadonlyArray<{ usable (now: number): boolean }> }> }
+
 /** Kinds of upstream failure. */
 export type UpstreamErrorKind = 'connect' | 'timeout' | 'reset' | 'other'
 
@@ -35,6 +38,9 @@ export class ProxyMetrics {
   readonly registryStale: client.Gauge
   readonly descriptorSignatures: client.Counter
   readonly upstreamErrors: client.Counter<'kind'>
+  readonly upstreamRetries: client.Counter
+  readonly upstreamEjections: client.Counter
+  #pools: PoolsView | null = null
   readonly draining: client.Gauge
 
   constructor () {
@@ -64,10 +70,33 @@ export class ProxyMetrics {
     this.registryStale = new client.Gauge({ name: 'tenant_proxy_registry_stale', help: '1 while the index comes from the last-known-good snapshot file, not yet confirmed by the registry.', registers })
     this.descriptorSignatures = new client.Counter({ name: 'tenant_proxy_descriptor_signatures_total', help: 'Descriptors signed (cache misses and refreshes).', registers })
     this.upstreamErrors = new client.Counter({ name: 'tenant_proxy_upstream_errors_total', help: 'Upstream failures by kind.', labelNames: ['kind'], registers })
+    this.upstreamRetries = new client.Counter({ name: 'tenant_proxy_upstream_retries_total', help: 'Upstream attempts repeated on another address (nothing reached the app, or an idempotent bodyless request lost its connection).', registers })
+    this.upstreamEjections = new client.Counter({ name: 'tenant_proxy_upstream_ejections_total', help: 'Upstream addresses taken out of rotation after repeated connection failures.', registers })
+    const pools = (): PoolsView | null => this.#pools
+    new client.Gauge({
+      name: 'tenant_proxy_upstream_addresses',
+      help: 'Upstream addresses by pool and whether they get traffic (usable) or not (ejected or failing health checks).',
+      labelNames: ['pool', 'state'],
+      registers,
+      collect () {
+        this.reset()
+        const now = Date.now()
+        for (const pool of pools()?.all() ?? []) {
+          const usable = pool.addresses.filter((a) => a.usable(now)).length
+          this.labels(pool.name ?? 'default', 'usable').set(usable)
+          this.labels(pool.name ?? 'default', 'unusable').set(pool.addresses.length - usable)
+        }
+      }
+    })
     this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
 
     for (const kind of ['connect', 'timeout', 'reset', 'other'] as const) this.upstreamErrors.labels(kind)
     for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result)
+  }
+
+  /** Makes the address gauge read these pools at scrape time. */
+  watchPools (pools: PoolsView): void {
+    this.#pools = pools
   }
 
   /** Counts one finished request. */

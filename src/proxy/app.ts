@@ -25,7 +25,9 @@ import { isWellFormedRequestId, lastListEntry, scrubInbound, scrubOutbound, setF
 import type { ProxyState } from './state.js'
 import { TrustedPeers } from './trusted-peers.js'
 import { cancelUpstream, kUpstreamHook, type UpstreamAgent, type UpstreamHook } from './upstream-agent.js'
-import { UpstreamPools } from './upstream-pools.js'
+import type { UpstreamHealth } from './upstream-health.js'
+import type { UpstreamPools } from './upstream-pools.js'
+import { Transform, type TransformCallback } from 'node:stream'
 
 /** What the traffic app needs; all built once at start by server.ts. */
 export interface TrafficDeps {
@@ -35,6 +37,9 @@ export interface TrafficDeps {
   readonly metrics: ProxyMetrics
   readonly logger: Logger
   readonly dispatcher: UpstreamAgent
+  readonly pools: UpstreamPools
+  /** The app's own health, when /up is gated on it (traffic.healthMode upstream). */
+  readonly upstreamHealth: UpstreamHealth | null
 }
 
 /** Per-request data the hooks share. */
@@ -49,13 +54,22 @@ interface Flow {
   upstreamMs: number | null
   upstream: UpstreamHook
   done: boolean
+  /** A WebSocket upgrade handed to the WebSocket proxy (logged with status 101 when it closes). */
+  upgrade: boolean
 }
 
 declare module 'fastify' {
   interface FastifyRequest {
     tp: Flow
   }
+  interface FastifyInstance {
+    /** Closes every proxied WebSocket with `code` (1001 at shutdown, so clients reconnect elsewhere). */
+    closeWebSockets: (code: number, reason: string) => number
+  }
 }
+
+/** The WebSocket server @fastify/http-proxy keeps (reached through its reply decorator). */
+interface WsServer { clients: Set<{ close (code: number, reason: string): void }> }
 
 /** nginx's convention, understood by every log tool: the client closed the connection before the answer. */
 const CLIENT_CLOSED = 499
@@ -70,7 +84,9 @@ export function buildTrafficApp (deps: TrafficDeps) {
   const headerName = config.descriptor.header.toLowerCase()
   const resolver = new Resolver(config.routing)
   const trusted = new TrustedPeers(config.traffic.trustedProxies)
-  const pools = new UpstreamPools(config.upstream)
+  const pools = deps.pools
+  const maxBodyBytes = config.upstream.maxBodyBytes
+  let wsServer: WsServer | null = null
   const hostHeader = config.upstream.hostHeader
   const retryAfter = config.routing.maintenanceRetryAfterS
   const unavailableRetryAfter = config.registry.unavailableRetryAfterS
@@ -103,13 +119,15 @@ export function buildTrafficApp (deps: TrafficDeps) {
   app.decorateRequest('tp', null as unknown as Flow)
 
   app.addHook('onRequest', (request, reply, done) => {
-    request.tp = { outcome: 'bad_request', host: '', tenant: null, descriptor: null, origin: '', start: performance.now(), upstreamStart: 0, upstreamMs: null, upstream: { handler: null }, done: false }
+    request.tp = { outcome: 'bad_request', host: '', tenant: null, descriptor: null, origin: '', start: performance.now(), upstreamStart: 0, upstreamMs: null, upstream: { handler: null }, done: false, upgrade: false }
     metrics.inFlight++
     // 'close' fires for finished responses and for connections the client dropped mid-way, even
     // when no Fastify hook runs (the upstream has not answered yet).
     reply.raw.once('close', () => {
       if (reply.raw.writableFinished) {
         finish(request, reply.statusCode)
+      } else if (request.tp.upgrade) {
+        finish(request, 101)
       } else {
         // The client left before the upstream answered: stop the upstream work too. (Once the
         // answer streams, Fastify's stream teardown cancels it.)
@@ -145,12 +163,17 @@ export function buildTrafficApp (deps: TrafficDeps) {
   })
 
   // 2. Health: for any Host, never resolving a tenant, never touching a tenant database.
-  const health = (request: FastifyRequest, reply: FastifyReply): FastifyReply => {
+  const upstreamHealth = deps.upstreamHealth
+  const health = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => {
     request.tp.outcome = 'health'
     request.tp.host = request.headers.host ?? ''
-    const up = state.index !== null && !state.draining
-    return reply.code(up ? 200 : 503).header('cache-control', 'no-store').type('application/json; charset=utf-8')
-      .send(up ? '{"status":"ok"}\n' : `{"status":"${state.draining ? 'draining' : 'starting'}"}\n`)
+    let status = state.draining ? 'draining' : state.index === null ? 'starting' : 'ok'
+    // In-image topology: the load balancer checks the proxy in place of the app, so the app's own
+    // health (cached briefly, so checks do not multiply) is part of the answer.
+    if (status === 'ok' && upstreamHealth !== null && !await upstreamHealth.healthy()) status = 'upstream_unhealthy'
+    if (state.draining) reply.header('connection', 'close')
+    return reply.code(status === 'ok' ? 200 : 503).header('cache-control', 'no-store').type('application/json; charset=utf-8')
+      .send(`{"status":"${status}"}\n`)
   }
   app.get(config.traffic.healthPath, health)
 
@@ -160,8 +183,16 @@ export function buildTrafficApp (deps: TrafficDeps) {
     prefix: '/',
     disableRequestLogging: true,
     undici: deps.dispatcher,
+    websocket: true,
+    wsClientOptions: {
+      rewriteRequestHeaders: (_headers: unknown, request: unknown) => websocketHeaders(request as FastifyRequest) as Record<string, string>
+    },
     preHandler: (request, reply, done) => {
       route(request, reply)
+      if (!reply.sent) {
+        if (request.raw.headers.upgrade !== undefined) prepareUpgrade(request, reply)
+        else if (maxBodyBytes > 0) limitBody(request, reply)
+      }
       done()
     },
     replyOptions: {
@@ -170,6 +201,8 @@ export function buildTrafficApp (deps: TrafficDeps) {
       rewriteHeaders: (headers, request) => {
         const cleaned = scrubOutbound(headers, headerName)
         if (request !== undefined) cleaned['x-request-id'] = request.id
+        // Draining: make clients open their next connection elsewhere.
+        if (state.draining) cleaned.connection = 'close'
         return cleaned as IncomingHttpHeaders
       },
       onResponse: (request, reply, res) => {
@@ -226,7 +259,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
     }
     if (decision.kind === 'passthrough') {
       tp.outcome = 'passthrough'
-      tp.origin = pools.next(null) as string
+      tp.origin = pools.default.virtualOrigin
       return
     }
     const r = decision.route
@@ -239,14 +272,14 @@ export function buildTrafficApp (deps: TrafficDeps) {
       refuse(request, reply, 'maintenance', 'TENANT_PROXY_ERR_TENANT_MAINTENANCE', { retryAfterS: retryAfter })
       return
     }
-    const origin = pools.next(r.upstream)
-    if (origin === undefined) {
+    const pool = pools.get(r.upstream)
+    if (pool === undefined) {
       request.log.error({ reqId: request.id, tenant: r.slug, upstream: r.upstream }, 'tenant names an upstream pool missing from upstream.pools')
       refuse(request, reply, 'routed', 'TENANT_PROXY_ERR_UPSTREAM_POOL_UNKNOWN')
       return
     }
     tp.outcome = 'routed'
-    tp.origin = origin
+    tp.origin = pool.virtualOrigin
     tp.descriptor = descriptors.get(r, canonical.host)
   }
 
@@ -268,7 +301,62 @@ export function buildTrafficApp (deps: TrafficDeps) {
     return headers
   }
 
+  /**
+   * A WebSocket upgrade that resolved to a tenant (or pass-through): the WebSocket proxy dials a
+   * real address (it does not go through the agent), and the request is logged when it closes.
+   */
+  function prepareUpgrade (request: FastifyRequest, reply: FastifyReply): void {
+    const tp = request.tp
+    const pool = pools.byVirtualOrigin(tp.origin)
+    const address = pool?.pick()
+    if (address === undefined) {
+      refuse(request, reply, tp.outcome, 'TENANT_PROXY_ERR_UPSTREAM_CONNECT')
+      return
+    }
+    tp.origin = address.origin
+    tp.upgrade = true
+    wsServer ??= (reply as unknown as { wsProxy?: { wss?: WsServer } }).wsProxy?.wss ?? null
+  }
+
+  /** Headers of the upstream WebSocket handshake: the client's, scrubbed, plus ours. */
+  function websocketHeaders (request: FastifyRequest): HeaderMap {
+    const headers = scrubInbound({ ...request.headers }, headerName)
+    // The WebSocket client writes its own handshake (key, version, extensions, subprotocols).
+    for (const name of ['sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions', 'sec-websocket-protocol', 'content-length', 'transfer-encoding']) delete headers[name]
+    return upstreamHeaders(request, headers)
+  }
+
+  /**
+   * Enforces upstream.maxBodyBytes: a declared Content-Length over it is refused at once; a
+   * chunked body is counted as it streams and cut off past the limit (the 413 is then sent if
+   * the app has not answered yet).
+   */
+  function limitBody (request: FastifyRequest, reply: FastifyReply): void {
+    const declared = request.headers['content-length']
+    if (declared !== undefined) {
+      if (Number(declared) > maxBodyBytes) refuse(request, reply, request.tp.outcome, 'TENANT_PROXY_ERR_BODY_TOO_LARGE', { detail: `${maxBodyBytes} bytes` })
+      return
+    }
+    const body = request.body as NodeJS.ReadableStream | undefined
+    if (body === undefined || body === null || typeof body.pipe !== 'function') return
+    request.body = body.pipe(new ByteLimit(maxBodyBytes))
+  }
+
+  app.decorate('closeWebSockets', (code: number, reason: string): number => {
+    if (wsServer === null) return 0
+    let n = 0
+    for (const client of wsServer.clients) {
+      client.close(code, reason)
+      n++
+    }
+    return n
+  })
+
   function upstreamFailed (request: FastifyRequest, reply: FastifyReply, error: Error & { cause?: unknown }): void {
+    if (isBodyTooLarge(error)) {
+      if (!reply.sent) sendError(request, reply, 'TENANT_PROXY_ERR_BODY_TOO_LARGE', { detail: `${maxBodyBytes} bytes` })
+      return
+    }
     const cause = (error.cause ?? error) as { code?: string }
     const kind = upstreamErrorKind(cause.code, (error as { code?: string }).code)
     metrics.upstreamErrors.labels(kind).inc()
@@ -278,6 +366,29 @@ export function buildTrafficApp (deps: TrafficDeps) {
   }
 
   return app
+}
+
+const BODY_TOO_LARGE = 'TENANT_PROXY_BODY_TOO_LARGE'
+
+/** Passes bytes through until `limit`, then fails the stream (which aborts the upstream request). */
+class ByteLimit extends Transform {
+  #seen = 0
+  constructor (readonly limit: number) {
+    super()
+  }
+
+  override _transform (chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.#seen += chunk.length
+    if (this.#seen > this.limit) callback(Object.assign(new Error(`request body over ${this.limit} bytes`), { code: BODY_TOO_LARGE }))
+    else callback(null, chunk)
+  }
+}
+
+function isBodyTooLarge (error: Error & { cause?: unknown }): boolean {
+  for (let e: unknown = error; e !== undefined && e !== null; e = (e as { cause?: unknown }).cause) {
+    if ((e as { code?: string }).code === BODY_TOO_LARGE) return true
+  }
+  return false
 }
 
 /** Answers a request here with a catalogue error, recording how it ended. */

@@ -1,31 +1,199 @@
 /**
- * Upstream origins by pool name, picked round-robin per request. undici's Agent keeps a
- * connection pool per origin, so rotating origins here balances connections too.
+ * Upstream pools: the configured origins of the default pool and of each named pool, expanded to
+ * addresses. Plain-http host names are re-resolved on an interval and every address is used (a
+ * Docker network alias resolves to the old and the new container during a deploy); addresses
+ * are picked round-robin, and an address that keeps failing to connect is ejected for a while
+ * (doubling up to a ceiling) and then given traffic again. All state is in memory; nothing here
+ * does I/O on the request path.
  */
+import { lookup as dnsLookup } from 'node:dns/promises'
+import { isIP } from 'node:net'
 
-/** The default pool plus named ones. */
+/** One address requests can be sent to. */
+export class UpstreamAddress {
+  /** Consecutive failures (connection refused/reset, active check failed). */
+  failures = 0
+  /** Ejections in a row (the period doubles with each). */
+  ejections = 0
+  /** ms since the epoch until which the address gets no traffic (unless nothing else is left). */
+  ejectedUntil = 0
+  /** False while the active health check fails. */
+  checkOk = true
+
+  constructor (
+    /** Where requests go: http://ip:port for resolved names, else the configured origin. */
+    readonly origin: string,
+    /** The configured origin it came from. */
+    readonly configured: string
+  ) {}
+
+  /** True when the address may get traffic at `now`. */
+  usable (now: number): boolean {
+    return this.checkOk && now >= this.ejectedUntil
+  }
+}
+
+/** Tuning of ejection and DNS. */
+export interface PoolOptions {
+  readonly dnsRefreshMs: number
+  readonly ejectAfterFailures: number
+  readonly ejectMinMs: number
+  readonly ejectMaxMs: number
+  /** Resolves a host name to addresses (tests inject one). */
+  readonly lookup?: (hostname: string) => Promise<Array<{ address: string, family: number }>>
+  readonly now?: () => number
+  /** Called when an address is ejected (metrics, logs). */
+  readonly onEject?: (pool: UpstreamPool, address: UpstreamAddress, forMs: number) => void
+  /** Called when a re-resolution fails (the previous addresses stay). */
+  readonly onDnsError?: (hostname: string, error: unknown) => void
+}
+
+/** One pool: the default one (name null) or a named one. */
+export class UpstreamPool {
+  /** A stand-in origin that names this pool to the agent (never connected to). */
+  readonly virtualOrigin: string
+  #addresses: UpstreamAddress[] = []
+  #cursor = 0
+  readonly #opts: PoolOptions
+  readonly #byTarget = new Map<string, UpstreamAddress[]>()
+
+  constructor (readonly name: string | null, readonly targets: readonly string[], index: number, opts: PoolOptions) {
+    this.virtualOrigin = `http://pool-${index}.tenant-proxy.invalid`
+    this.#opts = opts
+    for (const target of targets) this.#byTarget.set(target, [new UpstreamAddress(target, target)])
+    this.#rebuild()
+  }
+
+  /** Every address of the pool (a fresh array after each DNS change). */
+  get addresses (): readonly UpstreamAddress[] {
+    return this.#addresses
+  }
+
+  /**
+   * The next usable address not in `exclude`, round-robin. When none is usable (all ejected or
+   * failing checks), the one whose ejection ends first: trying beats answering 502 outright.
+   */
+  pick (exclude?: ReadonlySet<UpstreamAddress>): UpstreamAddress | undefined {
+    const all = this.#addresses
+    const n = all.length
+    const now = (this.#opts.now ?? Date.now)()
+    for (let k = 0; k < n; k++) {
+      const a = all[(this.#cursor + k) % n] as UpstreamAddress
+      if ((exclude === undefined || !exclude.has(a)) && a.usable(now)) {
+        this.#cursor = (this.#cursor + k + 1) % n
+        return a
+      }
+    }
+    let best: UpstreamAddress | undefined
+    for (const a of all) {
+      if (exclude !== undefined && exclude.has(a)) continue
+      if (best === undefined || a.ejectedUntil < best.ejectedUntil) best = a
+    }
+    return best
+  }
+
+  /** The address answered: it is healthy again. */
+  succeeded (a: UpstreamAddress): void {
+    if (a.failures !== 0 || a.ejections !== 0) {
+      a.failures = 0
+      a.ejections = 0
+      a.ejectedUntil = 0
+    }
+  }
+
+  /** The address failed to connect or dropped the connection; ejects it past the threshold. */
+  failed (a: UpstreamAddress): void {
+    a.failures++
+    if (a.failures < this.#opts.ejectAfterFailures) return
+    const o = this.#opts
+    const forMs = Math.min(o.ejectMaxMs, o.ejectMinMs * 2 ** Math.min(a.ejections, 30))
+    a.ejections++
+    a.ejectedUntil = (o.now ?? Date.now)() + forMs
+    o.onEject?.(this, a, forMs)
+  }
+
+  /** Re-resolves plain-http host names; keeps the state of addresses that stay. */
+  async refresh (): Promise<void> {
+    const lookup = this.#opts.lookup ?? (async (host: string) => await dnsLookup(host, { all: true }))
+    let changed = false
+    for (const target of this.targets) {
+      const url = new URL(target)
+      // TLS needs the name for SNI and certificate checks: https origins are dialled by name.
+      if (url.protocol !== 'http:' || isIP(url.hostname.replace(/^\[|\]$/g, '')) !== 0) continue
+      let resolved: Array<{ address: string, family: number }>
+      try {
+        resolved = await lookup(url.hostname)
+      } catch (err) {
+        this.#opts.onDnsError?.(url.hostname, err)
+        continue
+      }
+      if (resolved.length === 0) continue
+      const port = url.port === '' ? '80' : url.port
+      const previous = new Map((this.#byTarget.get(target) ?? []).map((a) => [a.origin, a]))
+      const next = [...new Set(resolved.map((r) => `http://${r.family === 6 ? `[${r.address}]` : r.address}:${port}`))].sort()
+        .map((origin) => previous.get(origin) ?? new UpstreamAddress(origin, target))
+      const before = [...previous.keys()].sort().join(' ')
+      if (before !== next.map((a) => a.origin).join(' ')) {
+        this.#byTarget.set(target, next)
+        changed = true
+      }
+    }
+    if (changed) this.#rebuild()
+  }
+
+  #rebuild (): void {
+    this.#addresses = [...this.#byTarget.values()].flat()
+    this.#cursor = this.#cursor % Math.max(1, this.#addresses.length)
+  }
+}
+
+/** The default pool plus named ones, with DNS refresh and lookup by virtual origin. */
 export class UpstreamPools {
-  readonly #default: readonly string[]
-  readonly #named: ReadonlyMap<string, readonly string[]>
-  readonly #cursor = new Map<string | null, number>()
+  readonly default: UpstreamPool
+  readonly #named = new Map<string, UpstreamPool>()
+  readonly #byVirtual = new Map<string, UpstreamPool>()
+  readonly #opts: PoolOptions
+  #timer: NodeJS.Timeout | null = null
 
-  constructor (upstream: { urls: readonly string[], pools: Readonly<Record<string, readonly string[]>> }) {
-    this.#default = upstream.urls
-    this.#named = new Map(Object.entries(upstream.pools))
+  constructor (upstream: { urls: readonly string[], pools: Readonly<Record<string, readonly string[]>> }, opts: PoolOptions) {
+    this.#opts = opts
+    this.default = new UpstreamPool(null, upstream.urls, 0, opts)
+    this.#byVirtual.set(this.default.virtualOrigin, this.default)
+    let i = 1
+    for (const [name, urls] of Object.entries(upstream.pools)) {
+      const pool = new UpstreamPool(name, urls, i++, opts)
+      this.#named.set(name, pool)
+      this.#byVirtual.set(pool.virtualOrigin, pool)
+    }
   }
 
-  /** Next origin of the pool (null = default); undefined when the pool name is not configured. */
-  next (pool: string | null): string | undefined {
-    const origins = pool === null ? this.#default : this.#named.get(pool)
-    if (origins === undefined) return undefined
-    if (origins.length === 1) return origins[0]
-    const i = ((this.#cursor.get(pool) ?? -1) + 1) % origins.length
-    this.#cursor.set(pool, i)
-    return origins[i]
+  /** The pool of a tenant (null = default); undefined when the name is not configured. */
+  get (name: string | null): UpstreamPool | undefined {
+    return name === null ? this.default : this.#named.get(name)
   }
 
-  /** Every distinct origin, for readiness checks. */
-  all (): string[] {
-    return [...new Set([...this.#default, ...[...this.#named.values()].flat()])]
+  /** The pool a virtual origin stands for. */
+  byVirtualOrigin (origin: string): UpstreamPool | undefined {
+    return this.#byVirtual.get(origin)
+  }
+
+  /** Every pool, default first. */
+  all (): UpstreamPool[] {
+    return [this.default, ...this.#named.values()]
+  }
+
+  /** Resolves every pool once, then keeps re-resolving on the interval. */
+  async start (): Promise<void> {
+    await Promise.all(this.all().map(async (p) => await p.refresh()))
+    if (this.#opts.dnsRefreshMs > 0) {
+      this.#timer = setInterval(() => { for (const p of this.all()) void p.refresh() }, this.#opts.dnsRefreshMs)
+      this.#timer.unref()
+    }
+  }
+
+  /** Stops the DNS refresh. */
+  stop (): void {
+    if (this.#timer !== null) clearInterval(this.#timer)
+    this.#timer = null
   }
 }
