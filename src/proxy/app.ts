@@ -184,9 +184,10 @@ export function buildTrafficApp (deps: TrafficDeps) {
     disableRequestLogging: true,
     undici: deps.dispatcher,
     websocket: true,
+    // http-proxy reads rewriteRequestHeaders from wsClientOptions although its types omit it.
     wsClientOptions: {
       rewriteRequestHeaders: (_headers: unknown, request: unknown) => websocketHeaders(request as FastifyRequest) as Record<string, string>
-    },
+    } as Record<string, unknown>,
     preHandler: (request, reply, done) => {
       route(request, reply)
       if (!reply.sent) {

@@ -1,0 +1,27 @@
+// A tiny upstream app in its own process, so a test can kill it (SIGKILL: no goodbye) and start
+// it again on the same port. Usage: node upstream-process.mjs <name> [port]
+// Prints {"port":N} once listening. Answers every request with {"name":...} after reading the body;
+// GET /up answers 200 unless the file named by UNHEALTHY_FILE exists.
+import { existsSync } from 'node:fs'
+import { createServer } from 'node:http'
+
+const [name = 'app', port = '0'] = process.argv.slice(2)
+const server = createServer((req, res) => {
+  if (req.url === '/up') {
+    const unhealthy = process.env.UNHEALTHY_FILE !== undefined && existsSync(process.env.UNHEALTHY_FILE)
+    res.writeHead(unhealthy ? 503 : 200, { 'content-type': 'text/plain' })
+    res.end(unhealthy ? 'unhealthy\n' : 'ok\n')
+    return
+  }
+  let bytes = 0
+  req.on('data', (c) => { bytes += c.length })
+  req.on('end', () => {
+    res.writeHead(200, { 'content-type': 'application/json' })
+    res.end(JSON.stringify({ name, method: req.method, bytes }))
+  })
+})
+server.keepAliveTimeout = 60_000
+server.listen(Number(port), '127.0.0.1', () => {
+  process.stdout.write(JSON.stringify({ port: server.address().port }) + '\n')
+})
+process.on('SIGTERM', () => server.close(() => process.exit(0)))

@@ -1,0 +1,223 @@
+/**
+ * Upstream pools over real sockets: app processes killed and restarted under load, retries on
+ * another address, ejection and recovery, active health checks, /up gated on the app's health,
+ * the body size limit; plus the pool's pure rules (round-robin, ejection, DNS refresh).
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { createInterface } from 'node:readline'
+import { Readable } from 'node:stream'
+import t, { type Test } from 'tap'
+import { request } from 'undici'
+import { UpstreamPool } from '../src/proxy/upstream-pools.js'
+import { startTestProxy, testConfig, testRegistry } from './helpers/proxy.js'
+import { until } from './helpers/wait.js'
+
+const APP = new URL('./helpers/upstream-process.mjs', import.meta.url).pathname
+
+interface AppProcess { port: number, child: ChildProcess, kill (): Promise<void> }
+
+/** Starts the app process (on `port`, or a free one) and waits for its ready line. */
+async function startApp (t: Test, name: string, port = 0, env: Record<string, string> = {}): Promise<AppProcess> {
+  const child = spawn(process.execPath, [APP, name, String(port)], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } })
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  t.teardown(async () => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); await exited })
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).once('line', resolve)
+    child.once('exit', (code) => reject(new Error(`app ${name} exited with ${String(code)}`)))
+  })
+  return { port: (JSON.parse(line) as { port: number }).port, child, kill: async () => { child.kill('SIGKILL'); await exited } }
+}
+
+async function get (url: string, host: string, init: { method?: string, body?: string } = {}): Promise<{ status: number, name: string | null, bytes: number | null, code: string | null }> {
+  const res = await request(url, { method: (init.method ?? 'GET') as 'GET', headers: { host }, body: init.body })
+  const body = await res.body.json() as { name?: string, bytes?: number, error?: { code: string } }
+  return { status: res.statusCode, name: body.name ?? null, bytes: body.bytes ?? null, code: body.error?.code ?? null }
+}
+
+async function metric (opsUrl: string, line: RegExp): Promise<number> {
+  const text = await (await request(`${opsUrl}/metrics`)).body.text()
+  const m = text.split('\n').find((l) => line.test(l))
+  return Number(m?.split(' ').pop())
+}
+
+t.test('an app process killed and restarted under load: zero failed GETs, ejected, then back in rotation', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const a = await startApp(t, 'a')
+  let b = await startApp(t, 'b')
+  const proxy = await startTestProxy(t, testConfig(registry.url, `http://127.0.0.1:${a.port},http://127.0.0.1:${b.port}`, {
+    TENANT_PROXY_UPSTREAM_EJECT_MIN_MS: '300',
+    TENANT_PROXY_UPSTREAM_EJECT_MAX_MS: '300'
+  }))
+  const seen = { a: 0, b: 0 }
+  let failures = 0
+  let sent = 0
+  const loop = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) {
+      const r = await get(proxy.url, 'acme.example')
+      sent++
+      if (r.status !== 200) failures++
+      else seen[r.name as 'a' | 'b']++
+    }
+  }
+  await Promise.all([loop(50), loop(50)])
+  t.ok(seen.a > 0 && seen.b > 0, `both addresses served (${JSON.stringify(seen)})`)
+
+  // Kill b mid-stream (4 concurrent clients keep going), then restart it on the same port.
+  const during = Promise.all([loop(150), loop(150), loop(150), loop(150)])
+  await until(() => sent >= 150 ? true : undefined, 'load before the kill')
+  await b.kill()
+  const afterKill = sent
+  await until(() => sent >= afterKill + 200 ? true : undefined, 'load while b is down')
+  const bSeenWhileDown = seen.b
+  b = await startApp(t, 'b', b.port)
+  await during
+  t.equal(failures, 0, `no GET failed (${sent} sent)`)
+  t.ok(await metric(proxy.opsUrl, /^tenant_proxy_upstream_retries_total /) > 0, 'requests were retried on the other address')
+  t.ok(await metric(proxy.opsUrl, /^tenant_proxy_upstream_ejections_total /) >= 1, 'b was ejected')
+  // After the ejection period b gets traffic again.
+  await until(async () => (await get(proxy.url, 'acme.example')).name === 'b' ? true : undefined, 'b back in rotation')
+  t.ok(seen.b >= bSeenWhileDown, 'b served before the kill')
+})
+
+t.test('connection refused is retried on another address for any method, with the body intact', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const live = await startApp(t, 'live')
+  // Port 1 (tcpmux): nothing listens there, and no test server can take it (a freed ephemeral port could be).
+  const proxy = await startTestProxy(t, testConfig(registry.url, `http://127.0.0.1:1,http://127.0.0.1:${live.port}`))
+  for (let i = 0; i < 6; i++) {
+    const r = await get(proxy.url, 'acme.example', { method: 'POST', body: 'x'.repeat(1000 + i) })
+    t.match(r, { status: 200, name: 'live', bytes: 1000 + i }, `POST ${i}`)
+  }
+})
+
+t.test('every address down: 502 with the connect error code', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const proxy = await startTestProxy(t, testConfig(registry.url, 'http://127.0.0.1:1,http://127.0.0.1:2'))
+  t.match(await get(proxy.url, 'acme.example'), { status: 502, code: 'TENANT_PROXY_ERR_UPSTREAM_CONNECT' })
+})
+
+t.test('active health checks take a failing address out of rotation; healthMode upstream gates /up on the app', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-health-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const sick = path.join(dir, 'b-unhealthy')
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const a = await startApp(t, 'a', 0, { UNHEALTHY_FILE: path.join(dir, 'a-unhealthy') })
+  const b = await startApp(t, 'b', 0, { UNHEALTHY_FILE: sick })
+  const proxy = await startTestProxy(t, testConfig(registry.url, `http://127.0.0.1:${a.port},http://127.0.0.1:${b.port}`, {
+    TENANT_PROXY_UPSTREAM_HEALTH_CHECK_PATH: '/up',
+    TENANT_PROXY_UPSTREAM_HEALTH_CHECK_INTERVAL_MS: '100',
+    TENANT_PROXY_UPSTREAM_HEALTH_CHECK_TIMEOUT_MS: '90',
+    TENANT_PROXY_UPSTREAM_HEALTH_CHECK_CACHE_MS: '0',
+    TENANT_PROXY_TRAFFIC_HEALTH_MODE: 'upstream'
+  }))
+  await writeFile(sick, '')
+  await until(async () => await metric(proxy.opsUrl, /^tenant_proxy_upstream_addresses\{pool="default",state="unusable"\}/) === 1 ? true : undefined, 'b out of rotation')
+  for (let i = 0; i < 10; i++) t.equal((await get(proxy.url, 'acme.example')).name, 'a', 'only a serves while b fails its check')
+  await rm(sick)
+  await until(async () => (await get(proxy.url, 'acme.example')).name === 'b' ? true : undefined, 'b back after passing its check')
+
+  t.equal((await request(`${proxy.url}/up`)).statusCode, 200, '/up 200 while the app is healthy')
+  await writeFile(path.join(dir, 'a-unhealthy'), '')
+  await writeFile(sick, '')
+  const down = await until(async () => { const r = await request(`${proxy.url}/up`); const body = await r.body.json() as { status: string }; return r.statusCode === 503 ? body : undefined }, '/up 503 when the app is unhealthy')
+  t.same(down, { status: 'upstream_unhealthy' })
+})
+
+t.test('the /up answer from the app is cached: checks do not multiply', async (t) => {
+  const registry = await testRegistry(t)
+  let hits = 0
+  const { createServer } = await import('node:http')
+  const app = createServer((req, res) => { if (req.url === '/health') hits++; res.end('ok') })
+  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { app.closeAllConnections(); app.close() })
+  const port = (app.address() as { port: number }).port
+  const proxy = await startTestProxy(t, testConfig(registry.url, `http://127.0.0.1:${port}`, {
+    TENANT_PROXY_UPSTREAM_HEALTH_CHECK_PATH: '/health',
+    TENANT_PROXY_UPSTREAM_HEALTH_CHECK_INTERVAL_MS: '600000',
+    TENANT_PROXY_UPSTREAM_HEALTH_CHECK_TIMEOUT_MS: '1000',
+    TENANT_PROXY_UPSTREAM_HEALTH_CHECK_CACHE_MS: '600000',
+    TENANT_PROXY_TRAFFIC_HEALTH_MODE: 'upstream'
+  }))
+  await until(() => hits >= 1 ? true : undefined, 'the first active check')
+  const before = hits
+  const answers = await Promise.all(Array.from({ length: 20 }, async () => (await request(`${proxy.url}/up`)).statusCode))
+  t.same([...new Set(answers)], [200])
+  t.equal(hits - before, 1, '20 concurrent /up checks, one request to the app')
+})
+
+t.test('bodies over upstream.maxBodyBytes get 413, by Content-Length or while streaming', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const app = await startApp(t, 'app')
+  const proxy = await startTestProxy(t, testConfig(registry.url, `http://127.0.0.1:${app.port}`, { TENANT_PROXY_UPSTREAM_MAX_BODY_BYTES: '1000' }))
+  t.match(await get(proxy.url, 'acme.example', { method: 'POST', body: 'x'.repeat(1000) }), { status: 200, bytes: 1000 }, 'at the limit passes')
+  t.match(await get(proxy.url, 'acme.example', { method: 'POST', body: 'x'.repeat(1001) }), { status: 413, code: 'TENANT_PROXY_ERR_BODY_TOO_LARGE' }, 'declared over the limit')
+  // A chunked body (no Content-Length): cut off while streaming.
+  async function * chunks (n: number): AsyncGenerator<Buffer> { for (let i = 0; i < n; i++) yield Buffer.alloc(400, 'y') }
+  const small = await request(proxy.url, { method: 'POST', headers: { host: 'acme.example' }, body: Readable.from(chunks(2)) })
+  t.match(await small.body.json(), { bytes: 800 }, 'chunked under the limit passes')
+  const big = await request(proxy.url, { method: 'POST', headers: { host: 'acme.example' }, body: Readable.from(chunks(5)) })
+  t.equal(big.statusCode, 413, 'chunked over the limit')
+  t.match(await big.body.json(), { error: { code: 'TENANT_PROXY_ERR_BODY_TOO_LARGE' } })
+})
+
+t.test('pool rules: round-robin, ejection doubles up to the ceiling, fail-open, DNS refresh keeps state', async (t) => {
+  let now = 1_000_000
+  const ejected: string[] = []
+  let answer = [{ address: '10.0.0.1', family: 4 }, { address: '10.0.0.2', family: 4 }]
+  const pool = new UpstreamPool(null, ['http://app.internal:3000', 'http://127.0.0.1:4000'], 0, {
+    dnsRefreshMs: 0,
+    ejectAfterFailures: 2,
+    ejectMinMs: 100,
+    ejectMaxMs: 350,
+    now: () => now,
+    lookup: async () => answer,
+    onEject: (_p, a, forMs) => ejected.push(`${a.origin} ${forMs}`)
+  })
+  t.same(pool.addresses.map((a) => a.origin), ['http://app.internal:3000', 'http://127.0.0.1:4000'], 'before resolution: the names as configured')
+  await pool.refresh()
+  t.same(pool.addresses.map((a) => a.origin), ['http://10.0.0.1:3000', 'http://10.0.0.2:3000', 'http://127.0.0.1:4000'], 'every resolved address is used; IP literals are not resolved')
+  t.same([1, 2, 3, 4].map(() => pool.pick()?.origin), ['http://10.0.0.1:3000', 'http://10.0.0.2:3000', 'http://127.0.0.1:4000', 'http://10.0.0.1:3000'], 'round-robin')
+
+  const [first] = pool.addresses
+  if (first === undefined) throw new Error('no address')
+  pool.failed(first)
+  t.ok(first.usable(now), 'one failure does not eject')
+  pool.failed(first)
+  t.notOk(first.usable(now), 'two do')
+  for (let i = 0; i < 6; i++) t.not(pool.pick(), first, 'an ejected address gets no traffic')
+  now += 100
+  t.ok(first.usable(now), 'back after 100 ms')
+  pool.failed(first)
+  now += 199
+  t.notOk(first.usable(now), 'failing again: ejected for 200 ms')
+  now += 1
+  pool.failed(first)
+  pool.failed(first)
+  t.same(ejected.map((e) => e.split(' ')[1]), ['100', '200', '350', '350'].slice(0, ejected.length), 'doubling up to the ceiling')
+  pool.succeeded(first)
+  t.ok(first.usable(now), 'one success clears it')
+
+  const fresh = new UpstreamPool(null, ['http://127.0.0.1:1', 'http://127.0.0.1:2'], 0, { dnsRefreshMs: 0, ejectAfterFailures: 1, ejectMinMs: 1000, ejectMaxMs: 1000, now: () => now })
+  const [x, y] = fresh.addresses
+  if (x === undefined || y === undefined) throw new Error('no address')
+  fresh.failed(x)
+  now += 10
+  fresh.failed(y)
+  t.equal(fresh.pick(), x, 'all ejected: the one whose ejection ends first (fail open)')
+  t.equal(fresh.pick(new Set([x, y])), undefined, 'nothing left to try')
+
+  // DNS changes: a new container appears, an old one goes; the survivor keeps its state.
+  const survivor = pool.addresses.find((a) => a.origin === 'http://10.0.0.2:3000')
+  if (survivor === undefined) throw new Error('no survivor')
+  pool.failed(survivor)
+  answer = [{ address: '10.0.0.2', family: 4 }, { address: 'fd00::3', family: 6 }]
+  await pool.refresh()
+  t.same(pool.addresses.map((a) => a.origin), ['http://10.0.0.2:3000', 'http://[fd00::3]:3000', 'http://127.0.0.1:4000'])
+  t.equal(pool.addresses[0], survivor, 'same object, same failure count')
+  answer = []
+  await pool.refresh()
+  t.equal(pool.addresses.length, 3, 'an empty answer keeps the previous addresses')
+})
