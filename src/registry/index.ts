@@ -6,7 +6,7 @@
  */
 import type { DescriptorTarget } from '../descriptor/sign.js'
 import type { TenantState } from './names.js'
-import type { DomainRow, RegistryDelta, RegistrySnapshot, TenantRow } from './store.js'
+import type { RegistryDelta, RegistrySnapshot, TenantRow } from './store.js'
 
 /** Everything the data path needs about one tenant; immutable, replaced when the tenant changes. */
 export interface Route extends DescriptorTarget {
@@ -99,13 +99,6 @@ export function applyDelta (index: RegistryIndex, delta: Extract<RegistryDelta, 
   }
   index.version = delta.version
   return { removedHosts, consistent }
-}
-
-/** Current rows of the index, for the last-known-good snapshot file. */
-export function indexRows (index: RegistryIndex): { tenants: Array<Route>, domains: DomainRow[] } {
-  const domains: DomainRow[] = []
-  for (const [hostname, route] of index.byHost) domains.push({ hostname, tenantId: route.id })
-  return { tenants: [...index.byId.values()], domains }
 }
 
 /** The route of a tenant row, reusing `old` when nothing the data path reads changed. */

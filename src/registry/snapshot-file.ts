@@ -11,15 +11,14 @@
 import { createHash } from 'node:crypto'
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
 import { TENANT_STATES, type TenantState } from './names.js'
-import { indexRows, type RegistryIndex } from './index.js'
+import type { RegistryIndex } from './index.js'
 import type { DomainRow, TenantRow } from './store.js'
 
 const FORMAT = 'tenant-proxy/last-known-good'
 const FORMAT_VERSION = 1
-/** Rows serialised between two yields to the event loop, so a big index never stalls requests. */
-const CHUNK = 20_000
+/** Rows serialised between two yields to the event loop (about a millisecond of work). */
+const SLICE = 2_000
 
 interface Header {
   format: string
@@ -58,9 +57,16 @@ export function registryFingerprint (databaseUrl: string | null, embeddedDataDir
   return createHash('sha256').update(`${where}#${schema}`).digest('hex').slice(0, 32)
 }
 
-/** Writes the index to `file` atomically. Rows are copied synchronously, serialised in chunks. */
-export async function writeSnapshotFile (file: string, index: RegistryIndex, fingerprint: string): Promise<{ bytes: number }> {
-  const { tenants, domains } = indexRows(index)
+/** Thrown when the index changed while it was being written (the caller writes again later). */
+export class SnapshotWriteAborted extends Error {}
+
+/**
+ * Writes the index to `file` atomically. Rows are serialised in small slices with a yield to the
+ * event loop between them (a 100,000-tenant index must not stall requests or the change feed for
+ * the ~100 ms a single pass takes); `unchanged()` is asked after every yield and a false answer
+ * aborts the write, because a file mixing two versions would be worse than an older one.
+ */
+export async function writeSnapshotFile (file: string, index: RegistryIndex, fingerprint: string, unchanged: () => boolean = () => true): Promise<{ bytes: number }> {
   const header: Header = {
     format: FORMAT,
     formatVersion: FORMAT_VERSION,
@@ -68,36 +74,52 @@ export async function writeSnapshotFile (file: string, index: RegistryIndex, fin
     registryId: index.registryId,
     version: index.version,
     writtenAt: new Date().toISOString(),
-    tenants: tenants.length,
-    domains: domains.length
+    tenants: index.byId.size,
+    domains: index.byHost.size
   }
-  const hash = createHash('sha256')
-  const parts: string[] = []
-  const push = (s: string): void => { hash.update(s); parts.push(s) }
-  push(JSON.stringify(header) + '\n')
-  push('{"tenants":[')
-  for (let i = 0; i < tenants.length; i += CHUNK) {
-    if (i > 0) await yieldToEventLoop()
-    push(tenants.slice(i, i + CHUNK).map((r) => JSON.stringify([r.id, r.slug, r.db.name, r.db.host, r.db.port, r.state, r.upstream, r.epoch])).join(',') + (i + CHUNK < tenants.length ? ',' : ''))
-  }
-  push('],"domains":[')
-  for (let i = 0; i < domains.length; i += CHUNK) {
-    await yieldToEventLoop()
-    push(domains.slice(i, i + CHUNK).map((d) => JSON.stringify([d.hostname, d.tenantId])).join(',') + (i + CHUNK < domains.length ? ',' : ''))
-  }
-  push(']}\n')
-  parts.push(JSON.stringify({ sha256: hash.digest('hex') }) + '\n')
-
   await fs.mkdir(path.dirname(file), { recursive: true })
   const tmp = `${file}.tmp-${process.pid}`
   const handle = await fs.open(tmp, 'w', 0o600)
+  const hash = createHash('sha256')
   let bytes = 0
-  try {
-    for (const part of parts) bytes += (await handle.write(part)).bytesWritten
-    await handle.sync()
-  } finally {
-    await handle.close()
+  const write = async (text: string): Promise<void> => {
+    hash.update(text)
+    bytes += (await handle.write(text)).bytesWritten
+    if (!unchanged()) throw new SnapshotWriteAborted('the index changed during the write')
   }
+  try {
+    await write(JSON.stringify(header) + '\n{"tenants":[')
+    let parts: string[] = []
+    let first = true
+    const flush = async (): Promise<void> => {
+      if (parts.length === 0) return
+      const text = (first ? '' : ',') + parts.join(',')
+      first = false
+      parts = []
+      await write(text)
+    }
+    for (const r of index.byId.values()) {
+      parts.push(JSON.stringify([r.id, r.slug, r.db.name, r.db.host, r.db.port, r.state, r.upstream, r.epoch]))
+      if (parts.length === SLICE) await flush()
+    }
+    await flush()
+    await write('],"domains":[')
+    first = true
+    for (const [hostname, route] of index.byHost) {
+      parts.push(JSON.stringify([hostname, route.id]))
+      if (parts.length === SLICE) await flush()
+    }
+    await flush()
+    await write(']}\n')
+    const trailer = JSON.stringify({ sha256: hash.digest('hex') }) + '\n'
+    bytes += (await handle.write(trailer)).bytesWritten
+    await handle.sync()
+  } catch (err) {
+    await handle.close()
+    await fs.rm(tmp, { force: true })
+    throw err
+  }
+  await handle.close()
   try {
     await fs.rename(tmp, file)
   } catch (err) {

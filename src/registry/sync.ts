@@ -17,17 +17,21 @@ import type { Logger } from 'pino'
 import type { DescriptorCache } from '../descriptor/sign.js'
 import type { ProxyMetrics } from '../ops/metrics.js'
 import type { ProxyState } from '../proxy/state.js'
+import { collectGarbage } from '../gc.js'
 import { describeError } from './connect.js'
 import { applyDelta, buildIndex, type DatabaseDefaults, type RegistryIndex } from './index.js'
-import { readSnapshotFile, SnapshotFileError, writeSnapshotFile } from './snapshot-file.js'
+import { readSnapshotFile, SnapshotFileError, SnapshotWriteAborted, writeSnapshotFile } from './snapshot-file.js'
 import type { RegistryStore } from './store.js'
 
 /** Changes applied incrementally at most; a bigger backlog is cheaper as a full snapshot. */
 const DELTA_LIMIT = 10_000
 /** Pruning of the change log runs at most this often per proxy. */
 const PRUNE_EVERY_MS = 3_600_000
-/** Snapshot file rewrites are coalesced to at most one per this interval. */
-const FILE_WRITE_INTERVAL_MS = 1_000
+/**
+ * The snapshot file is rewritten once the index has been quiet this long (a burst of changes
+ * costs one write, and a write never competes with the changes it would have to abort for).
+ */
+const FILE_QUIET_MS = 1_000
 
 /** What the sync needs; built once by server.ts. */
 export interface SyncOptions {
@@ -71,7 +75,6 @@ export class RegistrySync {
   #fileTimer: NodeJS.Timeout | null = null
   #fileWriting: Promise<void> | null = null
   #fileDirty = false
-  #lastFileWriteAt = 0
 
   constructor (opts: SyncOptions) {
     this.#o = opts
@@ -178,7 +181,11 @@ export class RegistrySync {
     const index = buildIndex(snapshot, this.#o.defaults, this.#o.state.index)
     this.#install(index)
     this.#o.descriptors.retain((host) => index.byHost.has(host))
-    this.#log.info({ reason, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, ms: Math.round(performance.now() - started) }, 'registry loaded')
+    const loadedMs = Math.round(performance.now() - started)
+    // The load's rows and the previous index are garbage now; give the memory back at once.
+    const gcStarted = performance.now()
+    const collected = collectGarbage()
+    this.#log.info({ reason, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, ms: loadedMs, gcMs: collected ? Math.round(performance.now() - gcStarted) : null }, 'registry loaded')
   }
 
   #install (index: RegistryIndex): void {
@@ -221,9 +228,9 @@ export class RegistrySync {
       const r = await client.query<{ version: string }>(`SELECT version FROM "${this.#o.schema}".registry_state`)
       const version = Number(r.rows[0]?.version ?? 0)
       const index = this.#o.state.index
-      if (index !== null && version > index.version) {
-        this.#log.warn({ loaded: index.version, registry: version }, 'version check found changes no notification announced; catching up')
-      }
+      // Usually the notification of that version is just behind this answer on the same
+      // connection; the catch-up is what matters, so this is only worth a debug line.
+      if (index !== null && version > index.version) this.#log.debug({ loaded: index.version, registry: version }, 'version check found newer changes; catching up')
       await this.catchUp()
       await this.#prune()
     } catch (err) {
@@ -312,17 +319,17 @@ export class RegistrySync {
   }
 
   #scheduleFileWrite (): void {
-    const file = this.#o.snapshotFile
-    if (file === null || this.#stopped) return
-    if (this.#fileWriting !== null || this.#fileTimer !== null) {
+    if (this.#o.snapshotFile === null || this.#stopped) return
+    if (this.#fileWriting !== null) {
       this.#fileDirty = true
       return
     }
-    const delay = Math.max(0, this.#lastFileWriteAt + FILE_WRITE_INTERVAL_MS - Date.now())
+    // Restart the quiet period on every change.
+    if (this.#fileTimer !== null) clearTimeout(this.#fileTimer)
     this.#fileTimer = setTimeout(() => {
       this.#fileTimer = null
       this.#writeFile()
-    }, delay)
+    }, FILE_QUIET_MS)
   }
 
   /** Starts writing the current index to the snapshot file (never a stale one: it came from there). */
@@ -331,14 +338,19 @@ export class RegistrySync {
     const index = this.#o.state.index
     if (file === null || index === null || this.#o.state.stale) return
     this.#fileDirty = false
-    this.#fileWriting = writeSnapshotFile(file, index, this.#o.fingerprint).then(({ bytes }) => {
-      this.#log.debug({ file, version: index.version, bytes }, 'wrote the last-known-good snapshot file')
+    const version = index.version
+    const unchanged = (): boolean => this.#o.state.index === index && index.version === version
+    this.#fileWriting = writeSnapshotFile(file, index, this.#o.fingerprint, unchanged).then(({ bytes }) => {
+      this.#log.debug({ file, version, bytes }, 'wrote the last-known-good snapshot file')
     }, (err: unknown) => {
+      if (err instanceof SnapshotWriteAborted) {
+        this.#fileDirty = true
+        return
+      }
       this.#log.error({ file, error: describeError(err) }, 'cannot write the last-known-good snapshot file')
     }).finally(() => {
       this.#fileWriting = null
-      this.#lastFileWriteAt = Date.now()
-      if (this.#fileDirty) this.#scheduleFileWrite()
+      if (this.#fileDirty && !this.#stopped) this.#scheduleFileWrite()
     })
   }
 }
