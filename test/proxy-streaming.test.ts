@@ -6,11 +6,11 @@ import { spawnServe } from './helpers/serve-process.js'
 import { startUpstream } from './helpers/upstream.js'
 
 const MB = 1024 * 1024
-const SIZE = 50 * MB
+const SIZE = 100 * MB
 const HOLD_AT = 10 * MB
 
 /**
- * A 50 MB body in 64 KiB chunks that stops at 10 MB until `release` resolves: if anything
+ * A 100 MB body in 64 KiB chunks that stops at 10 MB until `release` resolves: if anything
  * between sender and receiver waited for the whole body, the receiver would never see the
  * first 10 MB and the test would fail on its deadline instead of passing.
  */
@@ -39,7 +39,7 @@ function deferred (): { promise: Promise<void>, resolve: () => void } {
   return { promise, resolve }
 }
 
-t.test('50 MB streams through `tenant-proxy serve` both ways, never held whole by the proxy', async (t) => {
+t.test('100 MB streams through `tenant-proxy serve` both ways, never held whole by the proxy', async (t) => {
   const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example.com'] }])
   const uploadSeen = deferred()
   const downloadSeen = deferred()
@@ -64,7 +64,7 @@ t.test('50 MB streams through `tenant-proxy serve` both ways, never held whole b
 
   const up = await request(url, { method: 'POST', headers: { host: 'acme.example.com', 'content-type': 'application/octet-stream' }, body: pacedBody(uploadSeen.promise) })
   t.equal(up.statusCode, 200)
-  t.same(await up.body.json(), { bytes: SIZE }, 'the upstream received all 50 MB, the first 9 MB before the client sent more than 10')
+  t.same(await up.body.json(), { bytes: SIZE }, 'the upstream received all 100 MB, the first 9 MB before the client sent more than 10')
 
   const down = await request(url, { method: 'GET', headers: { host: 'acme.example.com' } })
   t.equal(down.statusCode, 200)
@@ -73,7 +73,7 @@ t.test('50 MB streams through `tenant-proxy serve` both ways, never held whole b
     received += (c as Buffer).length
     if (received >= 9 * MB) downloadSeen.resolve()
   }
-  t.equal(received, SIZE, 'the client received all 50 MB, the first 9 MB before the upstream sent more than 10')
+  t.equal(received, SIZE, 'the client received all 100 MB, the first 9 MB before the upstream sent more than 10')
 
   const peak = await proxy.memory()
   const liveAfter = await proxy.collectGarbage()
@@ -82,7 +82,7 @@ t.test('50 MB streams through `tenant-proxy serve` both ways, never held whole b
   // asserted: V8 keeps a grown young generation and glibc keeps freed pages, whatever the body size.
   const live = (u: NodeJS.MemoryUsage): number => u.heapUsed + u.external
   const grown = live(liveAfter) - live(liveBefore)
-  t.ok(grown < 20 * MB, `proxy live memory grew ${(grown / MB).toFixed(1)} MB over both 50 MB transfers (limit 20 MB)`)
+  t.ok(grown < 20 * MB, `proxy live memory grew ${(grown / MB).toFixed(1)} MB over both 100 MB transfers (limit 20 MB)`)
   t.comment(`proxy RSS: ${(before.rss / MB).toFixed(1)} MB before, peak ${(peak.peak / MB).toFixed(1)} MB, ${(after.rss / MB).toFixed(1)} MB after`)
   t.equal(await proxy.stop(), 0, 'SIGTERM: clean exit')
 })
