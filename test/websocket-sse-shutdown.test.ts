@@ -72,7 +72,7 @@ t.test('WebSockets: tenant resolution on the upgrade, one genuine descriptor, ec
   const wss = new WebSocketServer({ server })
   wss.on('connection', (socket, req) => {
     upgrades.push(req)
-    socket.on('message', (data) => socket.send(`echo:${data.toString()}`))
+    socket.on('message', (data) => socket.send(`echo:${(data as Buffer).toString()}`))
   })
   const port = await listen(server)
   t.teardown(() => { for (const c of wss.clients) c.terminate(); server.closeAllConnections(); server.close() })
