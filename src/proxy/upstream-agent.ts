@@ -92,7 +92,9 @@ export class UpstreamAgent extends Agent {
 
 /** One request over a pool: an attempt per address until one answers or retrying is unsafe. */
 class PooledRequest {
-  readonly #tried = new Set<UpstreamAddress>()
+  /** Addresses tried so far; allocated only when a first attempt fails (rare). */
+  #tried: Set<UpstreamAddress> | null = null
+  #last: UpstreamAddress | null = null
   readonly #replayable: boolean
 
   constructor (
@@ -108,17 +110,19 @@ class PooledRequest {
   }
 
   attempt (lastError: Error | null): void {
-    const address = this.pool.pick(this.#tried)
+    if (this.#last !== null) (this.#tried ??= new Set()).add(this.#last)
+    const address = this.pool.pick(this.#tried ?? undefined)
     if (address === undefined) {
       this.handler.onError?.(lastError ?? new errors.SocketError('no upstream address'))
       return
     }
-    if (lastError !== null) {
-      if (this.hook !== undefined) this.hook.retries = (this.hook.retries ?? 0) + 1
-    }
-    this.#tried.add(address)
+    if (lastError !== null && this.hook !== undefined) this.hook.retries = (this.hook.retries ?? 0) + 1
+    this.#last = address
     if (this.hook !== undefined) this.hook.address = address.origin
-    this.send({ ...this.options, origin: address.origin }, new Attempt(this, address))
+    // The options object is this request's own (built per request by undici's request API):
+    // pointing it at the address saves a copy per request.
+    ;(this.options as { origin: string }).origin = address.origin
+    this.send(this.options, new Attempt(this, address))
   }
 
   /** Whether a failed attempt may be repeated on another address. */
