@@ -126,3 +126,15 @@ t.test('the CLI refuses a bad config: names the key, exits non-zero, starts noth
   t.equal(serve.code, 78)
   t.match(serve.stderr, /registry\.schema/)
 })
+
+t.test('a PEM whose newlines arrive escaped (Docker env files, Kamal secrets) is unescaped', async (t) => {
+  const { generateKeyPairSync } = await import('node:crypto')
+  const pem = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+  const escaped = pem.trim().replaceAll('\n', '\\n')
+  const config = loadConfig({ env: { TENANT_PROXY_DESCRIPTOR_KEYS: escaped } })
+  t.equal(config.descriptor.keys[0]?.key, pem.trim())
+  const { loadKeyring } = await import('../src/descriptor/keyring.js')
+  t.equal(loadKeyring(config.descriptor.keys).signer.alg, 'ES256', 'and it signs')
+  // A secret (not a PEM) is taken as written, backslashes included.
+  t.equal(loadConfig({ env: { TENANT_PROXY_DESCRIPTOR_KEYS: 'a\\nsecret-that-is-long-enough-for-hs256-0123456789' } }).descriptor.keys[0]?.key, 'a\\nsecret-that-is-long-enough-for-hs256-0123456789')
+})

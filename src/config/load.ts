@@ -148,8 +148,11 @@ function decodeEnv (field: Field<unknown>, text: string): { ok: true, value: unk
       return parseJson(text)
     case 'keys': {
       if (text.trim().startsWith('[')) return parseJson(text)
+      // Docker env files (Kamal secrets among them) cannot carry newlines, so a PEM often arrives
+      // with literal "\n" sequences; a PEM never contains a backslash, so unescaping is safe.
+      const pemText = text.includes('-----BEGIN ') && !text.includes('\n') ? text.replaceAll('\\n', '\n') : text
       // A bare PEM, a file of several PEM blocks (first signs), or a bare HS256 secret.
-      const pems = text.match(/-----BEGIN [A-Z ]+-----[\s\S]*?-----END [A-Z ]+-----/g)
+      const pems = pemText.match(/-----BEGIN [A-Z ]+-----[\s\S]*?-----END [A-Z ]+-----/g)
       if (pems !== null) return { ok: true, value: pems.map((key) => ({ key })) }
       return { ok: true, value: [{ key: text.trim() }] }
     }
