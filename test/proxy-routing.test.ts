@@ -116,6 +116,8 @@ t.test('routing over real sockets', async (t) => {
     const s = seen(r.body)
     t.equal(s.url, '/abs?q=1')
     t.match(await verify(s.headers['x-tenant-descriptor']), { sub: 'acme' })
+    t.equal(s.headers.host, 'acme.example.com', 'the app sees the Host the request was routed for, not the client\'s')
+    t.equal(s.headers['x-forwarded-host'], 'acme.example.com')
   })
 
   t.test('X-Forwarded-Host from an untrusted peer is ignored', async (t) => {

@@ -288,7 +288,9 @@ export function buildTrafficApp (deps: TrafficDeps) {
   function upstreamHeaders (request: FastifyRequest, inbound: HeaderMap): HeaderMap {
     const tp = request.tp
     const headers = scrubInbound(inbound, headerName)
-    const clientHost = request.headers.host ?? tp.host
+    // RFC 9112 section 3.2.2: with an absolute-form target the received Host is replaced by the
+    // target's authority, the one the request was routed (and its descriptor signed) for.
+    const clientHost = (request.raw as RawWithAuthority)[kAbsoluteAuthority] ?? request.headers.host ?? tp.host
     headers.host = hostHeader ?? clientHost
     setForwardingHeaders(headers, {
       peer: request.socket.remoteAddress ?? '',
