@@ -21,9 +21,9 @@ export const LOG_FLUSH_INTERVAL_MS = 1_000
 export function createLogger (level: string, destination?: pino.DestinationStream): Logger {
   let stream = destination
   if (stream === undefined) {
-    // One write(2) per request line costs more CPU than proxying the request; buffer up to 8 KiB
+    // One write(2) per request line costs more CPU than proxying the request; buffer up to 32 KiB
     // and flush at least every second (and at shutdown, see server.ts).
-    const buffered = pino.destination({ dest: 1, sync: false, minLength: 8_192 })
+    const buffered = pino.destination({ dest: 1, sync: false, minLength: 32_768 })
     setInterval(() => buffered.flush(), LOG_FLUSH_INTERVAL_MS).unref()
     stream = buffered
   }
