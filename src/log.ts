@@ -23,7 +23,7 @@ export function createLogger (level: string, destination?: pino.DestinationStrea
   if (stream === undefined) {
     // One write(2) per request line costs more CPU than proxying the request; buffer up to 32 KiB
     // and flush at least every second (and at shutdown, see server.ts).
-    const buffered = pino.destination({ dest: 1, sync: false, minLength: 32_768 })
+    const buffered = pino.destination({ dest: 1, sync: false, minLength: 32_768, maxWrite: 65_536 })
     setInterval(() => buffered.flush(), LOG_FLUSH_INTERVAL_MS).unref()
     stream = buffered
   }
