@@ -118,7 +118,9 @@ t.test('applying deltas after any sequence of writes equals a full snapshot', as
   })
   await step('state change', q("UPDATE tenant_proxy.tenants SET state = 'maintenance' WHERE slug = 'a'"))
   await step('database moved (epoch bump)', q("UPDATE tenant_proxy.tenants SET database_host = 'db9.internal' WHERE slug = 'b'"))
+  const routeA = live.bySlug.get('a')
   await step('domain moved between tenants', q("UPDATE tenant_proxy.domains SET tenant_id = (SELECT id FROM tenant_proxy.tenants WHERE slug = 'a') WHERE hostname = 'shared.example'"))
+  t.equal(live.bySlug.get('a'), routeA, 'a tenant touched only through its domains keeps its route object')
   await step('domain renamed', q("UPDATE tenant_proxy.domains SET hostname = 'renamed.example' WHERE hostname = 'shared.example'"))
   await step('slugs swapped in one transaction', async (c) => {
     await c.query("UPDATE tenant_proxy.tenants SET slug = 'tmp' WHERE slug = 'a'")

@@ -2,20 +2,32 @@
  * The in-memory registry index the proxy answers from: canonical host → route, slug → route.
  * A full load builds a new index that is swapped in with one assignment; a live change is applied
  * to the current index synchronously, in one turn of the event loop, so a request sees the
- * registry before or after a write, never half of it.
+ * registry before or after a write, never half of it. Memory matters at a million tenants: one
+ * flat object per tenant, interned state strings, and no map beyond the two lookups.
  */
 import type { DescriptorTarget } from '../descriptor/sign.js'
-import type { TenantState } from './names.js'
+import { TENANT_STATES, type TenantState } from './names.js'
 import type { RegistryDelta, RegistrySnapshot, TenantRow } from './store.js'
 
 /** Everything the data path needs about one tenant; immutable, replaced when the tenant changes. */
-export interface Route extends DescriptorTarget {
-  readonly id: number
-  readonly slug: string
-  readonly state: TenantState
-  readonly upstream: string | null
-  readonly epoch: number
-  readonly db: { readonly name: string, readonly host: string, readonly port: number }
+export class Route implements DescriptorTarget {
+  constructor (
+    readonly id: number,
+    readonly slug: string,
+    readonly state: TenantState,
+    readonly upstream: string | null,
+    readonly epoch: number,
+    readonly dbName: string,
+    readonly dbHost: string,
+    readonly dbPort: number
+  ) {
+    Object.freeze(this)
+  }
+
+  /** The database as the descriptor states it (built on demand: only signing reads it). */
+  get db (): { name: string, host: string, port: number } {
+    return { name: this.dbName, host: this.dbHost, port: this.dbPort }
+  }
 }
 
 /** A loaded registry. Only server-side sync code writes to it. */
@@ -28,7 +40,6 @@ export interface RegistryIndex {
   readonly loadedAt: number
   readonly byHost: Map<string, Route>
   readonly bySlug: Map<string, Route>
-  readonly byId: Map<number, Route>
 }
 
 /** Where tenants with a null database host/port live. */
@@ -39,6 +50,7 @@ export interface DatabaseDefaults { readonly defaultHost: string, readonly defau
  * Routes equal to the previous index's are reused, so descriptors cached for them stay valid.
  */
 export function buildIndex (snapshot: Pick<RegistrySnapshot, 'version' | 'registryId' | 'tenants' | 'domains'>, defaults: DatabaseDefaults, previous: RegistryIndex | null = null, now = Date.now()): RegistryIndex {
+  // Tenant id → route only while building: domains name their tenant by id.
   const byId = new Map<number, Route>()
   const bySlug = new Map<string, Route>()
   for (const t of snapshot.tenants) {
@@ -51,7 +63,7 @@ export function buildIndex (snapshot: Pick<RegistrySnapshot, 'version' | 'regist
     const route = byId.get(d.tenantId)
     if (route !== undefined) byHost.set(d.hostname, route)
   }
-  return { version: snapshot.version, registryId: snapshot.registryId, loadedAt: now, byHost, bySlug, byId }
+  return { version: snapshot.version, registryId: snapshot.registryId, loadedAt: now, byHost, bySlug }
 }
 
 /** What applying a delta did. */
@@ -65,27 +77,26 @@ export interface DeltaResult {
 /**
  * Applies a complete delta (rows current as of delta.version) to an index at delta.since. Runs
  * synchronously: no request observes the index between the first and the last assignment.
+ *
+ * The change log names every slug a touched tenant had or has (a rename logs both), so the old
+ * routes are found by slug; any route found there belongs to a touched tenant, because a slug
+ * only moves between tenants that were both written.
  */
 export function applyDelta (index: RegistryIndex, delta: Extract<RegistryDelta, { complete: true }>, defaults: DatabaseDefaults): DeltaResult {
-  const rows = new Map<number, TenantRow>()
-  for (const row of delta.tenants) rows.set(row.id, row)
-  for (const id of delta.tenantIds) {
-    const old = index.byId.get(id)
-    const row = rows.get(id)
-    // Only remove a slug entry that is still this tenant's: two tenants may swap slugs in one write.
-    if (old !== undefined && index.bySlug.get(old.slug) === old && (row === undefined || row.slug !== old.slug)) index.bySlug.delete(old.slug)
-    if (row === undefined) {
-      index.byId.delete(id)
-      continue
+  const old = new Map<number, Route>()
+  for (const slug of delta.tenantSlugs) {
+    const route = index.bySlug.get(slug)
+    if (route !== undefined) {
+      old.set(route.id, route)
+      index.bySlug.delete(slug)
     }
-    const route = routeFor(row, defaults, old)
-    index.byId.set(id, route)
-    index.bySlug.set(row.slug, route)
   }
+  // A tenant touched only through its domains still sits at its slug: reuse its route if unchanged.
+  for (const row of delta.tenants) index.bySlug.set(row.slug, routeFor(row, defaults, old.get(row.id) ?? index.bySlug.get(row.slug)))
   let consistent = true
   const present = new Set<string>()
   for (const d of delta.domains) {
-    const route = index.byId.get(d.tenantId)
+    const route = index.bySlug.get(d.slug)
     if (route === undefined) {
       consistent = false
       continue
@@ -106,6 +117,8 @@ function routeFor (t: TenantRow, defaults: DatabaseDefaults, old: Route | undefi
   const dbHost = t.databaseHost ?? defaults.defaultHost
   const dbPort = t.databasePort ?? defaults.defaultPort
   if (old !== undefined && old.id === t.id && old.slug === t.slug && old.state === t.state && old.upstream === t.upstream && old.epoch === t.epoch &&
-    old.db.name === t.databaseName && old.db.host === dbHost && old.db.port === dbPort) return old
-  return Object.freeze({ id: t.id, slug: t.slug, state: t.state, upstream: t.upstream, epoch: t.epoch, db: Object.freeze({ name: t.databaseName, host: dbHost, port: dbPort }) })
+    old.dbName === t.databaseName && old.dbHost === dbHost && old.dbPort === dbPort) return old
+  // One copy of each state string, not one per tenant row read from PostgreSQL.
+  const state = TENANT_STATES.find((s) => s === t.state) ?? t.state
+  return new Route(t.id, t.slug, state, t.upstream, t.epoch, t.databaseName, dbHost, dbPort)
 }

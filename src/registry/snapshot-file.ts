@@ -74,7 +74,7 @@ export async function writeSnapshotFile (file: string, index: RegistryIndex, fin
     registryId: index.registryId,
     version: index.version,
     writtenAt: new Date().toISOString(),
-    tenants: index.byId.size,
+    tenants: index.bySlug.size,
     domains: index.byHost.size
   }
   await fs.mkdir(path.dirname(file), { recursive: true })
@@ -98,8 +98,8 @@ export async function writeSnapshotFile (file: string, index: RegistryIndex, fin
       parts = []
       await write(text)
     }
-    for (const r of index.byId.values()) {
-      parts.push(JSON.stringify([r.id, r.slug, r.db.name, r.db.host, r.db.port, r.state, r.upstream, r.epoch]))
+    for (const r of index.bySlug.values()) {
+      parts.push(JSON.stringify([r.id, r.slug, r.dbName, r.dbHost, r.dbPort, r.state, r.upstream, r.epoch]))
       if (parts.length === SLICE) await flush()
     }
     await flush()

@@ -70,7 +70,7 @@ export interface DomainRow { hostname: string, tenantId: number }
  * past `since`, or more changes than `limit`): the caller loads a full snapshot instead.
  */
 export type RegistryDelta =
-  | { complete: true, since: number, version: number, registryId: string, changes: number, tenantIds: number[], tenants: TenantRow[], hostnames: string[], domains: DomainRow[] }
+  | { complete: true, since: number, version: number, registryId: string, changes: number, tenantSlugs: string[], tenants: TenantRow[], hostnames: string[], domains: Array<{ hostname: string, slug: string }> }
   | { complete: false, since: number, version: number, registryId: string, reason: string }
 
 type TenantTuple = [string, string, string, string | null, number | null, TenantState, string | null, string]
@@ -214,17 +214,20 @@ export class RegistryStore {
       })
       if (ch.rows.length > limit) return { complete: false, since, version, registryId, reason: `more than ${limit} changes` }
       const tenantIds = new Set<number>()
+      const tenantSlugs = new Set<string>()
       const hostnames = new Set<string>()
       for (const [, entity, key, tenantId] of ch.rows) {
         if (tenantId !== null) tenantIds.add(Number(tenantId))
         if (entity === 'domain') hostnames.add(key)
+        else tenantSlugs.add(key)
       }
       const ids = [...tenantIds]
       const hosts = [...hostnames]
       const t = await c.query<TenantTuple>({ text: `SELECT ${TENANT_COLUMNS} FROM ${this.#s}.tenants WHERE id = ANY($1::bigint[])`, values: [ids], rowMode: 'array' })
       // Every domain of a touched tenant (its route object changes) and every touched hostname.
       const d = await c.query<[string, string]>({
-        text: `SELECT hostname, tenant_id FROM ${this.#s}.domains WHERE tenant_id = ANY($1::bigint[]) OR hostname = ANY($2::text[])`,
+        text: `SELECT d.hostname, t.slug FROM ${this.#s}.domains d JOIN ${this.#s}.tenants t ON t.id = d.tenant_id
+               WHERE d.tenant_id = ANY($1::bigint[]) OR d.hostname = ANY($2::text[])`,
         values: [ids, hosts],
         rowMode: 'array'
       })
@@ -234,10 +237,10 @@ export class RegistryStore {
         version,
         registryId,
         changes: ch.rows.length,
-        tenantIds: ids,
+        tenantSlugs: [...tenantSlugs],
         tenants: t.rows.map(tenantRow),
         hostnames: hosts,
-        domains: d.rows.map(([hostname, tenantId]) => ({ hostname, tenantId: Number(tenantId) }))
+        domains: d.rows.map(([hostname, slug]) => ({ hostname, slug }))
       }
     })
   }
