@@ -39,6 +39,9 @@ export const ERRORS = {
   // Descriptor signing and verification.
   TENANT_PROXY_ERR_KEY_INVALID: { status: 500, message: 'descriptor key %s: %s' },
   TENANT_PROXY_ERR_DESCRIPTOR_INVALID: { status: 400, message: 'descriptor rejected: %s' },
+  TENANT_PROXY_ERR_DESCRIPTOR_MISSING: { status: 400, message: 'descriptor missing: %s' },
+  TENANT_PROXY_ERR_JWKS_UNAVAILABLE: { status: 503, message: 'descriptor key set unavailable: %s' },
+  TENANT_PROXY_ERR_KEY_ROTATION: { status: 409, message: 'key rotation refused: %s' },
 
   // Request handling (traffic listener).
   TENANT_PROXY_ERR_BAD_REQUEST: { status: 400, message: 'Bad request: %s' },

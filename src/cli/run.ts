@@ -9,7 +9,7 @@ import { assertMigrated } from '../registry/migrate.js'
 import { commandHelp, parseCommandArgs, str, type CliIo, type Command, type CommandContext } from './command.js'
 import { demoCommand } from './demo.js'
 import { descriptorDecode } from './descriptor.js'
-import { keysGenerate } from './keys.js'
+import { keysGenerate, keysRotate } from './keys.js'
 import { migrateCommand } from './migrate.js'
 import { registryStatus } from './registry.js'
 import { serveCommand } from './serve.js'
@@ -20,7 +20,7 @@ export const COMMANDS: readonly Command[] = [
   serveCommand, demoCommand, migrateCommand,
   tenantsAdd, tenantsList, tenantsShow, tenantsUpdate, tenantsState, tenantsRemove,
   domainsAdd, domainsRemove,
-  registryStatus, registryExport, registryImport, keysGenerate, descriptorDecode
+  registryStatus, registryExport, registryImport, keysGenerate, keysRotate, descriptorDecode
 ]
 
 /** Exit codes: 0 ok, 1 operation failed, 2 usage error, 78 configuration error (sysexits EX_CONFIG). */

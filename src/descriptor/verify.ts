@@ -1,10 +1,13 @@
 /**
- * Descriptor verification, for Node apps behind the proxy and for `tenant-proxy descriptor
- * decode`. It applies every rule of docs/descriptor.md: pinned algorithm per key, typ, v, iss,
- * aud, time window with leeway, host, and no comma-joined duplicates.
+ * Descriptor verification, for Node apps behind the proxy (through tenant-proxy/verify, kit.ts)
+ * and for `tenant-proxy descriptor decode`. It applies every rule of docs/descriptor.md, in its
+ * order: no comma-joined duplicates, size cap, typ, no header naming its own key, pinned algorithm
+ * per key, signature, v, iss, aud, claim types, time window with leeway, host. Each refusal
+ * carries the reason code of test/fixtures/descriptor-vectors.json.
  */
 import { createHmac, createPublicKey, timingSafeEqual, verify, type KeyObject } from 'node:crypto'
-import { tpError } from '../errors.js'
+import { TenantProxyError, tpError } from '../errors.js'
+import { canonicalHost } from '../routing/host.js'
 import { DESCRIPTOR_TYP, type VerificationKey } from './keyring.js'
 import type { DescriptorClaims } from './sign.js'
 
@@ -21,6 +24,50 @@ export interface DecodedDescriptor {
   signature: Buffer
 }
 
+/**
+ * Why a descriptor was refused: the codes of test/fixtures/descriptor-vectors.json (in the order
+ * the checks run), plus `missing` (no header at all) and `jwks_unavailable` (no keys to check with).
+ */
+export const DESCRIPTOR_REASONS = ['malformed', 'comma', 'too_large', 'typ', 'forbidden_header', 'unknown_kid', 'alg', 'bad_signature', 'version', 'issuer', 'audience', 'claims', 'expired', 'not_yet_valid', 'host_mismatch'] as const
+
+/** A reason code of a refused descriptor. */
+export type DescriptorReason = typeof DESCRIPTOR_REASONS[number] | 'missing' | 'jwks_unavailable'
+
+/** Reasons that describe a malformed request rather than a failed verification (HTTP 400, like the Ruby and Python verifiers). */
+const BAD_REQUEST_REASONS: ReadonlySet<DescriptorReason> = new Set(['missing', 'malformed', 'comma', 'too_large'])
+
+/** A refused descriptor: a catalogue error with a stable `reason` and the HTTP status a middleware answers with. */
+export class DescriptorError extends TenantProxyError {
+  readonly reason: DescriptorReason
+
+  constructor (reason: DescriptorReason, detail: string, cause?: unknown) {
+    super(reason === 'jwks_unavailable' ? 'TENANT_PROXY_ERR_JWKS_UNAVAILABLE' : reason === 'missing' ? 'TENANT_PROXY_ERR_DESCRIPTOR_MISSING' : 'TENANT_PROXY_ERR_DESCRIPTOR_INVALID', [detail], cause === undefined ? undefined : { cause })
+    this.name = 'DescriptorError'
+    this.reason = reason
+  }
+
+  /** 400 for a missing or malformed value, 503 when no keys could be fetched, 401 for everything else. */
+  get httpStatus (): 400 | 401 | 503 {
+    if (this.reason === 'jwks_unavailable') return 503
+    return BAD_REQUEST_REASONS.has(this.reason) ? 400 : 401
+  }
+}
+
+/** True when `err` is a refused descriptor (optionally for `reason`). */
+export function isDescriptorError (err: unknown, reason?: DescriptorReason): err is DescriptorError {
+  return err instanceof DescriptorError && (reason === undefined || err.reason === reason)
+}
+
+/** Largest accepted token in bytes (docs/descriptor.md): the proxy's are under 1 KiB, and nothing bigger is parsed. */
+export const MAX_TOKEN_BYTES = 8192
+
+/**
+ * JOSE header parameters refused outright: `crit` demands extensions we do not implement (RFC 7515
+ * section 4.1.11); `jwk`, `jku`, `x5u` and `x5c` let a token name its own key, which a verifier
+ * that trusts configured keys must never consult (RFC 8725 section 3.10 on key confusion).
+ */
+export const FORBIDDEN_HEADERS = ['crit', 'jwk', 'jku', 'x5u', 'x5c'] as const
+
 /** Options of verifyDescriptor. */
 export interface VerifyOptions {
   keys: VerificationKeys
@@ -28,6 +75,12 @@ export interface VerifyOptions {
   audience: string
   /** The request's canonical host; checked against the `host` claim when given. */
   host?: string | undefined
+  /**
+   * The request's Host as received (any case, port, trailing dot); canonicalized like the proxy
+   * does (src/routing/host.ts) and checked against the `host` claim. A host that does not
+   * canonicalize (an IP literal, garbage) matches no claim. Ignored when `host` is given.
+   */
+  requestHost?: string | undefined
   /** Clock skew allowed on exp and nbf, in seconds (default 5). */
   leewayS?: number
   /** Clock in ms (tests inject one). */
@@ -41,11 +94,13 @@ const B64URL = /^[A-Za-z0-9_-]+$/
 
 /** Splits and parses a compact JWS without verifying it. */
 export function decodeDescriptor (token: string): DecodedDescriptor {
-  if (typeof token !== 'string' || token === '') invalid('empty value')
+  if (typeof token !== 'string' || token === '') invalid('malformed', 'empty value')
   // Duplicated headers arrive joined with ", ": never pick one of several descriptors.
-  if (token.includes(',')) invalid('value contains a comma (duplicated header)')
+  if (token.includes(',')) invalid('comma', 'value contains a comma (duplicated header)')
+  // Checked before any decoding, so a huge value costs no base64 or JSON work.
+  if (Buffer.byteLength(token, 'utf8') > MAX_TOKEN_BYTES) invalid('too_large', `token too large (over ${MAX_TOKEN_BYTES} bytes)`)
   const parts = token.split('.')
-  if (parts.length !== 3) invalid('not a compact JWS (expected three dot-separated parts)')
+  if (parts.length !== 3) invalid('malformed', 'not a compact JWS (expected three dot-separated parts)')
   const [h = '', p = '', s = ''] = parts
   const header = parseJson(decodePart(h, 'header'), 'header')
   const claims = parseJson(decodePart(p, 'payload'), 'payload')
@@ -54,36 +109,66 @@ export function decodeDescriptor (token: string): DecodedDescriptor {
   return { header, claims, signingInput: `${h}.${p}`, signature: s === '' ? Buffer.alloc(0) : decodePart(s, 'signature') }
 }
 
-/** Verifies a descriptor and returns its claims; throws TENANT_PROXY_ERR_DESCRIPTOR_INVALID with the failed check. */
+/** Verifies a descriptor and returns its claims; throws a DescriptorError (TENANT_PROXY_ERR_DESCRIPTOR_INVALID) naming the failed check. */
 export function verifyDescriptor (token: string, opts: VerifyOptions): DescriptorClaims {
   const d = decodeDescriptor(token)
+  const { header } = d
+  checkHeader(header)
+  const kid = header.kid as string
+  const entry = opts.keys.get(kid)
+  if (entry === undefined) invalid('unknown_kid', `unknown kid ${JSON.stringify(kid)}`)
+  return checkSigned(d, entry, opts)
+}
+
+/**
+ * The checks that need no key: typ, forbidden header parameters, a kid. Exported for kit.ts,
+ * which looks the kid up in a key set that may have to be fetched first.
+ */
+export function checkHeader (header: Record<string, unknown>): void {
+  if (header.typ !== DESCRIPTOR_TYP) invalid('typ', `typ must be ${DESCRIPTOR_TYP}, got ${JSON.stringify(header.typ)}`)
+  for (const name of FORBIDDEN_HEADERS) {
+    // RFC 7515 section 4.1.11: extensions listed in crit must be understood; we understand none.
+    if (name === 'crit' && header.crit !== undefined) invalid('forbidden_header', 'crit header parameter is not supported')
+    // A key named by the token itself is the attacker's key: never look at it, refuse the token.
+    if (Object.hasOwn(header, name)) invalid('forbidden_header', `${name} header parameter is not accepted (keys come from the verifier's configuration only)`)
+  }
+  if (typeof header.kid !== 'string') invalid('unknown_kid', 'missing kid')
+}
+
+/** The checks after the key lookup: pinned alg, signature, claims, time window, host. */
+export function checkSigned (d: DecodedDescriptor, entry: VerificationKey, opts: Omit<VerifyOptions, 'keys'>): DescriptorClaims {
   const { header, claims } = d
-  if (header.typ !== DESCRIPTOR_TYP) invalid(`typ must be ${DESCRIPTOR_TYP}, got ${JSON.stringify(header.typ)}`)
-  // RFC 7515 section 4.1.11: extensions listed in crit must be understood; we understand none.
-  if (header.crit !== undefined) invalid('crit header parameter is not supported')
-  if (typeof header.kid !== 'string') invalid('missing kid')
-  const entry = opts.keys.get(header.kid)
-  if (entry === undefined) invalid(`unknown kid ${JSON.stringify(header.kid)}`)
   // The key decides the algorithm, never the token (RFC 8725 section 3.1): this defeats alg
   // "none" and HS256 signed with the ES256 public key as the HMAC secret.
-  if (header.alg !== entry.alg) invalid(`alg ${JSON.stringify(header.alg)} does not match the key's ${entry.alg}`)
-  if (!signatureValid(entry, header.kid, d.signingInput, d.signature)) invalid('bad signature')
+  if (header.alg !== entry.alg) invalid('alg', `alg ${JSON.stringify(header.alg)} does not match the key's ${entry.alg}`)
+  if (!signatureValid(entry, String(header.kid), d.signingInput, d.signature)) invalid('bad_signature', 'bad signature')
 
-  if (claims.v !== 1) invalid(`unsupported version v ${JSON.stringify(claims.v)}`)
-  if (claims.iss !== opts.issuer) invalid(`wrong issuer (iss ${JSON.stringify(claims.iss)})`)
+  if (claims.v !== 1) invalid('version', `unsupported version v ${JSON.stringify(claims.v)}`)
+  if (claims.iss !== opts.issuer) invalid('issuer', `wrong issuer (iss ${JSON.stringify(claims.iss)})`)
   // aud is one string in descriptor v1; an array is refused rather than searched.
-  if (claims.aud !== opts.audience) invalid(`wrong audience (aud ${JSON.stringify(claims.aud)})`)
-  if (typeof claims.exp !== 'number' || typeof claims.nbf !== 'number' || typeof claims.iat !== 'number') invalid('exp, nbf and iat must be numbers')
+  if (claims.aud !== opts.audience) invalid('audience', `wrong audience (aud ${JSON.stringify(claims.aud)})`)
+  // Types first, then times: the shared vectors order `claims` before `expired`.
+  if (typeof claims.exp !== 'number' || typeof claims.nbf !== 'number' || typeof claims.iat !== 'number') invalid('claims', 'exp, nbf and iat must be numbers')
+  if (typeof claims.sub !== 'string' || typeof claims.host !== 'string' || typeof claims.epoch !== 'number') invalid('claims', 'sub, host and epoch are required')
+  const db = claims.db as { name?: unknown, host?: unknown, port?: unknown } | null | undefined
+  if (typeof db !== 'object' || db === null || typeof db.name !== 'string' || typeof db.host !== 'string' || typeof db.port !== 'number') invalid('claims', 'malformed db claim')
   const nowMs = (opts.now ?? Date.now)()
   const leewayMs = (opts.leewayS ?? DEFAULT_LEEWAY_S) * 1000
   // RFC 7519 section 4.1.4: the current time must be BEFORE exp; 4.1.5: not before nbf.
-  if (nowMs >= claims.exp * 1000 + leewayMs) invalid(`expired (exp ${claims.exp}, now ${Math.floor(nowMs / 1000)})`)
-  if (nowMs < claims.nbf * 1000 - leewayMs) invalid(`not yet valid (nbf ${claims.nbf}, now ${Math.floor(nowMs / 1000)})`)
-  if (typeof claims.sub !== 'string' || typeof claims.host !== 'string' || typeof claims.epoch !== 'number') invalid('sub, host and epoch are required')
-  const db = claims.db as { name?: unknown, host?: unknown, port?: unknown } | null | undefined
-  if (typeof db !== 'object' || db === null || typeof db.name !== 'string' || typeof db.host !== 'string' || typeof db.port !== 'number') invalid('malformed db claim')
-  if (opts.host !== undefined && claims.host !== opts.host) invalid(`host claim ${JSON.stringify(claims.host)} does not match the request host ${JSON.stringify(opts.host)}`)
+  if (nowMs >= claims.exp * 1000 + leewayMs) invalid('expired', `expired (exp ${claims.exp}, now ${Math.floor(nowMs / 1000)})`)
+  if (nowMs < claims.nbf * 1000 - leewayMs) invalid('not_yet_valid', `not yet valid (nbf ${claims.nbf}, now ${Math.floor(nowMs / 1000)})`)
+  const host = opts.host ?? (opts.requestHost === undefined ? undefined : requestHostFor(opts.requestHost))
+  if (host !== undefined && claims.host !== host) invalid('host_mismatch', `host claim ${JSON.stringify(claims.host)} does not match the request host ${JSON.stringify(host)}`)
   return claims as unknown as DescriptorClaims
+}
+
+/**
+ * The request host as the proxy writes the `host` claim, or '' (which matches no claim) when it
+ * is not a routable name: the proxy never issues descriptors for IP literals or invalid names.
+ */
+export function requestHostFor (raw: string): string {
+  const c = canonicalHost(raw)
+  return c.ok ? c.host : ''
 }
 
 /** Verification keys from a JWKS such as /.well-known/tenant-proxy/jwks.json (EC P-256 signing keys with a kid; others are skipped). */
@@ -111,9 +196,9 @@ export function keysFromJwks (jwks: { keys?: unknown }): Map<string, Verificatio
 function decodePart (b64: string, what: string): Buffer {
   // RFC 7515 section 2: unpadded base64url. Re-encoding must give the same text, so a token has
   // one spelling only (no stray trailing bits that decode to the same bytes).
-  if (!B64URL.test(b64)) invalid(`${what} is not unpadded base64url`)
+  if (!B64URL.test(b64)) invalid('malformed', `${what} is not unpadded base64url`)
   const bytes = Buffer.from(b64, 'base64url')
-  if (bytes.toString('base64url') !== b64) invalid(`${what} is not canonical base64url`)
+  if (bytes.toString('base64url') !== b64) invalid('malformed', `${what} is not canonical base64url`)
   return bytes
 }
 
@@ -136,14 +221,14 @@ function parseJson (bytes: Buffer, what: string): Record<string, unknown> {
   try {
     value = JSON.parse(bytes.toString('utf8'))
   } catch {
-    invalid(`${what} is not JSON`)
+    invalid('malformed', `${what} is not JSON`)
   }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) invalid(`${what} is not a JSON object`)
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) invalid('malformed', `${what} is not a JSON object`)
   return value as Record<string, unknown>
 }
 
-function invalid (reason: string): never {
-  throw tpError('TENANT_PROXY_ERR_DESCRIPTOR_INVALID', [reason])
+function invalid (reason: DescriptorReason, detail: string): never {
+  throw new DescriptorError(reason, detail)
 }
 
 function keyUnusable (kid: string, reason: string): never {
