@@ -387,6 +387,13 @@ export function buildTrafficApp (deps: TrafficDeps) {
       if (!reply.sent) sendError(request, reply, 'TENANT_PROXY_ERR_BODY_TOO_LARGE', { detail: `${maxBodyBytes} bytes` })
       return
     }
+    const raw = request.raw
+    if (!raw.complete && (raw.destroyed || raw.readableAborted)) {
+      // The client's body ended before its declared length: its fault, not the app's.
+      request.tp.outcome = 'bad_request'
+      if (!reply.sent) sendError(request, reply, 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'the request body ended before its declared length' })
+      return
+    }
     const cause = (error.cause ?? error) as { code?: string }
     const kind = upstreamErrorKind(cause.code, (error as { code?: string }).code)
     metrics.upstreamErrors.labels(kind).inc()

@@ -116,12 +116,16 @@ function nominatedBy (connection: HeaderMap[string]): ReadonlySet<string> | null
 
 /**
  * Hop-by-hop headers (RFC 9110 section 7.6.1) that never cross a proxy, plus the legacy
- * Proxy-Connection that some clients still send; switched on length so most names cost one test.
+ * Proxy-Connection that some clients still send, and Expect on requests; switched on length so
+ * most names cost one test.
  */
 function isHopByHop (name: string, length: number, framing: boolean): boolean {
   // Names from Node and undici are lower-case already; others (tests, hand-built maps) may not be.
   switch (length) {
     case 2: return name === 'te'
+    // Expect (requests only): Node already answered 100-continue to the client; forwarded, undici
+    // refuses the request outright.
+    case 6: return !framing && name === 'expect'
     case 7: return name === 'trailer' || name === 'upgrade'
     case 10: return name === 'connection' || name === 'keep-alive'
     case 16: return name === 'proxy-connection'

@@ -85,13 +85,10 @@ const ABSOLUTE: Array<[string, string]> = [
   ['absolute-form https', req('https://globex.example.com/x', 'Host: acme.example.com\r\n')]
 ]
 
-// PROXY BUG (src/proxy/app.ts, upstreamHeaders): route() resolves the tenant from the absolute-form
-// authority (globex) and signs the descriptor for it, but upstreamHeaders forwards the client's
-// Host header (`headers.host = hostHeader ?? request.headers.host`) and X-Forwarded-Host (acme).
-// RFC 9112 section 3.2.2 says a proxy MUST replace Host with the target's authority. Verifiers
-// that compare the host claim refuse it (host_mismatch: fail-closed), but the app sees Host acme
-// with globex's database descriptor. Remove the todo once upstreamHeaders uses the authority.
-t.test('absolute-form target: the upstream sees the authority as Host, consistent with the descriptor', { todo: 'proxy forwards the client Host, not the absolute-form authority (src/proxy/app.ts upstreamHeaders)' }, async (t) => {
+// Guards src/proxy/app.ts upstreamHeaders: route() resolves the tenant from the absolute-form
+// authority and signs the descriptor for it, so the forwarded Host and X-Forwarded-Host must be
+// that authority too (RFC 9112 section 3.2.2), not the client's Host header. Found by this suite.
+t.test('absolute-form target: the upstream sees the authority as Host, consistent with the descriptor', async (t) => {
   const rig = await startRig(t)
   for (const [name, payload] of ABSOLUTE) {
     const before = rig.upstream.seen.length
