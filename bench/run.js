@@ -8,7 +8,7 @@
 //   BENCH_PROFILE_DIR=/tmp/prof npm run bench   # also writes a CPU profile per process
 //
 // Everything is on 127.0.0.1; every round is bounded in time; the throwaway database is dropped.
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
@@ -22,6 +22,13 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 32)
 const HOSTS = 1_000 // distinct tenant hosts cycled through by the load generator
 const CLK_TCK = 100 // Linux USER_HZ: /proc/<pid>/stat times are in 1/100 s
+// With 2+ CPUs, each proxy under test runs alone on the last CPU and the load generator and the
+// upstream share the others, so the proxies' throughput is not decided by the scheduler's mood.
+// BENCH_PIN=0 turns it off.
+const CPUS = (await import('node:os')).availableParallelism()
+const PIN = process.env.BENCH_PIN !== '0' && CPUS >= 2 && spawnSync('taskset', ['-V']).status === 0
+if (PIN) spawnSync('taskset', ['-a', '-p', '-c', `0-${CPUS - 2}`, String(process.pid)])
+const pinned = (args) => PIN ? ['taskset', ['-c', String(CPUS - 1), 'node', ...args]] : ['node', args]
 
 const children = []
 process.on('exit', () => { for (const c of children) c.kill('SIGKILL') })
@@ -36,10 +43,10 @@ try {
   await seed(dbUrl.toString())
   const upstream = await start('node', ['bench/upstream.js'])
   const origin = `http://127.0.0.1:${upstream.info.port}`
-  const bare = await start('node', ['bench/bare-proxy.js', origin])
+  const bare = await start(...pinned(['bench/bare-proxy.js', origin]))
   const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' })
   const trafficPort = await freePort()
-  const tp = await start('node', ['dist/src/main.js', 'serve'], {
+  const tp = await start(...pinned(['dist/src/main.js', 'serve']), {
     REGISTRY_DATABASE_URL: dbUrl.toString(),
     TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1',
     TENANT_PROXY_TRAFFIC_PORT: String(trafficPort),
@@ -61,7 +68,7 @@ try {
     for (const name of order) {
       const r = await measure(targets[name], SECONDS)
       results[name].push(r)
-      console.error(`round ${round} ${name.padEnd(12)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50} ms  p99 ${r.p99} ms  ${r.cpuUsPerReq.toFixed(1)} µs CPU/req (user ${r.userUsPerReq.toFixed(1)}, sys ${r.sysUsPerReq.toFixed(1)})  ${r.readsPerReq.toFixed(2)} reads ${r.writesPerReq.toFixed(2)} writes/req  errors ${r.errors}`)
+      console.error(`round ${round} ${name.padEnd(12)} ${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50} ms  p99 ${r.p99} ms  ${r.cpuUsPerReq.toFixed(1)} µs CPU/req (user ${r.userUsPerReq.toFixed(1)}, sys ${r.sysUsPerReq.toFixed(1)})  ${r.readsPerReq.toFixed(2)} reads ${r.writesPerReq.toFixed(2)} writes/req  RSS ${r.rssMb.toFixed(0)} MB  errors ${r.errors}`)
     }
   }
   report(results)
@@ -109,6 +116,7 @@ async function measure (target, seconds) {
     errors: result.errors + result.non2xx,
     userUsPerReq: (split.user - splitBefore.user) / CLK_TCK * 1e6 / done,
     sysUsPerReq: (split.sys - splitBefore.sys) / CLK_TCK * 1e6 / done,
+    rssMb: Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${target.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024,
     readsPerReq: (io.reads - ioBefore.reads) / done,
     writesPerReq: (io.writes - ioBefore.writes) / done,
     total: done
@@ -169,7 +177,7 @@ function report (results) {
   const lines = [
     `# Benchmark: tenant-proxy vs bare Fastify + @fastify/http-proxy`,
     '',
-    `${new Date().toISOString()} · node ${process.version} · ${TENANTS} tenants in the registry, ${HOSTS} distinct hosts requested · ${CONNECTIONS} connections · ${ROUNDS} interleaved rounds of ${SECONDS} s · medians`,
+    `${new Date().toISOString()} · node ${process.version} · ${PIN ? `each proxy pinned to CPU ${CPUS - 1}, load generator and upstream on the other${CPUS > 2 ? 's' : ''}` : 'no CPU pinning'} · ${TENANTS} tenants in the registry, ${HOSTS} distinct hosts requested · ${CONNECTIONS} connections · ${ROUNDS} interleaved rounds of ${SECONDS} s · medians`,
     '',
     '| proxy | req/s | p50 ms | p99 ms | proxy CPU µs/req | errors |',
     '|---|---|---|---|---|---|',
@@ -189,7 +197,11 @@ function report (results) {
 async function start (cmd, args, env = {}, ready = (line) => JSON.parse(line)) {
   // Without a readiness line to read, stdout (request logs) goes straight to /dev/null.
   // BENCH_PROFILE_DIR=/tmp/prof writes a V8 CPU profile of every node child (open in Chrome DevTools).
-  if (cmd === 'node' && process.env.BENCH_PROFILE_DIR) args = ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`, ...args]
+  if (process.env.BENCH_PROFILE_DIR) {
+    const flags = ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE_DIR}`]
+    if (cmd === 'node') args = [...flags, ...args]
+    else if (cmd === 'taskset') args = [...args.slice(0, 3), ...flags, ...args.slice(3)] // taskset -c N node <flags> …
+  }
   const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', ready === null ? 'ignore' : 'pipe', 'inherit'] })
   children.push(child)
   if (ready === null) return { child, info: null }
