@@ -66,7 +66,7 @@ export class SnapshotWriteAborted extends Error {}
  * the ~100 ms a single pass takes); `unchanged()` is asked after every yield and a false answer
  * aborts the write, because a file mixing two versions would be worse than an older one.
  */
-export async function writeSnapshotFile (file: string, index: RegistryIndex, fingerprint: string, unchanged: () => boolean = () => true): Promise<{ bytes: number }> {
+export async function writeSnapshotFile (file: string, index: RegistryIndex, fingerprint: string, unchanged: () => boolean = () => true, serialized: () => void = () => {}): Promise<{ bytes: number }> {
   const header: Header = {
     format: FORMAT,
     formatVersion: FORMAT_VERSION,
@@ -113,6 +113,8 @@ export async function writeSnapshotFile (file: string, index: RegistryIndex, fin
     await write(']}\n')
     const trailer = JSON.stringify({ sha256: hash.digest('hex') }) + '\n'
     bytes += (await handle.write(trailer)).bytesWritten
+    // Everything is in the kernel's hands now; the fsync below can take seconds on slow disks.
+    serialized()
     await handle.sync()
   } catch (err) {
     await handle.close()

@@ -75,6 +75,8 @@ export class RegistrySync {
   #fileTimer: NodeJS.Timeout | null = null
   #fileWriting: Promise<void> | null = null
   #fileDirty = false
+  /** A full load happened since the last collection (see #collect). */
+  #collectAfterWrite = false
 
   constructor (opts: SyncOptions) {
     this.#o = opts
@@ -181,11 +183,14 @@ export class RegistrySync {
     const index = buildIndex(snapshot, this.#o.defaults, this.#o.state.index)
     this.#install(index)
     this.#o.descriptors.retain((host) => index.byHost.has(host))
-    const loadedMs = Math.round(performance.now() - started)
-    // The load's rows and the previous index are garbage now; give the memory back at once.
-    const gcStarted = performance.now()
-    const collected = collectGarbage()
-    this.#log.info({ reason, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, ms: loadedMs, gcMs: collected ? Math.round(performance.now() - gcStarted) : null }, 'registry loaded')
+    this.#log.info({ reason, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, ms: Math.round(performance.now() - started) }, 'registry loaded')
+    // The load's rows and the previous index are garbage now: collect them at once, and once more
+    // after the snapshot file write that follows (its serialisation makes as much again).
+    this.#collect()
+    if (this.#o.snapshotFile !== null) {
+      this.#collectAfterWrite = true
+      this.#scheduleFileWrite(0)
+    }
   }
 
   #install (index: RegistryIndex): void {
@@ -193,7 +198,13 @@ export class RegistrySync {
     o.state.index = index
     o.state.lastSyncAt = index.loadedAt
     o.metrics.observeRegistryLoad(index)
-    this.#scheduleFileWrite()
+  }
+
+  /** One full garbage collection, to hand the memory of a big load back (see src/gc.ts). */
+  #collect (): void {
+    this.#collectAfterWrite = false
+    const started = performance.now()
+    if (collectGarbage()) this.#log.debug({ ms: Math.round(performance.now() - started) }, 'collected the garbage of a full registry load')
   }
 
   async #applyChanges (): Promise<void> {
@@ -310,6 +321,7 @@ export class RegistrySync {
       o.metrics.observeRegistryLoad(index)
       o.metrics.registryStale.set(1)
       this.#log.warn({ file: o.snapshotFile, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, writtenAt: content.writtenAt }, 'loaded the last-known-good snapshot file')
+      this.#collect()
       return true
     } catch (err) {
       const reason = err instanceof SnapshotFileError ? err.message : describeError(err)
@@ -318,7 +330,7 @@ export class RegistrySync {
     }
   }
 
-  #scheduleFileWrite (): void {
+  #scheduleFileWrite (delayMs = FILE_QUIET_MS): void {
     if (this.#o.snapshotFile === null || this.#stopped) return
     if (this.#fileWriting !== null) {
       this.#fileDirty = true
@@ -329,7 +341,7 @@ export class RegistrySync {
     this.#fileTimer = setTimeout(() => {
       this.#fileTimer = null
       this.#writeFile()
-    }, FILE_QUIET_MS)
+    }, delayMs)
   }
 
   /** Starts writing the current index to the snapshot file (never a stale one: it came from there). */
@@ -340,7 +352,8 @@ export class RegistrySync {
     this.#fileDirty = false
     const version = index.version
     const unchanged = (): boolean => this.#o.state.index === index && index.version === version
-    this.#fileWriting = writeSnapshotFile(file, index, this.#o.fingerprint, unchanged).then(({ bytes }) => {
+    const serialized = (): void => { if (this.#collectAfterWrite) this.#collect() }
+    this.#fileWriting = writeSnapshotFile(file, index, this.#o.fingerprint, unchanged, serialized).then(({ bytes }) => {
       this.#log.debug({ file, version, bytes }, 'wrote the last-known-good snapshot file')
     }, (err: unknown) => {
       if (err instanceof SnapshotWriteAborted) {
@@ -350,6 +363,7 @@ export class RegistrySync {
       this.#log.error({ file, error: describeError(err) }, 'cannot write the last-known-good snapshot file')
     }).finally(() => {
       this.#fileWriting = null
+      if (this.#collectAfterWrite && !this.#fileDirty) this.#collect()
       if (this.#fileDirty && !this.#stopped) this.#scheduleFileWrite()
     })
   }
