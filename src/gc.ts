@@ -26,16 +26,3 @@ export function collectGarbage (): boolean {
   return true
 }
 
-/**
- * Keeps V8's young generation at its current size instead of letting it double under survival
- * pressure. A long-lived proxy's survivors are its registry index (loaded once) and in-flight
- * requests; without this, loading modules and the index grows the young generation to 16-32 MB.
- * The flag is read each time V8 considers growing, so setting it at run time works.
- */
-export function capYoungGeneration (): void {
-  try {
-    setFlagsFromString('--semi-space-growth-factor=1')
-  } catch {
-    // Not fatal: memory use is merely higher.
-  }
-}

@@ -3,8 +3,6 @@
  * Entry point of the `tenant-proxy` binary: hands argv, the environment, the standard streams and
  * process signals to the CLI, and exits with its code. The only module that touches `process`.
  */
-// First import on purpose: its side effect must happen before the other modules load.
-import './runtime-tuning.js'
 import { runCli } from './cli/run.js'
 
 const stopSignal = new Promise<string>((resolve) => {
