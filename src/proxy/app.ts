@@ -173,6 +173,10 @@ export function buildTrafficApp (deps: TrafficDeps) {
     const tp = request.tp
     if (tp === null || tp.done) return
     tp.done = true
+    // Let go of the finished request now: held until the connection's next request, it would
+    // outlive young-generation collections and be promoted, for nothing.
+    const socket: WatchedSocket = request.raw.socket
+    if (socket[kCurrent] === request) socket[kCurrent] = undefined
     const elapsedMs = performance.now() - tp.start
     metrics.inFlight--
     metrics.observeRequest(tp.outcome, status, elapsedMs / 1000)
