@@ -175,8 +175,9 @@ export function buildTrafficApp (deps: TrafficDeps) {
     tp.done = true
     // Let go of the finished request now: held until the connection's next request, it would
     // outlive young-generation collections and be promoted, for nothing.
-    const socket: WatchedSocket = request.raw.socket
-    if (socket[kCurrent] === request) socket[kCurrent] = undefined
+    // (Node unsets a request's socket once the connection is gone.)
+    const socket = request.raw.socket as WatchedSocket | null
+    if (socket !== null && socket[kCurrent] === request) socket[kCurrent] = undefined
     const elapsedMs = performance.now() - tp.start
     metrics.inFlight--
     metrics.observeRequest(tp.outcome, status, elapsedMs / 1000)
