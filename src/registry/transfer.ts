@@ -4,20 +4,11 @@
  * line before anything is written and reports every problem with its line number.
  */
 import { canonicalHost } from '../routing/host.js'
-import { checkDatabaseHost, checkDatabaseName, checkPort, checkSlug, checkState, checkUpstream, type TenantState } from './names.js'
+import { checkDatabaseHost, checkDatabaseName, checkPort, checkSlug, checkState, checkUpstream } from './names.js'
 import type { DomainKind, TenantRecord } from './store.js'
 
-/** One tenant as exported and imported. */
-export interface TransferTenant {
-  slug: string
-  state: TenantState
-  database_name: string
-  database_host: string | null
-  database_port: number | null
-  upstream: string | null
-  settings: Record<string, unknown>
-  domains: Array<{ hostname: string, kind: DomainKind }>
-}
+/** One tenant as exported and imported: the CLI's record without what the registry assigns. */
+export type TransferTenant = Omit<TenantRecord, 'epoch' | 'created_at' | 'updated_at'>
 
 const KEYS = new Set(['slug', 'state', 'database_name', 'database_host', 'database_port', 'upstream', 'epoch', 'settings', 'domains', 'created_at', 'updated_at'])
 
