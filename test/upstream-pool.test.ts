@@ -221,3 +221,26 @@ t.test('pool rules: round-robin, ejection doubles up to the ceiling, fail-open, 
   await pool.refresh()
   t.equal(pool.addresses.length, 3, 'an empty answer keeps the previous addresses')
 })
+
+t.test('a connection that breaks after the request was sent: GET is retried elsewhere, POST is not (the app may have acted)', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const { createServer } = await import('node:http')
+  const seen = { breaker: [] as string[], good: [] as string[] }
+  // Reads the whole request, then drops the connection without answering.
+  const breaker = createServer((req) => { seen.breaker.push(req.method ?? ''); req.resume(); req.on('end', () => req.socket.destroy()) })
+  const good = createServer((req, res) => { seen.good.push(req.method ?? ''); req.resume(); req.on('end', () => res.end(JSON.stringify({ name: 'good' }))) })
+  const listen = async (s: typeof good): Promise<number> => await new Promise((resolve) => s.listen(0, '127.0.0.1', () => resolve((s.address() as { port: number }).port)))
+  const [bp, gp] = [await listen(breaker), await listen(good)]
+  t.teardown(() => { for (const s of [breaker, good]) { s.closeAllConnections(); s.close() } })
+  // Ejection off the table (a high threshold), so every request's first attempt alternates.
+  const proxy = await startTestProxy(t, testConfig(registry.url, `http://127.0.0.1:${bp},http://127.0.0.1:${gp}`, { TENANT_PROXY_UPSTREAM_EJECT_AFTER_FAILURES: '1000' }))
+  const results: Array<{ method: string, status: number }> = []
+  for (const method of ['GET', 'GET', 'POST', 'POST']) {
+    const r = await get(proxy.url, 'acme.example', method === 'POST' ? { method, body: 'pay once' } : {})
+    results.push({ method, status: r.status })
+  }
+  t.same(results.filter((r) => r.method === 'GET').map((r) => r.status), [200, 200], 'GETs always end at the healthy address')
+  const posts = results.filter((r) => r.method === 'POST').map((r) => r.status)
+  t.equal(posts.filter((s) => s === 502).length, 1, 'the POST that hit the breaking address got 502, not a replay')
+  t.equal(seen.breaker.filter((m) => m === 'POST').length + seen.good.filter((m) => m === 'POST').length, 2, 'each POST reached an app exactly once')
+})
