@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
  * Entry point of the `tenant-proxy` binary: hands argv, the environment, the standard streams and
- * process signals to the CLI, and exits with its code. The only module that touches `process`.
+ * process signals to the CLI, and exits with its code. The only module that touches `process`
+ * (besides the logger, which flushes its batched lines on exit).
  */
 import { runCli } from './cli/run.js'
 
