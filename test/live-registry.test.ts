@@ -289,3 +289,36 @@ t.test('a corrupt or foreign snapshot file is refused whole, with a log line tha
     t.notMatch(r.logs, /loaded the last-known-good/, `${name}: nothing was loaded`)
   }
 })
+
+t.test('a registry that accepts connections but never answers does not hold the start: the snapshot file serves meanwhile', async (t) => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-slow-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const upstream = await startUpstream(t)
+  const snapshotPath = path.join(dir, 'lkg.json')
+  const first = await startTestProxy(t, testConfig(registry.url, upstream.origin, { TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath }))
+  await until(async () => await readFile(snapshotPath).then(() => true, () => undefined), 'the snapshot file')
+  await first.stop()
+  // A server that accepts TCP connections and says nothing: the PostgreSQL handshake never ends.
+  const { createServer } = await import('node:net')
+  const sockets = new Set<import('node:net').Socket>()
+  const silent = createServer((s) => { sockets.add(s) })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { for (const s of sockets) s.destroy(); silent.close() })
+  const silentUrl = new URL(registry.url)
+  silentUrl.port = String((silent.address() as { port: number }).port)
+  // The file's fingerprint names the location (host, port, database): write one for the silent
+  // server's location by copying the registry's file under that fingerprint.
+  const { registryFingerprint } = await import('../src/registry/snapshot-file.js')
+  const text = await readFile(snapshotPath, 'utf8')
+  const [header = '', ...rest] = text.split('\n')
+  const patched = JSON.stringify({ ...JSON.parse(header), registry: registryFingerprint(silentUrl.toString(), './data/registry', 'tenant_proxy') })
+  const body = [patched, rest[0] ?? ''].join('\n') + '\n'
+  const { createHash } = await import('node:crypto')
+  await writeFile(snapshotPath, body + JSON.stringify({ sha256: createHash('sha256').update(body).digest('hex') }) + '\n')
+  // With a 10-minute connect timeout, only the fallback can let this start finish within the test's timeout.
+  const proxy = await startTestProxy(t, testConfig(silentUrl.toString(), upstream.origin, { TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath, TENANT_PROXY_REGISTRY_CONNECT_TIMEOUT_MS: '600000' }))
+  t.equal(proxy.state.stale, true)
+  t.equal((await hit(proxy.url, 'acme.example')).tenant, 'acme', 'routes from the file while the registry hangs')
+  t.match(await hit(proxy.url, 'unknown.example'), { status: 503, code: 'TENANT_PROXY_ERR_REGISTRY_UNAVAILABLE' })
+})

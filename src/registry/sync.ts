@@ -25,6 +25,8 @@ import type { RegistryStore } from './store.js'
 
 /** Changes applied incrementally at most; a bigger backlog is cheaper as a full snapshot. */
 const DELTA_LIMIT = 10_000
+/** How long the start waits for the registry before routing from the snapshot file meanwhile. */
+const FILE_FALLBACK_MS = 1_000
 /** Pruning of the change log runs at most this often per proxy. */
 const PRUNE_EVERY_MS = 3_600_000
 /**
@@ -88,14 +90,32 @@ export class RegistrySync {
    * last-known-good file and keeps reconnecting in the background; throws only when neither works.
    */
   async start (): Promise<void> {
+    const connecting = this.#connect()
+    // A registry host that does not answer at all would hold the start for the whole connect
+    // timeout: after FILE_FALLBACK_MS, start from the last-known-good file (when there is one)
+    // and let the connection attempt finish in the background.
+    let fallbackTimer: NodeJS.Timeout | undefined
+    const slow = new Promise<'slow'>((resolve) => { fallbackTimer = setTimeout(() => resolve('slow'), FILE_FALLBACK_MS) })
     try {
-      await this.#connect()
+      const first = await Promise.race([connecting.then(() => 'connected' as const), slow])
+      if (first === 'slow' && this.#o.snapshotFile !== null && await this.#loadFile()) {
+        this.#log.warn('registry slow to answer at start: routing known hosts from the last-known-good snapshot file meanwhile')
+        connecting.catch((err: unknown) => {
+          this.#dropClient()
+          this.#log.warn({ error: describeError(err) }, 'registry unreachable at start; known hosts route from the snapshot file')
+          this.#scheduleReconnect()
+        })
+      } else {
+        await connecting
+      }
     } catch (err) {
       this.#dropClient()
-      const fromFile = await this.#loadFile()
+      const fromFile = this.#o.state.index !== null || await this.#loadFile()
       if (!fromFile) throw err
       this.#log.warn({ error: describeError(err) }, 'registry unreachable at start: routing known hosts from the last-known-good snapshot file')
       this.#scheduleReconnect()
+    } finally {
+      clearTimeout(fallbackTimer)
     }
     if (this.#o.versionCheckIntervalMs > 0) {
       this.#checkTimer = setInterval(() => { void this.#check() }, this.#o.versionCheckIntervalMs)
@@ -313,6 +333,8 @@ export class RegistrySync {
     if (o.snapshotFile === null) return false
     try {
       const content = await readSnapshotFile(o.snapshotFile, o.fingerprint)
+      // The registry answered while the file was being read: its index is fresher, keep it.
+      if (o.state.synced) return true
       // Rows in the file carry resolved database hosts and ports already.
       const index = buildIndex({ version: content.version, registryId: content.registryId, tenants: content.tenants, domains: content.domains }, o.defaults, null, Date.parse(content.writtenAt))
       o.state.index = index
