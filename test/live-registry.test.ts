@@ -8,6 +8,7 @@
  * keeps the proxy disconnected for exactly as long as the test wants.
  */
 import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { createServer as createNetServer, type Socket } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
@@ -300,9 +301,8 @@ t.test('a registry that accepts connections but never answers does not hold the 
   await until(async () => await readFile(snapshotPath).then(() => true, () => undefined), 'the snapshot file')
   await first.stop()
   // A server that accepts TCP connections and says nothing: the PostgreSQL handshake never ends.
-  const { createServer } = await import('node:net')
-  const sockets = new Set<import('node:net').Socket>()
-  const silent = createServer((s) => { sockets.add(s) })
+  const sockets = new Set<Socket>()
+  const silent = createNetServer((s) => { sockets.add(s) })
   await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
   t.teardown(() => { for (const s of sockets) s.destroy(); silent.close() })
   const silentUrl = new URL(registry.url)
