@@ -78,6 +78,19 @@ async function proxyRole (t: Test, registryUrl: string): Promise<{ url: string, 
   }
 }
 
+/** A registry with one tenant, an upstream, and the snapshot file a (stopped) proxy wrote for it. */
+async function writtenSnapshot (t: Test): Promise<{ registry: Awaited<ReturnType<typeof testRegistry>>, upstream: Awaited<ReturnType<typeof startUpstream>>, snapshotPath: string }> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-snap-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const upstream = await startUpstream(t)
+  const snapshotPath = path.join(dir, 'lkg.json')
+  const first = await startTestProxy(t, testConfig(registry.url, upstream.origin, { TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath }))
+  await until(async () => await readFile(snapshotPath).then(() => true, () => undefined), 'the snapshot file')
+  await first.stop()
+  return { registry, upstream, snapshotPath }
+}
+
 t.test('a CLI change reaches a running proxy without restart or signal', async (t) => {
   const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
   const upstream = await startUpstream(t)
@@ -248,14 +261,7 @@ t.test('registry server stopped and restarted: zero failed requests, restart fro
 })
 
 t.test('a corrupt or foreign snapshot file is refused whole, with a log line that says why', async (t) => {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-snap-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
-  const upstream = await startUpstream(t)
-  const snapshotPath = path.join(dir, 'lkg.json')
-  const first = await startTestProxy(t, testConfig(registry.url, upstream.origin, { TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath }))
-  await until(async () => await readFile(snapshotPath).then(() => true, () => undefined), 'the snapshot file')
-  await first.stop()
+  const { registry, upstream, snapshotPath } = await writtenSnapshot(t)
   const good = await readFile(snapshotPath, 'utf8')
   // The proxy's role locked out: the registry is unreachable for it, at the same location (so the
   // file is not foreign). Another port is another location: there the same file is foreign.
@@ -292,14 +298,7 @@ t.test('a corrupt or foreign snapshot file is refused whole, with a log line tha
 })
 
 t.test('a registry that accepts connections but never answers does not hold the start: the snapshot file serves meanwhile', async (t) => {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-slow-'))
-  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
-  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
-  const upstream = await startUpstream(t)
-  const snapshotPath = path.join(dir, 'lkg.json')
-  const first = await startTestProxy(t, testConfig(registry.url, upstream.origin, { TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath }))
-  await until(async () => await readFile(snapshotPath).then(() => true, () => undefined), 'the snapshot file')
-  await first.stop()
+  const { registry, upstream, snapshotPath } = await writtenSnapshot(t)
   // A server that accepts TCP connections and says nothing: the PostgreSQL handshake never ends.
   const sockets = new Set<Socket>()
   const silent = createNetServer((s) => { sockets.add(s) })
