@@ -80,6 +80,9 @@ function tenantRow ([id, slug, databaseName, databaseHost, databasePort, state, 
   return { id: Number(id), slug, databaseName, databaseHost, databasePort, state, upstream, epoch: Number(epoch) }
 }
 
+/** What a write is about, for naming it in constraint errors. */
+interface Subject { slug: string | null, databaseName: string | null, domains: readonly string[] }
+
 /** SQL access to one registry schema over an injected pool. */
 export class RegistryStore {
   readonly #pool: pg.Pool
@@ -270,19 +273,8 @@ export class RegistryStore {
   }
 
   async #readOnly<T> (fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-    const c = await this.#pool.connect()
-    try {
-      // REPEATABLE READ: every statement sees the same instant (the version and the rows agree).
-      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
-      const result = await fn(c)
-      await c.query('COMMIT')
-      return result
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined)
-      throw err
-    } finally {
-      c.release()
-    }
+    // REPEATABLE READ: every statement sees the same instant (the version and the rows agree).
+    return await this.#transaction('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY', 'COMMIT', fn, null)
   }
 
   /**
@@ -295,9 +287,8 @@ export class RegistryStore {
     const rows = JSON.stringify(tenants.map(({ domains: _domains, ...t }) => t))
     const domains = JSON.stringify(tenants.flatMap((t) => t.domains.map((d) => ({ hostname: d.hostname, kind: d.kind, slug: t.slug }))))
     const slugs = tenants.map((t) => t.slug)
-    const c = await this.#pool.connect()
-    try {
-      await c.query('BEGIN')
+    // A dry run does everything, conflicts and constraint checks included, and rolls back.
+    return await this.#transaction('BEGIN', opts.dryRun ? 'ROLLBACK' : 'COMMIT', async (c) => {
       const existing = await c.query<{ slug: string }>(`SELECT slug FROM ${this.#s}.tenants WHERE slug = ANY($1::text[])`, [slugs])
       const problems: string[] = []
       if (!opts.replace) for (const r of existing.rows) problems.push(`tenant ${r.slug} already exists (use --replace to update it)`)
@@ -321,14 +312,8 @@ export class RegistryStore {
         `INSERT INTO ${this.#s}.domains (hostname, tenant_id, kind)
          SELECT x.hostname, t.id, x.kind FROM jsonb_to_recordset($1::jsonb) AS x(hostname text, kind text, slug text) JOIN ${this.#s}.tenants t ON t.slug = x.slug`, [domains])
       const created = written.rows.filter((r) => r.inserted).length
-      await c.query(opts.dryRun ? 'ROLLBACK' : 'COMMIT')
       return { created, updated: written.rows.length - created }
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined)
-      throw await this.#explain(err, { slug: null, databaseName: null, domains: [] })
-    } finally {
-      c.release()
-    }
+    }, { slug: null, databaseName: null, domains: [] })
   }
 
   /** Registry version and row counts. */
@@ -358,22 +343,30 @@ export class RegistryStore {
   }
 
   /** Runs `fn` in a transaction and turns constraint violations into catalogue errors. */
-  async #tx<T> (fn: (c: pg.PoolClient) => Promise<T>, subject: { slug: string | null, databaseName: string | null, domains: readonly string[] }): Promise<T> {
+  async #tx<T> (fn: (c: pg.PoolClient) => Promise<T>, subject: Subject): Promise<T> {
+    return await this.#transaction('BEGIN', 'COMMIT', fn, subject)
+  }
+
+  /**
+   * Runs `fn` between `begin` and `end` on one pooled connection, rolling back on error; with a
+   * `subject`, constraint violations become catalogue errors naming it.
+   */
+  async #transaction<T> (begin: string, end: 'COMMIT' | 'ROLLBACK', fn: (c: pg.PoolClient) => Promise<T>, subject: Subject | null): Promise<T> {
     const c = await this.#pool.connect()
     try {
-      await c.query('BEGIN')
+      await c.query(begin)
       const result = await fn(c)
-      await c.query('COMMIT')
+      await c.query(end)
       return result
     } catch (err) {
       await c.query('ROLLBACK').catch(() => undefined)
-      throw await this.#explain(err, subject)
+      throw subject === null ? err : await this.#explain(err, subject)
     } finally {
       c.release()
     }
   }
 
-  async #explain (err: unknown, subject: { slug: string | null, databaseName: string | null, domains: readonly string[] }): Promise<unknown> {
+  async #explain (err: unknown, subject: Subject): Promise<unknown> {
     const e = err as { code?: string, constraint?: string, detail?: string }
     if (e.code === '23505') {
       if (e.constraint === 'tenants_slug_key') return tpError('TENANT_PROXY_ERR_TENANT_EXISTS', [subject.slug ?? '?'], err)
