@@ -13,12 +13,11 @@ import { join } from 'node:path'
 import t from 'tap'
 import type { Test } from 'tap'
 import { request } from 'undici'
-import { loadConfig } from '../src/config/load.js'
 import { createVerifier, isDescriptorError, type DescriptorVerifier } from '../src/descriptor/kit.js'
 import { decodeDescriptor } from '../src/descriptor/verify.js'
 import { JWKS_PATH } from '../src/ops/app.js'
 import { runCli } from './helpers/cli.js'
-import { es256Pem, startTestProxy, testRegistry } from './helpers/proxy.js'
+import { es256Pem, startTestProxy, testConfig, testRegistry } from './helpers/proxy.js'
 import { startUpstream } from './helpers/upstream.js'
 
 const ISSUER = 'shop-production'
@@ -36,24 +35,12 @@ t.test('keys rotate: publish → switch → retire with real proxies and a JWKS-
   let current: { opsUrl: string, url: string, stop: () => Promise<void> } | null = null
   async function restartProxy (t: Test): Promise<void> {
     await current?.stop()
-    const config = loadConfig({
-      env: {
-        REGISTRY_DATABASE_URL: registry.url,
-        TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1',
-        TENANT_PROXY_TRAFFIC_PORT: '0',
-        TENANT_PROXY_OPS_HOST: '127.0.0.1',
-        TENANT_PROXY_OPS_PORT: '0',
-        TENANT_PROXY_LOG_LEVEL: 'silent',
-        TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0',
-        TENANT_PROXY_REGISTRY_VERSION_CHECK_INTERVAL_MS: '0',
-        TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: '',
-        TENANT_PROXY_UPSTREAM_URLS: upstream.origin,
-        TENANT_PROXY_DEPLOYMENT_ID: ISSUER,
-        TENANT_PROXY_DESCRIPTOR_AUDIENCE: AUDIENCE,
-        // Long-lived tokens, so the verifier's advanced clock does not expire them.
-        TENANT_PROXY_DESCRIPTOR_TTL_S: '3600',
-        TENANT_PROXY_DESCRIPTOR_KEYS_FILE: keyFile
-      }
+    const config = testConfig(registry.url, upstream.origin, {
+      TENANT_PROXY_DEPLOYMENT_ID: ISSUER,
+      TENANT_PROXY_DESCRIPTOR_AUDIENCE: AUDIENCE,
+      // Long-lived tokens, so the verifier's advanced clock does not expire them.
+      TENANT_PROXY_DESCRIPTOR_TTL_S: '3600',
+      TENANT_PROXY_DESCRIPTOR_KEYS_FILE: keyFile
     })
     current = await startTestProxy(t, config)
   }

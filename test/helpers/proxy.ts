@@ -52,7 +52,8 @@ export function testConfig (registryUrl: string, upstreamOrigin: string, env: Re
       TENANT_PROXY_REGISTRY_VERSION_CHECK_INTERVAL_MS: '0',
       TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: '',
       TENANT_PROXY_UPSTREAM_URLS: upstreamOrigin,
-      TENANT_PROXY_DESCRIPTOR_KEYS: es256Pem(),
+      // A key file given by the caller replaces the generated key (the loader refuses both).
+      ...(env.TENANT_PROXY_DESCRIPTOR_KEYS_FILE === undefined ? { TENANT_PROXY_DESCRIPTOR_KEYS: es256Pem() } : {}),
       ...env
     }
   })
