@@ -13,6 +13,9 @@ export const OUTCOMES: readonly Outcome[] = ['routed', 'unknown_host', 'suspende
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
 const OUTCOME_INDEX = Object.fromEntries(OUTCOMES.map((o, i) => [o, i])) as Record<Outcome, number>
 
+/** What the registry gauges read from an index. */
+interface IndexView { version: number, byHost: { size: number }, bySlug: { size: number } }
+
 /** What the address gauge reads from the upstream pools. */
 interface PoolsView { all (): Array<{ name: string | null, addresses: ReadonlyArray<{ usable (now: number): boolean }> }> }
 
@@ -112,11 +115,16 @@ export class ProxyMetrics {
     this.#upstreamDuration.observe(0, seconds)
   }
 
-  /** Records a registry index being loaded. */
-  observeRegistryLoad (index: { version: number, loadedAt: number, byHost: { size: number }, bySlug: { size: number } }): void {
+  /** Records the size and version of the index (after a load or an applied change). */
+  observeIndex (index: IndexView): void {
     this.registryTenants.set(index.bySlug.size)
     this.registryDomains.set(index.byHost.size)
     this.registryVersion.set(index.version)
+  }
+
+  /** Records a registry index being loaded. */
+  observeRegistryLoad (index: IndexView & { loadedAt: number }): void {
+    this.observeIndex(index)
     this.registryLastLoad.set(index.loadedAt / 1000)
     this.registryLastSync.set(index.loadedAt / 1000)
     this.registryLoads.labels('ok').inc()

@@ -11,6 +11,7 @@
 import { randomBytes } from 'node:crypto'
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
+import { Transform, type TransformCallback } from 'node:stream'
 import httpProxy from '@fastify/http-proxy'
 import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify'
 import type { Logger } from 'pino'
@@ -28,7 +29,6 @@ import { TrustedPeers } from './trusted-peers.js'
 import { cancelUpstream, kUpstreamHook, type UpstreamAgent, type UpstreamHook } from './upstream-agent.js'
 import type { UpstreamHealth } from './upstream-health.js'
 import type { UpstreamPools } from './upstream-pools.js'
-import { Transform, type TransformCallback } from 'node:stream'
 
 /** What the traffic app needs; all built once at start by server.ts. */
 export interface TrafficDeps {

@@ -241,9 +241,7 @@ export class RegistrySync {
       const result = applyDelta(index, delta, o.defaults)
       if (!result.consistent) return await this.#fullLoad('change log names a tenant the index lacks')
       for (const host of result.removedHosts) o.descriptors.delete(host)
-      o.metrics.registryTenants.set(index.bySlug.size)
-      o.metrics.registryDomains.set(index.byHost.size)
-      o.metrics.registryVersion.set(index.version)
+      o.metrics.observeIndex(index)
       this.#log.debug({ from: delta.since, to: delta.version, changes: delta.changes, ms: Math.round((performance.now() - started) * 100) / 100 }, 'registry changes applied')
       this.#scheduleFileWrite()
     }
