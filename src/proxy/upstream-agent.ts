@@ -14,10 +14,6 @@ export const kUpstreamHook = Symbol('tenant-proxy.upstreamHook')
 /** Filled by the agent when the request is dispatched; the traffic app calls `cancel`. */
 export interface UpstreamHook {
   handler: CancellableHandler | null
-  /** The address that answered (or last failed), for logs. */
-  address?: string
-  /** Attempts made beyond the first. */
-  retries?: number
 }
 
 /**
@@ -116,9 +112,7 @@ class PooledRequest {
       this.handler.onError?.(lastError ?? new errors.SocketError('no upstream address'))
       return
     }
-    if (lastError !== null && this.hook !== undefined) this.hook.retries = (this.hook.retries ?? 0) + 1
     this.#last = address
-    if (this.hook !== undefined) this.hook.address = address.origin
     // The options object is this request's own (built per request by undici's request API):
     // pointing it at the address saves a copy per request.
     ;(this.options as { origin: string }).origin = address.origin
