@@ -68,8 +68,34 @@ export const DEFAULTS = {
     port: 8080,
     /** Health path answered for any Host before tenant resolution. URL path. */
     healthPath: '/up',
-    /** Peers whose X-Forwarded-* and X-Request-Id are trusted: IPs or CIDRs. List of text. */
+    /**
+     * Peers whose forwarding headers (traffic.trustedForwardedHeaders) and X-Request-Id are
+     * believed: the proxy in front of this one. IPs or CIDRs. List of text.
+     */
     trustedProxies: [] as string[],
+    /**
+     * Forwarding headers believed from traffic.trustedProxies: kept (X-Forwarded-For appended to)
+     * instead of replaced. Every other forwarding header (docs/operations.md, "Forwarding headers")
+     * is dropped even from trusted proxies, because a proxy passes through whatever it does not set
+     * itself. X-Forwarded-Host cannot be listed: it always names the host the tenant was chosen for
+     * (see hostFromForwardedHost). The default is what kamal-proxy sets itself on every
+     * request, after dropping the client's copies (Go's httputil.ProxyRequest.SetXForwarded);
+     * it passes every other header through from the client. List of header names.
+     */
+    trustedForwardedHeaders: ['X-Forwarded-For', 'X-Forwarded-Proto'],
+    /**
+     * Choose the tenant from a trusted proxy's X-Forwarded-Host (its last entry) instead of Host.
+     * Only for a front proxy that rewrites Host and always sets X-Forwarded-Host itself; one that
+     * passes a client's X-Forwarded-Host through (kamal-proxy on routes without TLS, unless
+     * forward_headers is false) would let clients choose another tenant. Boolean.
+     */
+    hostFromForwardedHost: false,
+    /**
+     * Forward request headers whose names contain '_' (like nginx's underscores_in_headers).
+     * CGI-style apps read `X_Foo` as `X-Foo`; the '_' spellings of headers the proxy controls are
+     * dropped whatever this says. Boolean.
+     */
+    allowUnderscoresInHeaders: false,
     /** Idle keep-alive connections close after this long; above the load balancer's. Milliseconds. */
     keepAliveTimeoutMs: 72_000, // 72 seconds
     /** A client must send all request headers within this long. Milliseconds. */

@@ -93,6 +93,21 @@ t.test('every error names the full key path and the reason', async (t) => {
   for (const [env, expected] of cases) t.match(problems(env), expected, JSON.stringify(env))
 })
 
+t.test('forwarding options: header names checked, X-Forwarded-Host only through hostFromForwardedHost', async (t) => {
+  const config = loadConfig({ env: { TENANT_PROXY_TRAFFIC_TRUSTED_FORWARDED_HEADERS: 'X-Forwarded-For, X-FORWARDED-PORT,forwarded' } })
+  t.same(config.traffic.trustedForwardedHeaders, ['x-forwarded-for', 'x-forwarded-port', 'forwarded'], 'lower-cased')
+  const defaults = loadConfig({ env: {} }).traffic
+  t.same([defaults.trustedForwardedHeaders, defaults.hostFromForwardedHost, defaults.allowUnderscoresInHeaders], [['x-forwarded-for', 'x-forwarded-proto'], false, false], 'safe defaults')
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ TENANT_PROXY_TRAFFIC_TRUSTED_FORWARDED_HEADERS: 'X-Api-Key' }, /traffic\.trustedForwardedHeaders: item \[0\] must be one of the forwarding headers tenant-proxy filters .*"X-Api-Key" is not \(got .*from TENANT_PROXY_TRAFFIC_TRUSTED_FORWARDED_HEADERS\)/],
+    [{ TENANT_PROXY_TRAFFIC_TRUSTED_FORWARDED_HEADERS: 'X-Forwarded-For,X-Forwarded-Host' }, /traffic\.trustedForwardedHeaders: item \[1\] must not be X-Forwarded-Host.*traffic\.hostFromForwardedHost/],
+    [{ TENANT_PROXY_TRAFFIC_HOST_FROM_FORWARDED_HOST: 'true' }, /traffic\.hostFromForwardedHost: is true, which needs traffic\.trustedProxies/],
+    [{ TENANT_PROXY_TRAFFIC_ALLOW_UNDERSCORES_IN_HEADERS: 'sometimes' }, /traffic\.allowUnderscoresInHeaders: must be true or false/]
+  ]
+  for (const [env, expected] of cases) t.match(problems(env), expected, JSON.stringify(env))
+  t.equal(loadConfig({ env: { TENANT_PROXY_TRAFFIC_HOST_FROM_FORWARDED_HOST: 'true', TENANT_PROXY_TRAFFIC_TRUSTED_PROXIES: '10.0.0.0/8' } }).traffic.hostFromForwardedHost, true)
+})
+
 t.test('secret values are never echoed in errors', async (t) => {
   const message = problems({ TENANT_PROXY_REGISTRY_DATABASE_URL: 'mysql://user:hunter2@db/x', TENANT_PROXY_DESCRIPTOR_KEYS: '[{"key":"hunter3-but-short","alg":"RS256"}]' })
   t.match(message, /registry\.databaseUrl/)

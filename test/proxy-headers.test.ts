@@ -1,5 +1,5 @@
 import t from 'tap'
-import { isDescriptorHeaderName, scrubInbound, scrubOutbound, setForwardingHeaders, type HeaderMap } from '../src/proxy/headers.js'
+import { isDescriptorHeaderName, peerAddress, scrubOutbound, upstreamRequestHeaders, type ForwardingContext, type HeaderMap, type HeaderPolicy } from '../src/proxy/headers.js'
 import { startTestProxy, testConfig, testRegistry } from './helpers/proxy.js'
 import { rawRequest } from './helpers/raw-http.js'
 import { startUpstream, type SeenRequest } from './helpers/upstream.js'
@@ -11,7 +11,13 @@ t.test('isDescriptorHeaderName: every spelling a framework could read as the hea
   for (const name of ['x-tenant-descriptors', 'x-tenant', 'tenant-descriptor', 'x-tenant descriptor', 'x.tenant.descriptor']) t.notOk(isDescriptorHeaderName(name, NAME), name)
 })
 
-t.test('scrubInbound: Connection-nominated first, hop-by-hop, every descriptor spelling', async (t) => {
+const POLICY: HeaderPolicy = { descriptorHeader: NAME, allowUnderscores: false, trustedForwarded: new Set(['x-forwarded-for', 'x-forwarded-proto']) }
+const CLIENT: ForwardingContext = { peer: '198.51.100.7', trusted: false, host: 'acme.example', hostHeader: null, requestId: 'r' }
+const HOP: ForwardingContext = { ...CLIENT, peer: '10.0.0.2', trusted: true }
+/** Our own headers for an untrusted client of acme.example over plain http. */
+const OURS = { host: 'acme.example', 'x-forwarded-for': '198.51.100.7', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'acme.example', 'x-forwarded-port': '80', 'x-request-id': 'r' }
+
+t.test('upstreamRequestHeaders: Connection-nominated first, hop-by-hop, every descriptor spelling', async (t) => {
   const headers: HeaderMap = {
     connection: 'keep-alive, X-Forwarded-For, x-secret-thing',
     'keep-alive': 'timeout=5',
@@ -26,23 +32,73 @@ t.test('scrubInbound: Connection-nominated first, hop-by-hop, every descriptor s
     accept: 'text/html',
     cookie: 'kept=1'
   }
-  const scrubbed = scrubInbound(headers, NAME)
-  t.same(scrubbed, { accept: 'text/html', cookie: 'kept=1' })
-  // Forwarding headers added after the scrub survive whatever Connection said.
-  setForwardingHeaders(scrubbed, { peer: '10.1.1.1', trusted: false, host: 'acme.example.com', requestId: 'r1' })
-  t.equal(scrubbed['x-forwarded-for'], '10.1.1.1')
+  const input = structuredClone(headers)
+  // Forwarding headers added by the proxy survive whatever Connection said.
+  t.same(upstreamRequestHeaders(headers, POLICY, CLIENT), { accept: 'text/html', cookie: 'kept=1', ...OURS })
+  t.same(headers, input, 'the client\'s map is not modified')
+  t.same(upstreamRequestHeaders({ connection: 'X-Private', 'x-private': '1', te: 'trailers', accept: 'a' }, POLICY, CLIENT), { accept: 'a', ...OURS },
+    'a nominated name goes whatever case the Connection value spells it in')
 })
 
-t.test('scrub returns the same object when nothing has to go, a copy otherwise', async (t) => {
+// Every row: the client's headers, the peer, and what the app receives (besides the unchanged rest).
+const CASES: Array<[string, HeaderMap, ForwardingContext, Record<string, string | undefined>, HeaderPolicy?]> = [
+  ['untrusted: every forwarding header replaced or dropped', {
+    'x-forwarded-for': '203.0.113.1', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.example', 'x-forwarded-port': '443',
+    'x-forwarded-ssl': 'on', 'x-forwarded-scheme': 'https', 'x-forwarded-prefix': '/admin', forwarded: 'for=1.1.1.1;proto=https;host=evil.example',
+    'front-end-https': 'on', 'x-url-scheme': 'https', 'x-real-ip': '1.1.1.1', 'client-ip': '1.1.1.1', 'true-client-ip': '1.1.1.1',
+    'x-original-url': '/admin', 'x-forwarded-client-cert': 'Hash=abc', accept: '*/*'
+  }, CLIENT, { ...OURS, accept: '*/*', 'x-forwarded-ssl': undefined, 'x-forwarded-scheme': undefined, 'x-forwarded-prefix': undefined, forwarded: undefined, 'front-end-https': undefined, 'x-url-scheme': undefined, 'x-real-ip': undefined, 'client-ip': undefined, 'true-client-ip': undefined, 'x-original-url': undefined, 'x-forwarded-client-cert': undefined }],
+  ['trusted: X-Forwarded-For appended, X-Forwarded-Proto kept, the rest as for a client', {
+    'x-forwarded-for': '203.0.113.1', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.example', 'x-forwarded-ssl': 'on', 'x-forwarded-port': '8443', forwarded: 'proto=https'
+  }, HOP, { host: 'acme.example', 'x-forwarded-for': '203.0.113.1, 10.0.0.2', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'acme.example', 'x-forwarded-port': '443', 'x-forwarded-ssl': undefined, forwarded: undefined, 'x-request-id': 'r' }],
+  ['trusted: only the last entry of a proto list counts', { 'x-forwarded-proto': 'http, https' }, HOP, { 'x-forwarded-proto': 'https', 'x-forwarded-port': '443' }],
+  ['trusted: an unknown scheme becomes http', { 'x-forwarded-proto': 'gopher' }, HOP, { 'x-forwarded-proto': 'http', 'x-forwarded-port': '80' }],
+  ['trusted, but the hop set nothing: the connection to us', {}, HOP, { 'x-forwarded-for': '10.0.0.2', 'x-forwarded-proto': 'http', 'x-forwarded-port': '80' }],
+  ['trusted, empty X-Forwarded-For', { 'x-forwarded-for': ' ' }, HOP, { 'x-forwarded-for': '10.0.0.2' }],
+  ['untrusted: the port comes from Host', {}, { ...CLIENT, host: 'acme.example:8080' }, { 'x-forwarded-host': 'acme.example:8080', 'x-forwarded-port': '8080' }],
+  ['upstream.hostHeader: Host rewritten, the original in X-Forwarded-Host', {}, { ...CLIENT, hostHeader: 'app.internal' }, { host: 'app.internal', 'x-forwarded-host': 'acme.example' }],
+  ['trusted hop for X-Forwarded-Host (hostFromForwardedHost): its last entry', { 'x-forwarded-host': 'evil.example, acme.example', 'x-forwarded-proto': 'https' },
+    { ...HOP, host: 'internal' }, { host: 'internal', 'x-forwarded-host': 'acme.example', 'x-forwarded-port': '443' },
+    { ...POLICY, trustedForwarded: new Set(['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host']) }],
+  ['trusted for X-Forwarded-Port and Forwarded', { 'x-forwarded-port': '8443', forwarded: 'for=203.0.113.1;proto=https' },
+    HOP, { 'x-forwarded-port': '8443', forwarded: 'for=203.0.113.1;proto=https, for=10.0.0.2' },
+    { ...POLICY, trustedForwarded: new Set(['x-forwarded-port', 'forwarded']) }],
+  ['trusted Forwarded from an IPv6 hop', { forwarded: 'for=203.0.113.1' }, { ...HOP, peer: '2001:db8::2' }, { forwarded: 'for=203.0.113.1, for="[2001:db8::2]"', 'x-forwarded-for': '2001:db8::2' },
+    { ...POLICY, trustedForwarded: new Set(['forwarded']) }],
+  ['trusted X-Forwarded-Port that is not a port', { 'x-forwarded-port': '443x' }, HOP, { 'x-forwarded-port': '80' },
+    { ...POLICY, trustedForwarded: new Set(['x-forwarded-port']) }],
+  ['underscores dropped by default (CGI would read them as dashes)', { x_forwarded_host: 'evil.example', transfer_encoding: 'chunked', x_custom: '1', 'x-custom': '2' }, CLIENT,
+    { x_forwarded_host: undefined, transfer_encoding: undefined, x_custom: undefined, 'x-custom': '2' }],
+  ['underscores allowed: only the spellings of controlled headers go', { x_forwarded_host: 'evil.example', x_forwarded_ssl: 'on', transfer_encoding: 'chunked', x_request_id: 'mine', x_tenant_descriptor: 'forged', x_custom: '1' }, CLIENT,
+    { x_forwarded_host: undefined, x_forwarded_ssl: undefined, transfer_encoding: undefined, x_request_id: undefined, x_tenant_descriptor: undefined, x_custom: '1', 'x-forwarded-host': 'acme.example' },
+    { ...POLICY, allowUnderscores: true }],
+  ['underscores allowed, trusted hop: still no underscore forwarding header', { x_forwarded_for: '6.6.6.6', x_forwarded_proto: 'https' }, HOP,
+    { x_forwarded_for: undefined, x_forwarded_proto: undefined, 'x-forwarded-for': '10.0.0.2', 'x-forwarded-proto': 'http' },
+    { ...POLICY, allowUnderscores: true }],
+  ['X-Request-Id and Host from the client never pass', { 'x-request-id': 'mine', host: 'evil.example' }, CLIENT, { 'x-request-id': 'r', host: 'acme.example' }]
+]
+
+t.test('upstreamRequestHeaders: forwarding headers, trusted hops, underscores (table)', async (t) => {
+  for (const [name, inbound, ctx, expect, policy] of CASES) {
+    const out = upstreamRequestHeaders(inbound, policy ?? POLICY, ctx)
+    for (const [header, value] of Object.entries(expect)) t.equal(out[header], value, `${name}: ${header}`)
+  }
+})
+
+t.test('peerAddress unwraps IPv4-mapped IPv6 only', async (t) => {
+  t.equal(peerAddress('::ffff:10.0.0.1'), '10.0.0.1')
+  t.equal(peerAddress('::1'), '::1')
+  t.equal(peerAddress('2001:db8::1'), '2001:db8::1')
+  t.equal(peerAddress(undefined), '')
+})
+
+t.test('scrubOutbound returns the same object when nothing has to go, a copy otherwise', async (t) => {
   const clean: HeaderMap = { host: 'a.example', accept: '*/*', 'content-length': '3' }
-  t.equal(scrubInbound(clean, NAME), clean)
   t.equal(scrubOutbound(clean, NAME), clean)
   const dirty: HeaderMap = { 'content-type': 'text/plain', connection: 'keep-alive', 'keep-alive': 'timeout=5' }
   const out = scrubOutbound(dirty, NAME)
   t.not(out, dirty)
   t.same(out, { 'content-type': 'text/plain' })
-  // A nominated name goes whatever case the Connection value spells it in.
-  t.same(scrubInbound({ connection: 'X-Private', 'x-private': '1', te: 'trailers', accept: 'a' }, NAME), { accept: 'a' })
 })
 
 t.test('scrubOutbound removes hop-by-hop headers and descriptor spellings from responses', async (t) => {
@@ -56,15 +112,6 @@ t.test('scrubOutbound removes hop-by-hop headers and descriptor spellings from r
     'transfer-encoding': 'chunked',
     'set-cookie': ['a=1', 'b=2']
   }, NAME), { 'content-type': 'text/plain', 'set-cookie': ['a=1', 'b=2'] })
-})
-
-t.test('setForwardingHeaders: append for trusted hops, replace for clients', async (t) => {
-  const trusted: HeaderMap = { 'x-forwarded-for': '203.0.113.1', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'shop.example' }
-  setForwardingHeaders(trusted, { peer: '10.0.0.2', trusted: true, host: 'internal', requestId: 'r' })
-  t.same(trusted, { 'x-forwarded-for': '203.0.113.1, 10.0.0.2', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'shop.example', 'x-request-id': 'r' })
-  const client: HeaderMap = { 'x-forwarded-for': '203.0.113.1', 'x-forwarded-proto': 'gopher', 'x-forwarded-host': 'evil.example' }
-  setForwardingHeaders(client, { peer: '198.51.100.7', trusted: false, host: 'acme.example', requestId: 'r' })
-  t.same(client, { 'x-forwarded-for': '198.51.100.7', 'x-forwarded-proto': 'http', 'x-forwarded-host': 'acme.example', 'x-request-id': 'r' })
 })
 
 t.test('spoofed descriptors never reach the upstream (real sockets)', async (t) => {

@@ -159,17 +159,20 @@ t.test('HS256 descriptors verify with the shared secret', async (t) => {
   t.same(jwks.keys, [], 'HS256 secrets are never published')
 })
 
-t.test('a trusted proxy may set X-Forwarded-Host, -For, -Proto and X-Request-Id; Host can be rewritten', async (t) => {
-  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example.com'] }])
+t.test('a trusted proxy may set X-Forwarded-For, -Proto and X-Request-Id, but does not choose the tenant; Host can be rewritten', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example.com'] }, { slug: 'globex', domains: ['globex.example.com'] }])
   const upstream = await startUpstream(t)
   const proxy = await startTestProxy(t, testConfig(registry.url, upstream.origin, {
     TENANT_PROXY_TRAFFIC_TRUSTED_PROXIES: '127.0.0.0/8',
     TENANT_PROXY_UPSTREAM_HOST_HEADER: 'app.internal'
   }))
-  const r = await get(proxy.url, 'kamal-proxy.internal', '/', {
-    'x-forwarded-host': 'spoofed.example.com, acme.example.com',
+  // kamal-proxy with forward_headers on copies a client's X-Forwarded-Host through: the tenant
+  // must still be the one Host names.
+  const r = await get(proxy.url, 'acme.example.com', '/', {
+    'x-forwarded-host': 'globex.example.com',
     'x-forwarded-for': '203.0.113.9',
     'x-forwarded-proto': 'https',
+    'x-forwarded-ssl': 'off',
     'x-request-id': 'req-abc-123'
   })
   t.equal(r.status, 200)
@@ -177,11 +180,34 @@ t.test('a trusted proxy may set X-Forwarded-Host, -For, -Proto and X-Request-Id;
   t.equal(s.headers.host, 'app.internal', 'Host rewritten for the internal vhost')
   t.equal(s.headers['x-forwarded-for'], '203.0.113.9, 127.0.0.1')
   t.equal(s.headers['x-forwarded-proto'], 'https')
+  t.equal(s.headers['x-forwarded-port'], '443', 'the port of the trusted scheme')
+  t.equal(s.headers['x-forwarded-ssl'], undefined, 'not a header the hop is trusted for')
+  t.equal(s.headers['x-forwarded-host'], 'acme.example.com', 'the host the tenant was chosen for, not the hop\'s X-Forwarded-Host')
   t.equal(s.headers['x-request-id'], 'req-abc-123')
   t.equal(r.headers['x-request-id'], 'req-abc-123')
   const token = s.headers['x-tenant-descriptor'] as string
   const claims = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString()) as { sub: string, host: string }
-  t.match(claims, { sub: 'acme', host: 'acme.example.com' }, 'the last X-Forwarded-Host entry (the trusted hop\'s) counts')
+  t.match(claims, { sub: 'acme', host: 'acme.example.com' }, 'Host chose the tenant')
+})
+
+t.test('traffic.hostFromForwardedHost: a trusted hop\'s last X-Forwarded-Host entry chooses the tenant, an untrusted peer\'s never', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example.com'] }, { slug: 'globex', domains: ['globex.example.com'] }])
+  const upstream = await startUpstream(t)
+  const proxy = await startTestProxy(t, testConfig(registry.url, upstream.origin, {
+    TENANT_PROXY_TRAFFIC_TRUSTED_PROXIES: '127.0.0.2',
+    TENANT_PROXY_TRAFFIC_HOST_FROM_FORWARDED_HOST: 'true'
+  }))
+  const request = 'GET / HTTP/1.1\r\nHost: front.internal\r\nX-Forwarded-Host: globex.example.com, acme.example.com\r\nConnection: close\r\n\r\n'
+  const trustedRes = await rawRequest(proxy.traffic.port, request, { from: '127.0.0.2' })
+  t.equal(trustedRes.status, 200, 'from the trusted hop (127.0.0.2)')
+  const s = JSON.parse(trustedRes.body) as SeenRequest
+  const claims = JSON.parse(Buffer.from(String(s.headers['x-tenant-descriptor']).split('.')[1] ?? '', 'base64url').toString()) as { sub: string, host: string }
+  t.match(claims, { sub: 'acme', host: 'acme.example.com' }, 'the last entry (the one the hop wrote)')
+  t.equal(s.headers['x-forwarded-host'], 'acme.example.com', 'the app is told the host the tenant was chosen for')
+  const before = upstream.seen.length
+  const untrusted = await rawRequest(proxy.traffic.port, request, { from: '127.0.0.1' })
+  t.equal(untrusted.status, 404, 'from any other peer Host counts (front.internal is no tenant)')
+  t.equal(upstream.seen.length, before, 'nothing reached the app')
 })
 
 t.test('an untrusted client cannot set forwarding headers or the request id', async (t) => {

@@ -80,7 +80,7 @@ t.test('WebSockets: tenant resolution on the upgrade, one genuine descriptor, ec
   const wsUrl = `ws://127.0.0.1:${proxy.traffic.port}/cable`
 
   const client = new WebSocket(wsUrl, ['actioncable-v1-json'], {
-    headers: { host: 'acme.example', 'X-Tenant-Descriptor': 'forged.by.client', 'x_tenant_descriptor': 'forged2', cookie: 'session=abc' }
+    headers: { host: 'acme.example', 'X-Tenant-Descriptor': 'forged.by.client', 'x_tenant_descriptor': 'forged2', cookie: 'session=abc', 'X-Forwarded-Ssl': 'on', 'X-Forwarded-Proto': 'https', 'X_Forwarded_Host': 'paused.example', Forwarded: 'proto=https' }
   })
   await new Promise<void>((resolve, reject) => { client.once('open', resolve); client.once('error', reject) })
   t.equal(client.protocol, 'actioncable-v1-json', 'the subprotocol is negotiated end to end')
@@ -95,6 +95,8 @@ t.test('WebSockets: tenant resolution on the upgrade, one genuine descriptor, ec
   t.equal(upgrade?.headers.host, 'acme.example', 'Host preserved')
   t.equal(upgrade?.headers.cookie, 'session=abc', 'cookies pass (Action Cable authenticates with them)')
   t.equal(upgrade?.headers['x-forwarded-for'], '127.0.0.1')
+  t.match(upgrade?.headers, { 'x-forwarded-proto': 'http', 'x-forwarded-host': 'acme.example', 'x-forwarded-port': '80' }, 'the proxy\'s forwarding headers on the upgrade too')
+  t.same((upgrade?.rawHeaders ?? []).filter((n, i) => i % 2 === 0 && (/_|^forwarded$|^x-forwarded-ssl$/i.test(n))), [], 'no forged forwarding header, no underscore name on the upgrade')
 
   for (const [host, status] of [['unknown.example', 404], ['paused.example', 403]] as const) {
     const refused = new WebSocket(wsUrl, { headers: { host } })

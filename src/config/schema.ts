@@ -3,6 +3,7 @@
  * checks both trees match). The typed `Config` is derived from it.
  */
 import { isIP } from 'node:net'
+import { FORWARDING_HEADER_SET } from '../proxy/forwarding-headers.js'
 import { canonicalHost } from '../routing/host.js'
 import {
   boolean, httpOrigin, integer, list, nullable, oneOf, port, postgresUrl, record, signingKeys, text,
@@ -43,6 +44,9 @@ export const SCHEMA = {
     port: port(),
     healthPath: text({ pattern: /^\/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$/, describe: 'an absolute URL path such as /up' }),
     trustedProxies: list(ipOrCidr()),
+    trustedForwardedHeaders: list(forwardingHeader()),
+    hostFromForwardedHost: boolean(),
+    allowUnderscoresInHeaders: boolean(),
     keepAliveTimeoutMs: integer(1, HOUR_MS),
     requestHeadersTimeoutMs: integer(1, HOUR_MS),
     maxHeaderBytes: integer(1_024, 1_048_576),
@@ -121,6 +125,9 @@ export function crossChecks (config: Config): Array<[string, string]> {
   if (config.traffic.healthMode === 'upstream' && config.upstream.healthCheck.path === '') {
     problems.push(['traffic.healthMode', 'is "upstream", which needs upstream.healthCheck.path (the app\'s own health path, e.g. /up)'])
   }
+  if (config.traffic.hostFromForwardedHost) {
+    if (config.traffic.trustedProxies.length === 0) problems.push(['traffic.hostFromForwardedHost', 'is true, which needs traffic.trustedProxies (X-Forwarded-Host is only read from them)'])
+  }
   if (config.upstream.ejectMaxMs < config.upstream.ejectMinMs) {
     problems.push(['upstream.ejectMaxMs', `must be at least upstream.ejectMinMs (${config.upstream.ejectMinMs})`])
   }
@@ -138,6 +145,22 @@ function hostname (): Field<string> {
       if (typeof value !== 'string') return { ok: false, reason: 'must be a hostname string' }
       const r = canonicalHost(value)
       return r.ok ? { ok: true, value: r.host } : { ok: false, reason: `must be a hostname (${r.reason})` }
+    }
+  }
+}
+
+/** A forwarding header name (src/proxy/forwarding-headers.ts), in any case; lower-cased. */
+function forwardingHeader (): Field<string> {
+  return {
+    env: 'text',
+    secret: false,
+    check (value) {
+      if (typeof value !== 'string') return { ok: false, reason: 'must be a header name' }
+      const name = value.trim().toLowerCase()
+      if (name === 'x-forwarded-host') return { ok: false, reason: 'must not be X-Forwarded-Host: it always names the host the tenant was chosen for (set traffic.hostFromForwardedHost to choose the tenant from a trusted proxy\'s X-Forwarded-Host)' }
+      return FORWARDING_HEADER_SET.has(name)
+        ? { ok: true, value: name }
+        : { ok: false, reason: `must be one of the forwarding headers tenant-proxy filters (docs/operations.md, "Forwarding headers"); ${JSON.stringify(value)} is not` }
     }
   }
 }

@@ -23,7 +23,7 @@ import { accessLogWriter } from '../log.js'
 import { canonicalHost } from '../routing/host.js'
 import { Resolver } from '../routing/resolve.js'
 import { sendError } from './error-reply.js'
-import { isWellFormedRequestId, lastListEntry, scrubInbound, scrubOutbound, setForwardingHeaders, type HeaderMap } from './headers.js'
+import { isWellFormedRequestId, lastListEntry, peerAddress, scrubOutbound, upstreamRequestHeaders, type HeaderMap, type HeaderPolicy } from './headers.js'
 import type { ProxyState } from './state.js'
 import { TrustedPeers } from './trusted-peers.js'
 import { cancelUpstream, kUpstreamHook, type UpstreamAgent, type UpstreamHook } from './upstream-agent.js'
@@ -72,10 +72,14 @@ declare module 'fastify' {
 /** The WebSocket server @fastify/http-proxy keeps (reached through its reply decorator). */
 interface WsServer { clients: Set<{ close (code: number, reason: string): void }> }
 
-/** Socket properties: the request the connection carries, and whether its 'close' listener is on. */
+/**
+ * Socket properties: the request the connection carries, whether its 'close' listener is on, and
+ * whether the peer is a trusted proxy (decided once per connection: the peer cannot change).
+ */
 const kCurrent = Symbol('tenant-proxy.currentRequest')
 const kWatched = Symbol('tenant-proxy.watched')
-type WatchedSocket = Socket & { [kCurrent]?: FastifyRequest | undefined, [kWatched]?: true }
+const kTrusted = Symbol('tenant-proxy.trusted')
+type WatchedSocket = Socket & { [kCurrent]?: FastifyRequest | undefined, [kWatched]?: true, [kTrusted]?: boolean }
 
 /**
  * Request ids: a random per-process prefix and a counter. Unique across processes and restarts
@@ -102,6 +106,15 @@ export function buildTrafficApp (deps: TrafficDeps) {
   const headerName = config.descriptor.header.toLowerCase()
   const resolver = new Resolver(config.routing)
   const trusted = new TrustedPeers(config.traffic.trustedProxies)
+  const isTrusted = (socket: WatchedSocket): boolean => socket[kTrusted] ??= trusted.has(socket.remoteAddress)
+  const headerPolicy: HeaderPolicy = {
+    descriptorHeader: headerName,
+    allowUnderscores: config.traffic.allowUnderscoresInHeaders,
+    // X-Forwarded-Host is believed exactly when the tenant is chosen from it, so that the host
+    // the app sees is always the one the descriptor was signed for.
+    trustedForwarded: new Set([...config.traffic.trustedForwardedHeaders, ...(config.traffic.hostFromForwardedHost ? ['x-forwarded-host'] : [])])
+  }
+  const hostFromForwardedHost = config.traffic.hostFromForwardedHost
   const pools = deps.pools
   const maxBodyBytes = config.upstream.maxBodyBytes
   let wsServer: WsServer | null = null
@@ -120,7 +133,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
     childLoggerFactory: (parent) => parent,
     genReqId: (req) => {
       const inbound = req.headers['x-request-id']
-      return trusted.has(req.socket.remoteAddress) && isWellFormedRequestId(inbound) ? inbound : requestIds.next()
+      return isTrusted(req.socket) && isWellFormedRequestId(inbound) ? inbound : requestIds.next()
     },
     rewriteUrl: (req) => absoluteFormPath(req as RawWithAuthority),
     return503OnClosing: true,
@@ -252,12 +265,13 @@ export function buildTrafficApp (deps: TrafficDeps) {
   /** Step 3: decide, or answer right here. */
   function route (request: FastifyRequest, reply: FastifyReply): void {
     const tp = request.tp
-    const peerTrusted = trusted.has(request.socket.remoteAddress)
     const raw = request.raw as RawWithAuthority
-    const xfh = request.headers['x-forwarded-host']
-    // RFC 9112 section 3.2.2: an absolute-form target's authority wins over Host. X-Forwarded-Host
-    // counts only from a trusted hop, and then its last entry (the one that hop wrote).
-    const hostValue = raw[kAbsoluteAuthority] ?? (peerTrusted && typeof xfh === 'string' && xfh !== '' ? lastListEntry(xfh) : request.headers.host)
+    // The tenant comes from Host, or from an absolute-form target's authority, which wins over Host
+    // (RFC 9112 section 3.2.2). Never from X-Forwarded-Host unless the operator opted in
+    // (traffic.hostFromForwardedHost), and then only a trusted hop's, its last entry (the one that
+    // hop wrote): trusting a hop for the client address does not make it trusted to choose the tenant.
+    const xfh = hostFromForwardedHost && isTrusted(raw.socket) ? request.headers['x-forwarded-host'] : undefined
+    const hostValue = raw[kAbsoluteAuthority] ?? (typeof xfh === 'string' && xfh !== '' ? lastListEntry(xfh) : request.headers.host)
     if (hostValue === undefined || hostValue === '') {
       refuse(request, reply, 'bad_request', 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: 'missing Host header' })
       return
@@ -319,15 +333,14 @@ export function buildTrafficApp (deps: TrafficDeps) {
   /** Step 4: the headers the upstream sees. */
   function upstreamHeaders (request: FastifyRequest, inbound: HeaderMap): HeaderMap {
     const tp = request.tp
-    const headers = scrubInbound(inbound, headerName)
-    // RFC 9112 section 3.2.2: with an absolute-form target the received Host is replaced by the
-    // target's authority, the one the request was routed (and its descriptor signed) for.
-    const clientHost = (request.raw as RawWithAuthority)[kAbsoluteAuthority] ?? request.headers.host ?? tp.host
-    headers.host = hostHeader ?? clientHost
-    setForwardingHeaders(headers, {
-      peer: request.socket.remoteAddress ?? '',
-      trusted: trusted.has(request.socket.remoteAddress),
-      host: clientHost,
+    const raw = request.raw as RawWithAuthority
+    const headers = upstreamRequestHeaders(inbound, headerPolicy, {
+      peer: peerAddress(raw.socket.remoteAddress),
+      trusted: isTrusted(raw.socket),
+      // RFC 9112 section 3.2.2: with an absolute-form target the received Host is replaced by the
+      // target's authority, the one the request was routed (and its descriptor signed) for.
+      host: raw[kAbsoluteAuthority] ?? request.headers.host ?? tp.host,
+      hostHeader,
       requestId: request.id
     })
     if (tp.descriptor !== null) headers[headerName] = tp.descriptor
@@ -353,12 +366,13 @@ export function buildTrafficApp (deps: TrafficDeps) {
     wsServer ??= (reply as unknown as { wsProxy?: { wss?: WsServer } }).wsProxy?.wss ?? null
   }
 
-  /** Headers of the upstream WebSocket handshake: the client's, scrubbed, plus ours. */
+  /** Headers of the upstream WebSocket handshake: the client's, filtered, plus ours. */
   function websocketHeaders (request: FastifyRequest): HeaderMap {
-    const headers = scrubInbound({ ...request.headers }, headerName)
+    const headers = upstreamHeaders(request, request.headers)
     // The WebSocket client writes its own handshake (key, version, extensions, subprotocols).
+    // (A fresh object of ours: deleting from it costs nobody else.)
     for (const name of ['sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions', 'sec-websocket-protocol', 'content-length', 'transfer-encoding']) delete headers[name]
-    return upstreamHeaders(request, headers)
+    return headers
   }
 
   /**

@@ -1,10 +1,38 @@
 /**
- * Pure header rules of the data path: what is stripped from a client's request before anything
- * is added, and which forwarding headers the proxy sets.
+ * Pure header rules of the data path: which request headers of the client reach the app, which
+ * forwarding headers the proxy sets, and what is removed from the app's response.
+ *
+ * Header maps here are Node's and undici's: lower-case names, duplicates joined (set-cookie
+ * excepted).
  */
+import { FORWARDING_HEADER_SET } from './forwarding-headers.js'
 
 /** Header map as Node and undici use it: lower-case names. */
 export type HeaderMap = Record<string, string | string[] | number | undefined>
+
+/** How request headers are filtered; built once from the configuration. */
+export interface HeaderPolicy {
+  /** The descriptor header, lower case. */
+  readonly descriptorHeader: string
+  /** Keep header names containing '_' (traffic.allowUnderscoresInHeaders). */
+  readonly allowUnderscores: boolean
+  /** Forwarding headers believed from trusted peers (traffic.trustedForwardedHeaders), lower case. */
+  readonly trustedForwarded: ReadonlySet<string>
+}
+
+/** What the proxy knows about one request when it builds the upstream headers. */
+export interface ForwardingContext {
+  /** The peer's address (IPv4-mapped IPv6 already unwrapped). */
+  readonly peer: string
+  /** Whether the peer is a configured trusted proxy. */
+  readonly trusted: boolean
+  /** The authority the client addressed: the absolute-form target's, else the Host header. */
+  readonly host: string
+  /** Host header to send instead (upstream.hostHeader), or null to keep `host`. */
+  readonly hostHeader: string | null
+  /** Request id chosen for this request. */
+  readonly requestId: string
+}
 
 /** True when `name` would be read as the descriptor header by some server or framework. */
 export function isDescriptorHeaderName (name: string, descriptorHeader: string): boolean {
@@ -15,13 +43,69 @@ export function isDescriptorHeaderName (name: string, descriptorHeader: string):
 }
 
 /**
- * The client's headers without any it must not control: the ones nominated in Connection
- * (processed first, so a client cannot nominate headers the proxy adds afterwards, RFC 9110
- * section 7.6.1), hop-by-hop headers, and every spelling of the descriptor header. Returns
- * `headers` itself when nothing had to go, else a filtered copy.
+ * The headers the app receives for a client's request, in one pass over the client's:
+ *
+ * - dropped: headers nominated in Connection (first, so a client cannot nominate the headers the
+ *   proxy adds afterwards, RFC 9110 section 7.6.1), hop-by-hop headers, every spelling of the
+ *   descriptor header, names with '_' (see below), and every forwarding header
+ *   (src/proxy/forwarding-headers.ts) except, from a trusted peer, the ones it is trusted for;
+ * - set: Host, X-Forwarded-For/-Proto/-Host/-Port and X-Request-Id, always, and consistently:
+ *   from an untrusted peer they describe the connection to this proxy; from a trusted peer they
+ *   keep what the peer is trusted for (X-Forwarded-For gets the peer appended; a trusted
+ *   `Forwarded` gets a `for=` element) and fill in the rest. X-Forwarded-Host names the host the
+ *   tenant was chosen for: `ctx.host`, or the trusted hop's when the policy trusts it (only with
+ *   traffic.hostFromForwardedHost). Lists are reduced to the entry the nearest trusted hop wrote
+ *   (the last), because frameworks disagree about which entry counts (Rack takes the last
+ *   X-Forwarded-Host, Express the first). X-Forwarded-Port follows the host's port, else the
+ *   scheme's default, unless a trusted hop set it: Rack builds URLs from it.
+ *
+ * Names with '_': CGI-style servers (Rack under Puma or Unicorn, WSGI, PHP) turn '-' into '_', so
+ * `X_Forwarded_Host` reaches the app as HTTP_X_FORWARDED_HOST, a second spelling no filter here
+ * would catch (CVE-2024-45614 in Puma). They are dropped like nginx does (underscores_in_headers
+ * off); with `allowUnderscores` only the spellings of headers the proxy controls are.
+ *
+ * The descriptor header itself is not set here: the caller adds it last.
  */
-export function scrubInbound (headers: HeaderMap, descriptorHeader: string): HeaderMap {
-  return scrub(headers, descriptorHeader, false)
+export function upstreamRequestHeaders (inbound: HeaderMap, policy: HeaderPolicy, ctx: ForwardingContext): HeaderMap {
+  const nominated = nominatedBy(inbound.connection)
+  const out: HeaderMap = {}
+  let xff: string | undefined
+  let xfp: string | undefined
+  let xfh: string | undefined
+  let xfport: string | undefined
+  let forwarded: string | undefined
+  for (const name in inbound) {
+    const value = inbound[name]
+    if (value === undefined || dropped(name, policy, nominated)) continue
+    if (FORWARDING_HEADER_SET.has(name)) {
+      if (!ctx.trusted || !policy.trustedForwarded.has(name)) continue
+      const text = Array.isArray(value) ? value.join(', ') : String(value)
+      switch (name) {
+        case 'x-forwarded-for': xff = text; break
+        case 'x-forwarded-proto': xfp = text; break
+        case 'x-forwarded-host': xfh = text; break
+        case 'x-forwarded-port': xfport = text; break
+        case 'forwarded': forwarded = text; break
+        default: out[name] = value
+      }
+      continue
+    }
+    out[name] = value
+  }
+
+  out.host = ctx.hostHeader ?? ctx.host
+  out['x-forwarded-for'] = xff !== undefined && xff.trim() !== '' ? `${xff}, ${ctx.peer}` : ctx.peer
+  const proto = xfp === undefined ? '' : lastListEntry(xfp).toLowerCase()
+  const scheme = proto === 'https' ? 'https' : 'http'
+  out['x-forwarded-proto'] = scheme
+  const forwardedHost = xfh === undefined ? '' : lastListEntry(xfh)
+  const host = forwardedHost !== '' ? forwardedHost : ctx.host
+  out['x-forwarded-host'] = host
+  const port = xfport === undefined ? '' : lastListEntry(xfport)
+  out['x-forwarded-port'] = /^\d{1,5}$/.test(port) ? port : authorityPort(host) ?? (scheme === 'https' ? '443' : '80')
+  if (forwarded !== undefined) out.forwarded = forwarded.trim() === '' ? `for=${forwardedNode(ctx.peer)}` : `${forwarded}, for=${forwardedNode(ctx.peer)}`
+  out['x-request-id'] = ctx.requestId
+  return out
 }
 
 /**
@@ -31,34 +115,20 @@ export function scrubInbound (headers: HeaderMap, descriptorHeader: string): Hea
  * Returns `headers` itself when nothing had to go, else a filtered copy.
  */
 export function scrubOutbound (headers: HeaderMap, descriptorHeader: string): HeaderMap {
-  return scrub(headers, descriptorHeader, true)
-}
-
-/** Inputs of the forwarding headers for one request. */
-export interface ForwardingContext {
-  /** The peer's address as the socket reports it. */
-  readonly peer: string
-  /** Whether the peer is a configured trusted proxy. */
-  readonly trusted: boolean
-  /** The host the request was resolved for (as the client sent it). */
-  readonly host: string
-  /** Request id chosen for this request. */
-  readonly requestId: string
-}
-
-/**
- * Sets X-Forwarded-For/-Proto/-Host and X-Request-Id: a trusted hop's values are kept (and the
- * peer appended to X-Forwarded-For); an untrusted client's are replaced, so an app never acts on a
- * forged client address or scheme.
- */
-export function setForwardingHeaders (headers: HeaderMap, ctx: ForwardingContext): void {
-  const xff = headers['x-forwarded-for']
-  headers['x-forwarded-for'] = ctx.trusted && typeof xff === 'string' && xff !== '' ? `${xff}, ${ctx.peer}` : ctx.peer
-  const proto = headers['x-forwarded-proto']
-  if (!(ctx.trusted && (proto === 'http' || proto === 'https'))) headers['x-forwarded-proto'] = 'http'
-  const xfh = headers['x-forwarded-host']
-  if (!(ctx.trusted && typeof xfh === 'string' && xfh !== '')) headers['x-forwarded-host'] = ctx.host
-  headers['x-request-id'] = ctx.requestId
+  // One pass to find out whether anything must go (usually: the upstream's Connection and
+  // Keep-Alive), then a copy without it. Copying beats `delete`, which turns the object into a
+  // slow dictionary for everything that iterates it afterwards (reply-from, Fastify).
+  const nominated = nominatedBy(headers.connection)
+  let drop = false
+  for (const name in headers) {
+    if (droppedFromResponse(name, descriptorHeader, nominated)) { drop = true; break }
+  }
+  if (!drop) return headers
+  const kept: HeaderMap = {}
+  for (const name in headers) {
+    if (!droppedFromResponse(name, descriptorHeader, nominated)) kept[name] = headers[name]
+  }
+  return kept
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/
@@ -74,33 +144,40 @@ export function lastListEntry (value: string): string {
   return (i === -1 ? value : value.slice(i + 1)).trim()
 }
 
-/**
- * One pass to find out whether anything must go (usually: the upstream's Connection and
- * Keep-Alive), then a copy without it. Copying beats `delete`, which turns the object into a slow
- * dictionary for everything that iterates it afterwards (reply-from, undici, Fastify).
- */
-function scrub (headers: HeaderMap, descriptorHeader: string, framing: boolean): HeaderMap {
-  const nominated = nominatedBy(headers.connection)
-  let drop = false
-  for (const name in headers) {
-    if (dropped(name, descriptorHeader, framing, nominated)) { drop = true; break }
-  }
-  if (!drop) return headers
-  const kept: HeaderMap = {}
-  for (const name in headers) {
-    if (!dropped(name, descriptorHeader, framing, nominated)) kept[name] = headers[name]
-  }
-  return kept
+/** The peer address as a socket reports it, with IPv4-mapped IPv6 (dual-stack listeners) unwrapped. */
+export function peerAddress (address: string | undefined): string {
+  if (address === undefined) return ''
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address
 }
 
-function dropped (name: string, descriptorHeader: string, framing: boolean, nominated: ReadonlySet<string> | null): boolean {
+/**
+ * Request header names the proxy controls: with underscores allowed, their '_' spellings are still
+ * dropped, since a CGI-style app would read them as the real thing.
+ */
+const CONTROLLED = new Set([
+  ...FORWARDING_HEADER_SET, 'host', 'x-request-id', 'content-length', 'transfer-encoding',
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'upgrade', 'expect'
+])
+
+function dropped (name: string, policy: HeaderPolicy, nominated: ReadonlySet<string> | null): boolean {
+  const length = name.length
+  if (length === policy.descriptorHeader.length && isDescriptorHeaderName(name, policy.descriptorHeader)) return true
+  if (isHopByHop(name, length, false)) return true
+  if (nominated !== null && nominated.has(name)) return true
+  // The proxy sets these itself.
+  if (name === 'host' || name === 'x-request-id') return true
+  if (name.includes('_')) return !policy.allowUnderscores || CONTROLLED.has(name.replaceAll('_', '-'))
+  return false
+}
+
+function droppedFromResponse (name: string, descriptorHeader: string, nominated: ReadonlySet<string> | null): boolean {
   const length = name.length
   return (length === descriptorHeader.length && isDescriptorHeaderName(name, descriptorHeader)) ||
-    isHopByHop(name, length, framing) ||
+    isHopByHop(name, length, true) ||
     (nominated !== null && nominated.has(name.toLowerCase()))
 }
 
-/** The header names a Connection value nominates, or null for none. */
+/** The header names a Connection value nominates (lower case), or null for none. */
 function nominatedBy (connection: HeaderMap[string]): ReadonlySet<string> | null {
   // The common values nominate nothing beyond the hop-by-hop list: skip the parsing.
   if (connection === undefined || connection === 'keep-alive' || connection === 'close') return null
@@ -120,7 +197,6 @@ function nominatedBy (connection: HeaderMap[string]): ReadonlySet<string> | null
  * most names cost one test.
  */
 function isHopByHop (name: string, length: number, framing: boolean): boolean {
-  // Names from Node and undici are lower-case already; others (tests, hand-built maps) may not be.
   switch (length) {
     case 2: return name === 'te'
     // Expect (requests only): Node already answered 100-continue to the client; forwarded, undici
@@ -133,4 +209,17 @@ function isHopByHop (name: string, length: number, framing: boolean): boolean {
     case 19: return name === 'proxy-authorization'
     default: return false
   }
+}
+
+/** The port of an authority (`host:port`, `[v6]:port`), or null when it names none. */
+function authorityPort (authority: string): string | null {
+  const colon = authority.lastIndexOf(':')
+  if (colon === -1 || authority.indexOf(']', colon) !== -1) return null
+  const port = authority.slice(colon + 1)
+  return /^\d{1,5}$/.test(port) ? port : null
+}
+
+/** A node of RFC 7239 section 6: IPv6 addresses bracketed and quoted. */
+function forwardedNode (address: string): string {
+  return address.includes(':') ? `"[${address}]"` : address
 }

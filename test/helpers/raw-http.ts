@@ -7,10 +7,14 @@ import { connect } from 'node:net'
 /** A parsed response. */
 export interface RawResponse { status: number, headers: Record<string, string>, body: string, head: string }
 
-/** Writes `request` (use \r\n line ends and Connection: close) and reads the whole response. */
-export async function rawRequest (port: number, request: string): Promise<RawResponse> {
+/**
+ * Writes `request` (use \r\n line ends and Connection: close) and reads the whole response.
+ * `from` picks the client's loopback address (any of 127.0.0.0/8), to be a trusted or an
+ * untrusted peer.
+ */
+export async function rawRequest (port: number, request: string, opts: { from?: string } = {}): Promise<RawResponse> {
   return await new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1')
+    const socket = connect({ port, host: '127.0.0.1', ...(opts.from === undefined ? {} : { localAddress: opts.from }) })
     const chunks: Buffer[] = []
     socket.setTimeout(10_000, () => socket.destroy(new Error('raw request timed out')))
     socket.on('data', (c: Buffer) => chunks.push(c))

@@ -1,14 +1,16 @@
 /**
  * Property tests (fast-check, fixed seed so runs are reproducible) over the host canonicalizer and
- * the header scrubber; read-only use of src/routing/host.ts and src/proxy/headers.ts.
+ * the header rules; read-only use of src/routing/host.ts and src/proxy/headers.ts.
  *
  * Guards: canonicalHost's checkName (RFC 1035/1123 shape of every accepted output) and its
- * never-throwing slow path; scrub()'s dropped() rules. Weaken any and a property fails.
+ * never-throwing slow path; the dropped() rules of upstreamRequestHeaders and scrubOutbound.
+ * Weaken any and a property fails.
  */
 import fc from 'fast-check'
 import t from 'tap'
 import { domainToASCII } from 'node:url'
-import { scrubInbound, scrubOutbound, type HeaderMap } from '../../src/proxy/headers.js'
+import { FORWARDING_HEADER_SET } from '../../src/proxy/forwarding-headers.js'
+import { scrubOutbound, upstreamRequestHeaders, type ForwardingContext, type HeaderMap, type HeaderPolicy } from '../../src/proxy/headers.js'
 import { canonicalHost } from '../../src/routing/host.js'
 
 const SEED = 20_260_427
@@ -63,7 +65,7 @@ const descriptorSpelling = fc.tuple(fc.array(fc.boolean(), { minLength: NAME.len
 const headerName = fc.oneof(
   fc.stringMatching(/^[a-z][a-z0-9-]{0,20}$/),
   descriptorSpelling,
-  fc.constantFrom(...HOP, 'transfer-encoding', 'content-length', 'host', 'x-forwarded-for', 'cookie', 'set-cookie')
+  fc.constantFrom(...HOP, 'transfer-encoding', 'content-length', 'host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-ssl', 'forwarded', 'x-real-ip', 'x_forwarded_host', 'x-request-id', 'cookie', 'set-cookie')
 )
 const headerValue = fc.oneof(fc.string({ maxLength: 30 }), fc.array(fc.string({ maxLength: 10 }), { maxLength: 3 }))
 const headers = fc.dictionary(headerName, headerValue, { maxKeys: 12 }).chain((h) =>
@@ -73,25 +75,47 @@ const headers = fc.dictionary(headerName, headerValue, { maxKeys: 12 }).chain((h
 const isDescriptor = (n: string): boolean => n.toLowerCase().replaceAll('_', '-') === NAME
 const nominatedIn = (h: HeaderMap): Set<string> => new Set(String(Array.isArray(h.connection) ? h.connection.join(',') : h.connection ?? '').split(',').map((s) => s.trim().toLowerCase()).filter((s) => s !== ''))
 
-t.test('scrubInbound / scrubOutbound: never throw, idempotent, nothing forbidden survives, the rest untouched', async (t) => {
-  for (const [name, scrub, framing] of [['scrubInbound', scrubInbound, false], ['scrubOutbound', scrubOutbound, true]] as const) {
-    fc.assert(fc.property(headers, (h: HeaderMap) => {
-      const input = structuredClone(h)
-      const out = scrub(h, NAME)
-      const nominated = nominatedIn(h)
-      if (JSON.stringify(h) !== JSON.stringify(input)) return false // the input map itself is never modified
-      const twice = scrub(out, NAME)
-      if (JSON.stringify(twice) !== JSON.stringify(out)) return false
-      for (const n of Object.keys(out)) {
-        if (isDescriptor(n) || HOP.includes(n) || nominated.has(n.toLowerCase())) return false
-        if (framing && n === 'transfer-encoding') return false
-      }
-      for (const [n, v] of Object.entries(h)) {
-        const forbidden = isDescriptor(n) || HOP.includes(n) || nominated.has(n.toLowerCase()) || (framing && n === 'transfer-encoding')
-        if (!forbidden && out[n] !== v) return false
-      }
-      return true
-    }), { seed: SEED, numRuns: RUNS })
-    t.pass(`${name}: properties held`)
-  }
+const POLICY: HeaderPolicy = { descriptorHeader: NAME, allowUnderscores: false, trustedForwarded: new Set(['x-forwarded-for', 'x-forwarded-proto']) }
+const CTX: ForwardingContext = { peer: '198.51.100.7', trusted: false, host: 'acme.example', hostHeader: null, requestId: 'r' }
+const OURS = ['host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-request-id']
+
+t.test('upstreamRequestHeaders: never throws, input untouched, nothing forbidden survives, the rest untouched, ours always set', async (t) => {
+  fc.assert(fc.property(headers, fc.boolean(), (h: HeaderMap, trusted) => {
+    const input = structuredClone(h)
+    const out = upstreamRequestHeaders(h, POLICY, { ...CTX, trusted })
+    const nominated = nominatedIn(h)
+    if (JSON.stringify(h) !== JSON.stringify(input)) return false // the input map itself is never modified
+    const forbidden = (n: string): boolean => isDescriptor(n) || HOP.includes(n) || nominated.has(n.toLowerCase()) || n.includes('_') ||
+      (FORWARDING_HEADER_SET.has(n) && !(trusted && POLICY.trustedForwarded.has(n)))
+    for (const n of Object.keys(out)) {
+      if (!OURS.includes(n) && forbidden(n)) return false
+    }
+    for (const [n, v] of Object.entries(h)) {
+      if (!forbidden(n) && !OURS.includes(n) && !FORWARDING_HEADER_SET.has(n) && out[n] !== v) return false
+    }
+    if (out['x-forwarded-for'] === undefined || !String(out['x-forwarded-for']).endsWith(CTX.peer)) return false
+    if (out['x-forwarded-proto'] !== 'http' && out['x-forwarded-proto'] !== 'https') return false
+    return out.host === CTX.host && out['x-forwarded-host'] === CTX.host && out['x-request-id'] === CTX.requestId
+  }), { seed: SEED, numRuns: RUNS })
+  t.pass('properties held')
+})
+
+t.test('scrubOutbound: never throws, idempotent, nothing forbidden survives, the rest untouched', async (t) => {
+  fc.assert(fc.property(headers, (h: HeaderMap) => {
+    const input = structuredClone(h)
+    const out = scrubOutbound(h, NAME)
+    const nominated = nominatedIn(h)
+    if (JSON.stringify(h) !== JSON.stringify(input)) return false // the input map itself is never modified
+    const twice = scrubOutbound(out, NAME)
+    if (JSON.stringify(twice) !== JSON.stringify(out)) return false
+    for (const n of Object.keys(out)) {
+      if (isDescriptor(n) || HOP.includes(n) || nominated.has(n.toLowerCase()) || n === 'transfer-encoding') return false
+    }
+    for (const [n, v] of Object.entries(h)) {
+      const forbidden = isDescriptor(n) || HOP.includes(n) || nominated.has(n.toLowerCase()) || n === 'transfer-encoding'
+      if (!forbidden && out[n] !== v) return false
+    }
+    return true
+  }), { seed: SEED, numRuns: RUNS })
+  t.pass('properties held')
 })

@@ -3,9 +3,10 @@
  * right tenant (and the descriptor it adds verifies for the Host the upstream sees) or answers
  * 400/404 with nothing upstream. Never the wrong tenant.
  *
- * Guards: src/proxy/app.ts route() (absolute-form authority first, X-Forwarded-Host only from a
- * trusted hop, hasDuplicateHost, canonicalHost before lookup) and src/routing/host.ts
- * canonicalHost. Dropping the trusted-hop condition routes the X-Forwarded-Host case to globex;
+ * Guards: src/proxy/app.ts route() (absolute-form authority first, X-Forwarded-Host never, unless
+ * traffic.hostFromForwardedHost and a trusted hop, hasDuplicateHost, canonicalHost before lookup)
+ * and src/routing/host.ts canonicalHost (test/security/forwarding-headers.test.ts has the trusted
+ * hop cases). Reading X-Forwarded-Host routes the X-Forwarded-Host case to globex;
  * dropping hasDuplicateHost lets the duplicate-Host case through; dropping canonicalization
  * makes the case/trailing-dot/port cases 404.
  */
