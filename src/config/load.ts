@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs'
 import { DEFAULTS } from '../../config/defaults.js'
 import { tpError } from '../errors.js'
+import { redactValue } from '../redact.js'
 import type { Field } from './fields.js'
 import { SCHEMA, crossChecks, isField, type Config, type SchemaTree } from './schema.js'
 
@@ -38,7 +39,10 @@ export function loadConfig (sources: ConfigSources): Config {
     try {
       parsed = JSON.parse(readFile(configPath))
     } catch (err) {
-      throw tpError('TENANT_PROXY_ERR_CONFIG_FILE', [configPath, (err as Error).message], err)
+      // Not err.message: V8's JSON.parse messages quote the text around the error, and a config
+      // file holds secrets (registry.databaseUrl, descriptor.keys).
+      const reason = err instanceof SyntaxError ? jsonProblem(err) : (err as NodeJS.ErrnoException).code ?? 'unreadable'
+      throw tpError('TENANT_PROXY_ERR_CONFIG_FILE', [configPath, reason], err)
     }
     mergeFile(SCHEMA, raw, parsed, '', `config file ${configPath}`, origin, problems)
   }
@@ -163,8 +167,18 @@ function parseJson (text: string): { ok: true, value: unknown } | { ok: false, r
   try {
     return { ok: true, value: JSON.parse(text) }
   } catch (err) {
-    return { ok: false, reason: `is not valid JSON (${(err as Error).message})` }
+    return { ok: false, reason: `is ${jsonProblem(err)}` }
   }
+}
+
+/**
+ * A JSON syntax error without the text: V8 quotes the text around the error ("Unexpected token
+ * 'h', "{"key": hunter2-se"... is not valid JSON"), and that text may be a password or a key.
+ * Only the position, when V8 gives one, is kept.
+ */
+export function jsonProblem (err: unknown): string {
+  const position = /\bposition (\d+)/.exec(err instanceof Error ? err.message : '')?.[1]
+  return position === undefined ? 'not valid JSON' : `not valid JSON (error at character ${position})`
 }
 
 function validate (schema: SchemaTree, raw: Record<string, unknown>, prefix: string, origin: Map<string, string>, problems: string[]): Record<string, unknown> {
@@ -178,7 +192,9 @@ function validate (schema: SchemaTree, raw: Record<string, unknown>, prefix: str
         out[key] = r.value
       } else {
         const from = origin.get(path) ?? 'default'
-        const got = node.secret ? '' : `got ${truncate(JSON.stringify(value) ?? String(value))} `
+        // Secret keys are never echoed; other values are, with URL credentials redacted first
+        // (an upstream origin pasted with its password), then shortened.
+        const got = node.secret ? '' : `got ${truncate(JSON.stringify(redactValue(value)) ?? String(value))} `
         problems.push(`${path}: ${r.reason} (${got}from ${from})`)
       }
     } else {
