@@ -2,6 +2,7 @@ import { writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { jwtVerify, importJWK } from 'jose'
 import t from 'tap'
+import { keysFromText } from '../src/descriptor/key-text.js'
 import { loadKeyring } from '../src/descriptor/keyring.js'
 import { DescriptorCache } from '../src/descriptor/sign.js'
 import { runCli } from './helpers/cli.js'
@@ -28,6 +29,12 @@ t.test('keys generate --alg HS256 prints a 32-byte secret; a bad --alg is refuse
   const out = JSON.parse(r.stdout) as { key: string, publicJwk: unknown }
   t.match(out.key, /^[A-Za-z0-9_-]{43}$/)
   t.equal(out.publicJwk, null)
+  // The text output is a key text as it is: its secret line carries the hs256: marker.
+  const text = await runCli(['keys', 'generate', '--alg', 'HS256'])
+  t.match(text.stdout, /\nhs256:[A-Za-z0-9_-]{43}\n$/)
+  const [parsed] = keysFromText(text.stdout, 'keys generate output')
+  t.equal(parsed?.alg, 'HS256')
+  t.equal(loadKeyring(parsed === undefined ? [] : [parsed]).signer.alg, 'HS256')
   const bad = await runCli(['keys', 'generate', '--alg', 'RS256'])
   t.equal(bad.code, 2)
   t.match(bad.stderr, /--alg must be ES256 or HS256, got "RS256" \(TENANT_PROXY_ERR_CLI_USAGE\)/)
@@ -58,7 +65,7 @@ t.test('descriptor decode shows claims and verifies with a key file, a secret, a
   t.equal(wrongHost.code, 1)
   t.match(wrongHost.stderr, /host claim "acme\.example\.com" does not match the request host "globex\.example\.com" \(TENANT_PROXY_ERR_DESCRIPTOR_INVALID\)/)
 
-  const hsToken = new DescriptorCache({ keyring: loadKeyring([{ key: 's'.repeat(32) }]), issuer: 'tenant-proxy', audience: 'app', ttlS: 60, refreshMarginS: 20 }).get({ slug: 'acme', epoch: 1, db: { name: 'a', host: 'h', port: 1 } }, 'acme.test')
+  const hsToken = new DescriptorCache({ keyring: loadKeyring([{ key: 's'.repeat(32), alg: 'HS256' }]), issuer: 'tenant-proxy', audience: 'app', ttlS: 60, refreshMarginS: 20 }).get({ slug: 'acme', epoch: 1, db: { name: 'a', host: 'h', port: 1 } }, 'acme.test')
   t.equal((await runCli(['descriptor', 'decode', hsToken, '--secret', 's'.repeat(32)])).code, 0)
   const badSecret = await runCli(['descriptor', 'decode', hsToken, '--secret', 't'.repeat(32)])
   t.equal(badSecret.code, 1)

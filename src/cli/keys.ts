@@ -3,6 +3,7 @@
  * `tenant-proxy keys rotate`: the three rotation phases on a key file (src/descriptor/rotate.ts).
  */
 import { generateKey } from '../descriptor/generate.js'
+import { HS256_PREFIX } from '../descriptor/key-text.js'
 import { inspectKeyFile, ROTATION_PHASES, rotateKeyFile, type RotationPhase } from '../descriptor/rotate.js'
 import { tpError } from '../errors.js'
 import { flag, str, type Command } from './command.js'
@@ -13,7 +14,8 @@ export const keysGenerate: Command = {
   usage: 'tenant-proxy keys generate [--alg ES256|HS256] [--json]',
   help: `ES256: prints a PKCS#8 private key PEM for TENANT_PROXY_DESCRIPTOR_KEYS(_FILE) and the public JWK
 apps verify with (also served at /.well-known/tenant-proxy/jwks.json on the ops listener).
-HS256: prints a random 32-byte secret to share with exactly one app.`,
+HS256: prints a random 32-byte secret to share with exactly one app, as hs256:<secret> (the form
+TENANT_PROXY_DESCRIPTOR_KEYS(_FILE) takes; the app gets the secret without the prefix).`,
   options: { alg: { type: 'string' }, json: { type: 'boolean' } },
   positionals: [0, 0],
   async run (ctx, args) {
@@ -27,7 +29,7 @@ HS256: prints a random 32-byte secret to share with exactly one app.`,
     ctx.io.out(`# kid: ${key.kid}  alg: ${key.alg}\n`)
     ctx.io.out(alg === 'ES256'
       ? `# Private key: keep it secret; give it to tenant-proxy as TENANT_PROXY_DESCRIPTOR_KEYS_FILE=<file>.\n${key.key.trimEnd()}\n# Public JWK for the app:\n${JSON.stringify(key.publicJwk)}\n`
-      : `# Shared secret: give it to tenant-proxy (TENANT_PROXY_DESCRIPTOR_KEYS) and to the one app that verifies it.\n${key.key}\n`)
+      : `# Shared secret: give this line to tenant-proxy as it is (TENANT_PROXY_DESCRIPTOR_KEYS, or the file TENANT_PROXY_DESCRIPTOR_KEYS_FILE names),\n# and the secret without the ${HS256_PREFIX} prefix to the one app that verifies it.\n${HS256_PREFIX}${key.key}\n`)
     return 0
   }
 }
