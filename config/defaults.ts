@@ -141,8 +141,9 @@ export const DEFAULTS = {
     refreshMarginS: 20,
     /**
      * (secret) Signing keys, first signs: `[{ "kid"?, "alg"?, "key" }]` where key is an EC P-256
-     * PEM (ES256; a public PEM is published but never signs) or an HS256 secret of >= 32 bytes.
-     * From the environment also a bare PEM or secret, or a file of several PEM blocks.
+     * PEM (ES256; a public PEM is published but never signs) or, with `"alg": "HS256"` (never
+     * implied), a secret of >= 32 bytes. From the environment also PEM blocks (a file may add #
+     * comments) or `hs256:<secret>`; any other text, damaged PEM armour included, is refused.
      */
     keys: [] as Array<{ kid?: string | null, alg?: 'ES256' | 'HS256' | null, key: string }>
   },

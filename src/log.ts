@@ -3,6 +3,7 @@
  * never passes secrets to the logger in the first place.
  */
 import pino, { type Logger } from 'pino'
+import { redactUrls } from './redact.js'
 
 /**
  * Paths pino blanks out. Exact paths only: wildcard paths make pino walk every logged object,
@@ -74,9 +75,63 @@ export function createLogger (level: string, destination?: pino.DestinationStrea
     level,
     base: { name: 'tenant-proxy' },
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    serializers: { err: serializeError, error: serializeError },
+    hooks: { logMethod: redactMessage },
     // Epoch milliseconds: formatting an ISO date costs more per request line than the rest of it.
     timestamp: pino.stdTimeFunctions.epochTime
   }, stream)
+}
+
+/**
+ * pino's error serializer, then every byte buffer in the result replaced by its length and every
+ * URL's userinfo by `***`. Node's HTTP parser errors carry the bytes they refused as
+ * `err.rawPacket` (the client's Authorization and Cookie headers among them), and library errors
+ * may carry buffers or connection strings of their own: an error's code, offsets and sizes are
+ * what an operator needs, never its bytes.
+ */
+export function serializeError (err: unknown): unknown {
+  const serialized: unknown = err instanceof Error ? pino.stdSerializers.err(err) : err
+  return scrubLogValue(serialized, 0)
+}
+
+/**
+ * The message strings of a log call with URL credentials redacted. An Error logged on its own
+ * would become the line's `msg` unredacted (pino copies err.message), and Fastify's default error
+ * handler logs err.message as the message: both go through here.
+ */
+function redactMessage (this: Logger, args: unknown[], method: (...a: unknown[]) => void): void {
+  const first = args[0]
+  if (first instanceof Error && typeof args[1] !== 'string') {
+    method.apply(this, [{ err: first }, redactUrls(first.message)])
+    return
+  }
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]
+    if (typeof arg === 'string') args[i] = redactUrls(arg)
+  }
+  method.apply(this, args)
+}
+
+function scrubLogValue (value: unknown, depth: number): unknown {
+  if (typeof value === 'string') return redactUrls(value)
+  if (typeof value !== 'object' || value === null) return value
+  if (ArrayBuffer.isView(value)) return bytesPlaceholder(value.byteLength)
+  if (value instanceof ArrayBuffer) return bytesPlaceholder(value.byteLength)
+  if (depth > 6) return '[…]'
+  if (Array.isArray(value)) {
+    // A buffer that went through JSON once (or a byte array built by hand) is still the bytes.
+    if (value.length > 0 && value.every((v) => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 255)) return bytesPlaceholder(value.length)
+    return value.map((v: unknown) => scrubLogValue(v, depth + 1))
+  }
+  const record = value as Record<string, unknown>
+  if (record.type === 'Buffer' && Array.isArray(record.data)) return bytesPlaceholder(record.data.length)
+  const out: Record<string, unknown> = {}
+  for (const key of Object.keys(record)) out[key] = scrubLogValue(record[key], depth + 1)
+  return out
+}
+
+function bytesPlaceholder (length: number): string {
+  return `[${length} bytes]`
 }
 
 /** The fields of one access-log line (one per traffic request). */

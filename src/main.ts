@@ -24,7 +24,8 @@ const code = await runCli(process.argv.slice(2), {
   env: process.env,
   io: {
     out: (text) => { process.stdout.write(text) },
-    err: (text) => { process.stderr.write(text) }
+    err: (text) => { process.stderr.write(text) },
+    outIsTerminal: process.stdout.isTTY === true
   },
   stopSignal,
   onReload: (fn) => { reloaders.push(fn) }

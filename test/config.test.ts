@@ -57,14 +57,16 @@ t.test('environment variables override, with types decoded', async (t) => {
 })
 
 t.test('secrets come from *_FILE', async (t) => {
-  const pem = '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n'
+  const { generateKeyPairSync } = await import('node:crypto')
+  const pem = (): string => generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString()
+  const second = pem()
   const config = loadConfig({
     env: { TENANT_PROXY_REGISTRY_DATABASE_URL_FILE: '/run/secrets/db', TENANT_PROXY_DESCRIPTOR_KEYS_FILE: '/run/secrets/keys' },
-    readFile: (p) => p === '/run/secrets/db' ? 'postgres://u:secret@db/r\n' : `${pem}${pem.replace('AAAA', 'BBBB')}`
+    readFile: (p) => p === '/run/secrets/db' ? 'postgres://u:secret@db/r\n' : `${pem()}${second}`
   })
   t.equal(config.registry.databaseUrl, 'postgres://u:secret@db/r')
   t.equal(config.descriptor.keys.length, 2)
-  t.match(config.descriptor.keys[1]?.key, /BBBB/)
+  t.equal(config.descriptor.keys[1]?.key, second.trim())
   t.match(problems({ TENANT_PROXY_REGISTRY_DATABASE_URL_FILE: '/missing' }), /registry\.databaseUrl: cannot read TENANT_PROXY_REGISTRY_DATABASE_URL_FILE \(\/missing\): ENOENT/)
   t.match(problems({ TENANT_PROXY_TRAFFIC_PORT: '1', TENANT_PROXY_TRAFFIC_PORT_FILE: '/x' }), /traffic\.port: set by both TENANT_PROXY_TRAFFIC_PORT and TENANT_PROXY_TRAFFIC_PORT_FILE/)
 })
@@ -150,6 +152,6 @@ t.test('a PEM whose newlines arrive escaped (Docker env files, Kamal secrets) is
   t.equal(config.descriptor.keys[0]?.key, pem.trim())
   const { loadKeyring } = await import('../src/descriptor/keyring.js')
   t.equal(loadKeyring(config.descriptor.keys).signer.alg, 'ES256', 'and it signs')
-  // A secret (not a PEM) is taken as written, backslashes included.
-  t.equal(loadConfig({ env: { TENANT_PROXY_DESCRIPTOR_KEYS: 'a\\nsecret-that-is-long-enough-for-hs256-0123456789' } }).descriptor.keys[0]?.key, 'a\\nsecret-that-is-long-enough-for-hs256-0123456789')
+  // An hs256: secret is taken as written, backslashes included.
+  t.same(loadConfig({ env: { TENANT_PROXY_DESCRIPTOR_KEYS: 'hs256:a\\nsecret-that-is-long-enough-for-hs256-0123456789' } }).descriptor.keys[0], { kid: null, alg: 'HS256', key: 'a\\nsecret-that-is-long-enough-for-hs256-0123456789' })
 })

@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -202,14 +202,11 @@ t.test('the Compose sample app verifies what the proxy signs (run without Docker
   const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-compose-'))
   t.teardown(async () => await rm(dir, { recursive: true, force: true }))
   const keyFile = path.join(dir, 'descriptor.pem')
-  // What the keys service writes: the full `keys generate` output, comments and JWK included.
-  const generated = await new Promise<string>((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'keys', 'generate'], { stdio: ['ignore', 'pipe', 'inherit'] })
-    let out = ''
-    child.stdout.on('data', (c: Buffer) => { out += c.toString() })
-    child.once('exit', (code) => { if (code === 0) resolve(out); else reject(new Error(`keys generate exited ${String(code)}`)) })
+  // What the keys service writes: `keys generate --out` (a PEM file, mode 0600).
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, 'keys', 'generate', '--out', keyFile, '--force'], { stdio: ['ignore', 'ignore', 'inherit'] })
+    child.once('exit', (code) => { if (code === 0) resolve(); else reject(new Error(`keys generate exited ${String(code)}`)) })
   })
-  await writeFile(keyFile, generated, { mode: 0o600 })
   const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.localhost'], databaseName: 'acme_production' }])
   const appPort = await freePort()
   const trafficPort = await freePort()

@@ -35,8 +35,8 @@ t.test('refusals carry the code, name descriptor.keys[i] and never contain key m
   const good = pem()
   const cases: Array<[string, readonly KeyConfig[], RegExp]> = [
     ['empty list', [], /^descriptor key descriptor\.keys: at least one signing key is required; create one with `tenant-proxy keys generate`$/],
-    ['HS256 secret of 31 bytes', [{ key: secret31 }], /descriptor\.keys\[0\]: HS256 secret is 31 bytes; at least 32 are required/],
-    ['31 bytes counted as UTF-8, not characters', [{ key: 'é'.repeat(15) + 'x' }], /descriptor\.keys\[0\]: HS256 secret is 31 bytes/],
+    ['HS256 secret of 31 bytes', [{ key: secret31, alg: 'HS256' }], /descriptor\.keys\[0\]: HS256 secret is 31 bytes; at least 32 are required/],
+    ['31 bytes counted as UTF-8, not characters', [{ key: 'é'.repeat(15) + 'x', alg: 'HS256' }], /descriptor\.keys\[0\]: HS256 secret is 31 bytes/],
     ['unparsable PEM', [{ key: '-----BEGIN PRIVATE KEY-----\nnot base64 at all, no\n-----END PRIVATE KEY-----' }], /descriptor\.keys\[0\]: not a readable PEM key/],
     ['RSA (PKCS#8)', [{ key: rsa }], /descriptor\.keys\[0\]: ES256 needs an EC P-256 key, got an RSA key/],
     ['RSA (PKCS#1)', [{ key: rsaPkcs1 }], /descriptor\.keys\[0\]: ES256 needs an EC P-256 key, got an RSA key/],
@@ -53,7 +53,13 @@ t.test('refusals carry the code, name descriptor.keys[i] and never contain key m
     ['alg ES256 with a secret', [{ key: 'x'.repeat(40), alg: 'ES256' }], /descriptor\.keys\[0\]: alg ES256 needs an EC P-256 key in PEM form/],
     ['unknown alg from untyped config', [{ key: good, alg: 'RS256' as KeyConfig['alg'] }], /descriptor\.keys\[0\]: alg must be ES256 or HS256/],
     ['empty kid', [{ key: good, kid: '' }], /descriptor\.keys\[0\]: kid must be a non-empty string/],
-    ['key not a string', [{ key: 'k'.repeat(32) }, { key: undefined as unknown as string }], /descriptor\.keys\[1\]: key must be a non-empty string/]
+    ['key not a string', [{ key: 'k'.repeat(32), alg: 'HS256' }, { key: undefined as unknown as string }], /descriptor\.keys\[1\]: key must be a non-empty string/],
+    // HS256 is never implied: a key that is not a PEM, without alg HS256, is refused.
+    ['a secret without alg', [{ key: 'Secret-without-alg-'.padEnd(40, 'z') }], /descriptor\.keys\[0\]: not a PEM key; an HS256 secret must say so: "alg": "HS256"/],
+    ['damaged BEGIN line, no alg', [{ key: good.replace('-----BEGIN', '----BEGIN') }], /descriptor\.keys\[0\]: not a PEM key; an HS256 secret must say so/],
+    ['damaged END line, no alg', [{ key: good.replace('-----END PRIVATE KEY-----', '-----END PRIVATE KEY') }], /descriptor\.keys\[0\]: not a readable PEM key/],
+    ['alg HS256 with damaged armour', [{ key: good.replace('-----BEGIN', '----BEGIN'), alg: 'HS256' }], /descriptor\.keys\[0\]: alg HS256 needs a shared secret, not a PEM key/],
+    ['alg HS256 with a JWK', [{ key: JSON.stringify({ kty: 'oct', k: 'Jwk-secret-'.padEnd(43, 'j') }), alg: 'HS256' }], /descriptor\.keys\[0\]: alg HS256 needs the secret itself, not JSON/]
   ]
   for (const [name, keys, expected] of cases) {
     const message = refusal(keys)
@@ -62,12 +68,13 @@ t.test('refusals carry the code, name descriptor.keys[i] and never contain key m
       for (const chunk of materialOf(k.key)) t.notOk(message.includes(chunk), `${name}: no key material in the message`)
     }
   }
-  t.match(refusal([{ key: 'short' }], (k) => loadKeyring(k, 'upstreams.shop.keys')), /upstreams\.shop\.keys\[0\]: HS256 secret is 5 bytes/, 'the path is the caller\'s')
+  t.match(refusal([{ key: 'short', alg: 'HS256' }], (k) => loadKeyring(k, 'upstreams.shop.keys')), /upstreams\.shop\.keys\[0\]: HS256 secret is 5 bytes/, 'the path is the caller\'s')
+  t.match(refusal([{ key: good }, { key: 'x'.repeat(40) }], (k) => loadKeyring(k, 'descriptor.keys', 'TENANT_PROXY_DESCRIPTOR_KEYS_FILE (/run/keys.pem)')), /^descriptor key descriptor\.keys\[1\] from TENANT_PROXY_DESCRIPTOR_KEYS_FILE \(\/run\/keys\.pem\): not a PEM key/, 'and the source, when given')
 })
 
 t.test('HS256: 32 bytes accepted; the UTF-8 bytes are the key; secrets never published', async (t) => {
   const secret = 'k'.repeat(MIN_HS256_BYTES)
-  const ring = loadKeyring([{ key: secret }])
+  const ring = loadKeyring([{ key: secret, alg: 'HS256' }])
   t.equal(ring.signer.alg, 'HS256')
   t.equal(ring.signer.kid, jwkThumbprint({ kty: 'oct', k: Buffer.from(secret).toString('base64url') }), 'kid is the RFC 7638 thumbprint of the oct JWK')
   t.same(ring.jwks(), { keys: [] })
@@ -80,7 +87,7 @@ t.test('HS256: 32 bytes accepted; the UTF-8 bytes are the key; secrets never pub
 t.test('ES256: kid defaults to the RFC 7638 thumbprint; public keys verify and are published', async (t) => {
   const signing = pem()
   const retired = publicPem()
-  const ring = loadKeyring([{ key: signing }, { key: retired, kid: 'retired-2026' }, { key: 'h'.repeat(32), kid: 'hs' }])
+  const ring = loadKeyring([{ key: signing }, { key: retired, kid: 'retired-2026' }, { key: 'h'.repeat(32), kid: 'hs', alg: 'HS256' }])
   t.match(ring.signer.kid, /^[A-Za-z0-9_-]{43}$/)
   t.equal(ring.signer.alg, 'ES256')
   t.same(JSON.parse(Buffer.from(ring.signer.headerB64, 'base64url').toString()), { alg: 'ES256', kid: ring.signer.kid, typ: 'tenant-db+jwt' })
@@ -108,10 +115,10 @@ t.test('SEC1 keys load, also after the EC PARAMETERS block openssl ecparam write
 
 t.test('keysFromConfig: verification keys only, a public key may come first', async (t) => {
   const pub = publicPem()
-  const keys = keysFromConfig([{ key: pub, kid: 'next' }, { key: 'v'.repeat(32), kid: 'hs' }])
+  const keys = keysFromConfig([{ key: pub, kid: 'next' }, { key: 'v'.repeat(32), kid: 'hs', alg: 'HS256' }])
   t.same([...keys.entries()].map(([kid, k]) => [kid, k.alg, k.key.type]), [['next', 'ES256', 'public'], ['hs', 'HS256', 'secret']])
   t.match(refusal([], (k) => keysFromConfig(k)), /descriptor key keys: at least one key is required/)
-  t.match(refusal([{ key: 'short' }], (k) => keysFromConfig(k, '--secret')), /--secret\[0\]: HS256 secret is 5 bytes/)
+  t.match(refusal([{ key: 'short', alg: 'HS256' }], (k) => keysFromConfig(k, '--secret')), /--secret\[0\]: HS256 secret is 5 bytes/)
 })
 
 t.test('generateKey makes usable keys', async (t) => {
@@ -124,6 +131,6 @@ t.test('generateKey makes usable keys', async (t) => {
   t.match(hs.key, /^[A-Za-z0-9_-]{43}$/)
   t.equal(Buffer.from(hs.key, 'base64url').length, 32, '32 random bytes')
   t.equal(hs.publicJwk, undefined, 'a secret has no public form')
-  t.equal(loadKeyring([{ key: hs.key }]).signer.kid, hs.kid)
+  t.equal(loadKeyring([{ key: hs.key, alg: 'HS256' }]).signer.kid, hs.kid)
   t.not(generateKey('HS256').key, hs.key)
 })

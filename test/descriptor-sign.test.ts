@@ -28,7 +28,7 @@ t.test('ES256 descriptors verify with jose (public key and the published JWKS)',
 
 t.test('HS256 descriptors verify with jose and the shared string secret', async (t) => {
   const secret = 'x'.repeat(40)
-  const ring = loadKeyring([{ key: secret }])
+  const ring = loadKeyring([{ key: secret, alg: 'HS256' }])
   const cache = new DescriptorCache({ keyring: ring, issuer: 'i', audience: 'a', ttlS: 60, refreshMarginS: 20 })
   const token = cache.get(target(), 'acme.test')
   const { payload, protectedHeader } = await jwtVerify(token, new TextEncoder().encode(secret), { issuer: 'i', audience: 'a', algorithms: ['HS256'], typ: 'tenant-db+jwt' })
@@ -39,7 +39,7 @@ t.test('HS256 descriptors verify with jose and the shared string secret', async 
 })
 
 t.test('signDescriptor keeps the claims as given, in order', async (t) => {
-  const ring = loadKeyring([{ key: 'w'.repeat(32), kid: 'k1' }])
+  const ring = loadKeyring([{ key: 'w'.repeat(32), kid: 'k1', alg: 'HS256' }])
   const claims: DescriptorClaims = { v: 1, iss: 'i', aud: 'a', sub: 's', host: 'h.test', db: { name: 'd', host: 'db', port: 6432 }, epoch: 9, iat: 100, nbf: 100, exp: 160 }
   const token = signDescriptor(claims, ring.signer)
   t.same(decodeProtectedHeader(token), { alg: 'HS256', kid: 'k1', typ: 'tenant-db+jwt' })
@@ -52,7 +52,7 @@ t.test('signDescriptor keeps the claims as given, in order', async (t) => {
 t.test('the cache signs once per host and target, and re-signs inside the refresh margin', async (t) => {
   let now = NOW
   let signatures = 0
-  const ring = loadKeyring([{ key: 'y'.repeat(32) }])
+  const ring = loadKeyring([{ key: 'y'.repeat(32), alg: 'HS256' }])
   const cache = new DescriptorCache({ keyring: ring, issuer: 'i', audience: 'a', ttlS: 60, refreshMarginS: 20, now: () => now, onSign: () => { signatures++ } })
   const acme = target()
   const first = cache.get(acme, 'acme.example.com')
@@ -87,7 +87,7 @@ t.test('the cache signs once per host and target, and re-signs inside the refres
 })
 
 t.test('the cache refuses a refresh margin that would sign every request; hooks are optional', async (t) => {
-  const keyring = loadKeyring([{ key: 'y'.repeat(32) }])
+  const keyring = loadKeyring([{ key: 'y'.repeat(32), alg: 'HS256' }])
   const refused = (ttlS: number, refreshMarginS: number): boolean => {
     try {
       new DescriptorCache({ keyring, issuer: 'i', audience: 'a', ttlS, refreshMarginS }).get(target(), 'x.test')

@@ -29,7 +29,7 @@ interface Vectors {
 const vectors = JSON.parse(readFileSync(VECTORS_PATH, 'utf8')) as Vectors
 
 function trustedKeys (): VerificationKeys {
-  return new Map([...keysFromJwks(vectors.jwks), ...keysFromConfig([{ key: vectors.keys.hs256.secret }])])
+  return new Map([...keysFromJwks(vectors.jwks), ...keysFromConfig([{ key: vectors.keys.hs256.secret, alg: 'HS256' }])])
 }
 
 function verifyCase (c: VectorCase, keys: VerificationKeys): { ok: true, claims: unknown } | { ok: false, reason: string, message: string } {
@@ -88,7 +88,7 @@ t.test('the fixture is consistent', async (t) => {
     t.equal(fromJwk.export({ type: 'pkcs8', format: 'pem' }).toString(), createPrivateKey(k.private_pem).export({ type: 'pkcs8', format: 'pem' }).toString(), `${name}: private JWK and PEM are the same key`)
     t.equal(createPublicKey(k.public_pem).export({ format: 'jwk' }).x, k.public_jwk.x, `${name}: public PEM matches`)
   }
-  const hsRing = loadKeyring([{ key: vectors.keys.hs256.secret }])
+  const hsRing = loadKeyring([{ key: vectors.keys.hs256.secret, alg: 'HS256' }])
   t.equal(hsRing.signer.kid, vectors.keys.hs256.kid, 'HS256 kid is the thumbprint of the secret\'s JWK')
   t.ok(Buffer.byteLength(vectors.keys.hs256.secret) >= 32, 'HS256 secret is at least 32 bytes')
   t.same(vectors.jwks.keys.map((k) => k.kid), [vectors.keys.es256.kid, vectors.keys.es256_rotated.kid], 'the JWKS holds the primary and the rotated key')
@@ -99,7 +99,7 @@ t.test('the fixture is consistent', async (t) => {
   for (const c of vectors.cases.filter((x) => x.expect === 'valid')) {
     const { header, claims } = decodeDescriptor(c.token)
     t.same(claims, c.claims, `${c.name}: claims field is the token's payload`)
-    const keys = header.alg === 'HS256' ? keysFromConfig([{ key: vectors.keys.hs256.secret }]) : jwksOnly
+    const keys = header.alg === 'HS256' ? keysFromConfig([{ key: vectors.keys.hs256.secret, alg: 'HS256' }]) : jwksOnly
     t.ok(verifyCase(c, keys).ok, `${c.name}: verifies with ${header.alg === 'HS256' ? 'the HS256 secret alone' : 'the JWKS in the file alone'}`)
   }
   const oversized = vectors.cases.find((c) => c.reason === 'too_large')

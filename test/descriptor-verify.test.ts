@@ -11,7 +11,7 @@ const pair = generateKeyPairSync('ec', { namedCurve: 'P-256' })
 const ring = loadKeyring([{ key: pair.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() }])
 const other = loadKeyring([{ key: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' }).toString() }])
 const SECRET = 'z'.repeat(32)
-const hsRing = loadKeyring([{ key: SECRET, kid: 'hs' }])
+const hsRing = loadKeyring([{ key: SECRET, kid: 'hs', alg: 'HS256' }])
 const claims = (over: Partial<DescriptorClaims> = {}): DescriptorClaims => ({ v: 1, iss: 'iss', aud: 'aud', sub: 'acme', host: 'acme.example.com', db: { name: 'acme', host: 'db', port: 5432 }, epoch: 1, iat: T, nbf: T, exp: T + 60, ...over })
 const opts: VerifyOptions = { keys: ring.verificationKeys, issuer: 'iss', audience: 'aud', host: 'acme.example.com', now: () => NOW }
 
@@ -47,7 +47,7 @@ t.test('round trip: cache → verify, with keyring keys, the published JWKS and 
   t.equal(reason(token, { host: undefined }), 'accepted', 'host is only compared when given')
   const hs = signDescriptor(claims(), hsRing.signer)
   t.same(verifyDescriptor(hs, { ...opts, keys: hsRing.verificationKeys }), claims(), 'HS256')
-  t.same(verifyDescriptor(hs, { ...opts, keys: keysFromConfig([{ key: SECRET, kid: 'hs' }]) }), claims(), 'HS256 from a configured secret')
+  t.same(verifyDescriptor(hs, { ...opts, keys: keysFromConfig([{ key: SECRET, kid: 'hs', alg: 'HS256' }]) }), claims(), 'HS256 from a configured secret')
 })
 
 t.test('forgeries are refused with their reason', async (t) => {
@@ -68,7 +68,7 @@ t.test('forgeries are refused with their reason', async (t) => {
     const input = `${header({ alg: 'HS256' })}.${p}`
     t.match(reason(`${input}.${hmac(secret, input)}`), /alg "HS256" does not match the key's ES256/, `HS256 signed with the public key (${name})`)
   }
-  t.match(reason(signDescriptor(claims(), loadKeyring([{ key: SECRET, kid: ring.signer.kid }]).signer)), /alg "HS256" does not match the key's ES256/, 'HS256 under an ES256 kid')
+  t.match(reason(signDescriptor(claims(), loadKeyring([{ key: SECRET, kid: ring.signer.kid, alg: 'HS256' }]).signer)), /alg "HS256" does not match the key's ES256/, 'HS256 under an ES256 kid')
   t.match(reason(signDescriptor(claims(), ring.signer), { keys: hsRing.verificationKeys }), /unknown kid/, 'ES256 token, HS256-only verifier')
   const esUnderHsKid = `${header({ kid: 'hs' })}.${p}`
   t.match(reason(`${esUnderHsKid}.${ring.signer.sign(esUnderHsKid)}`, { keys: hsRing.verificationKeys }), /alg "ES256" does not match the key's HS256/)

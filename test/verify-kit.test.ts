@@ -42,7 +42,7 @@ async function outcome (verifier: Kit.DescriptorVerifier, token: string | undefi
 
 t.test('every shared vector through tenant-proxy/verify (inline keys and a JWKS file)', async (t) => {
   const opts = { issuer: vectors.issuer, audience: vectors.audience, leewayS: vectors.leeway, now: () => vectors.now * 1000 }
-  const inline = kit.createVerifier({ keys: [...vectors.jwks.keys.map((k) => ({ key: jwkToPem(k) })), { key: vectors.keys.hs256.secret }] }, opts)
+  const inline = kit.createVerifier({ keys: [...vectors.jwks.keys.map((k) => ({ key: jwkToPem(k) })), { key: vectors.keys.hs256.secret, alg: 'HS256' as const }] }, opts)
   const dir = await mkdtemp(join(tmpdir(), 'tp-kit-'))
   const file = join(dir, 'jwks.json')
   await writeFile(file, JSON.stringify(vectors.jwks))

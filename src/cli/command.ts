@@ -11,6 +11,8 @@ import type { RegistryConnection } from '../registry/connect.js'
 export interface CliIo {
   out (text: string): void
   err (text: string): void
+  /** True when `out` is a terminal (main.ts: process.stdout.isTTY), where a printed secret stays in view and in scrollback. */
+  readonly outIsTerminal?: boolean
 }
 
 /** What a command gets to work with. */

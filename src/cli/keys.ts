@@ -1,35 +1,96 @@
 /**
- * `tenant-proxy keys generate`: a new descriptor signing key and what the app needs to verify it.
+ * `tenant-proxy keys generate`: a new descriptor signing key (into a file only its owner can read,
+ * or printed) and what the app needs to verify it.
  * `tenant-proxy keys rotate`: the three rotation phases on a key file (src/descriptor/rotate.ts).
  */
+import { randomBytes } from 'node:crypto'
+import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
+import { basename, dirname, join } from 'node:path'
 import { generateKey } from '../descriptor/generate.js'
+import { HS256_PREFIX } from '../descriptor/key-text.js'
 import { inspectKeyFile, ROTATION_PHASES, rotateKeyFile, type RotationPhase } from '../descriptor/rotate.js'
 import { tpError } from '../errors.js'
 import { flag, str, type Command } from './command.js'
 
 export const keysGenerate: Command = {
   name: 'keys generate',
-  summary: 'Print a new descriptor signing key (ES256 by default) and its public JWK.',
-  usage: 'tenant-proxy keys generate [--alg ES256|HS256] [--json]',
-  help: `ES256: prints a PKCS#8 private key PEM for TENANT_PROXY_DESCRIPTOR_KEYS(_FILE) and the public JWK
-apps verify with (also served at /.well-known/tenant-proxy/jwks.json on the ops listener).
-HS256: prints a random 32-byte secret to share with exactly one app.`,
-  options: { alg: { type: 'string' }, json: { type: 'boolean' } },
+  summary: 'Create a new descriptor signing key (ES256 by default): written to --out FILE (mode 0600) or printed, with its public JWK.',
+  usage: 'tenant-proxy keys generate [--alg ES256|HS256] [--out FILE [--force]] [--json]',
+  help: `ES256: a PKCS#8 private key PEM for TENANT_PROXY_DESCRIPTOR_KEYS(_FILE) and the public JWK apps
+verify with (also served at /.well-known/tenant-proxy/jwks.json on the ops listener).
+HS256: a random 32-byte secret to share with exactly one app, as hs256:<secret> (the form
+TENANT_PROXY_DESCRIPTOR_KEYS(_FILE) takes; the app gets the secret without the prefix).
+--out FILE writes the key to FILE only, created readable by its owner alone (mode 0600; a shell
+redirect would create it with the umask's mode, usually 0644), and prints the public JWK. An
+existing FILE is never replaced without --force. Without --out the key is printed; on a terminal
+a warning says it is a secret.`,
+  options: { alg: { type: 'string' }, json: { type: 'boolean' }, out: { type: 'string' }, force: { type: 'boolean' } },
   positionals: [0, 0],
   async run (ctx, args) {
     const alg = str(args, 'alg') ?? 'ES256'
     if (alg !== 'ES256' && alg !== 'HS256') throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`--alg must be ES256 or HS256, got ${JSON.stringify(alg)}`])
+    const out = str(args, 'out')
+    if (out === '') throw tpError('TENANT_PROXY_ERR_CLI_USAGE', ['--out needs a file name'])
+    if (flag(args, 'force') && out === undefined) throw tpError('TENANT_PROXY_ERR_CLI_USAGE', ['--force only applies to --out FILE'])
     const key = generateKey(alg)
-    if (flag(args, 'json')) {
-      ctx.io.out(JSON.stringify({ alg: key.alg, kid: key.kid, key: key.key, publicJwk: key.publicJwk ?? null }, null, 2) + '\n')
+    // What tenant-proxy reads: the PEM, or the secret with the prefix that says it is one.
+    const keyText = alg === 'ES256' ? key.key.trimEnd() + '\n' : `${HS256_PREFIX}${key.key}\n`
+    const publicJwk = key.publicJwk ?? null
+
+    if (out !== undefined) {
+      writeKeyFile(out, keyText, flag(args, 'force'))
+      if (flag(args, 'json')) {
+        ctx.io.out(JSON.stringify({ alg: key.alg, kid: key.kid, out, publicJwk }, null, 2) + '\n')
+        return 0
+      }
+      ctx.io.out(`# kid: ${key.kid}  alg: ${key.alg}\n`)
+      ctx.io.out(alg === 'ES256'
+        ? `# Private key written to ${out} (mode 0600): give it to tenant-proxy as TENANT_PROXY_DESCRIPTOR_KEYS_FILE=${out}.\n# Public JWK for the app:\n${JSON.stringify(publicJwk)}\n`
+        : `# Secret written to ${out} (mode 0600) as ${HS256_PREFIX}<secret>: give the file to tenant-proxy as TENANT_PROXY_DESCRIPTOR_KEYS_FILE=${out},\n# and the secret without the ${HS256_PREFIX} prefix to the one app that verifies it.\n`)
       return 0
     }
-    ctx.io.out(`# kid: ${key.kid}  alg: ${key.alg}\n`)
-    ctx.io.out(alg === 'ES256'
-      ? `# Private key: keep it secret; give it to tenant-proxy as TENANT_PROXY_DESCRIPTOR_KEYS_FILE=<file>.\n${key.key.trimEnd()}\n# Public JWK for the app:\n${JSON.stringify(key.publicJwk)}\n`
-      : `# Shared secret: give it to tenant-proxy (TENANT_PROXY_DESCRIPTOR_KEYS) and to the one app that verifies it.\n${key.key}\n`)
+
+    if (flag(args, 'json')) {
+      ctx.io.out(JSON.stringify({ alg: key.alg, kid: key.kid, key: key.key, publicJwk }, null, 2) + '\n')
+    } else {
+      ctx.io.out(`# kid: ${key.kid}  alg: ${key.alg}\n`)
+      ctx.io.out(alg === 'ES256'
+        ? `# Private key: keep it secret; give it to tenant-proxy as TENANT_PROXY_DESCRIPTOR_KEYS_FILE=<file>.\n${keyText}# Public JWK for the app:\n${JSON.stringify(publicJwk)}\n`
+        : `# Shared secret: give this line to tenant-proxy as it is (TENANT_PROXY_DESCRIPTOR_KEYS, or the file TENANT_PROXY_DESCRIPTOR_KEYS_FILE names),\n# and the secret without the ${HS256_PREFIX} prefix to the one app that verifies it.\n${keyText}`)
+    }
+    if (ctx.io.outIsTerminal === true) {
+      ctx.io.err(`tenant-proxy: warning: the ${alg === 'ES256' ? 'private key' : 'secret'} above is secret and is now on this terminal and in its scrollback; ` +
+        'write the next one with --out FILE (created with mode 0600, readable by its owner only)\n')
+    }
     return 0
   }
+}
+
+/**
+ * Writes a key file readable by its owner only. The file is created with mode 0600 by the open
+ * itself (O_CREAT|O_EXCL: no moment with a wider mode, and never through a symlink or into an
+ * existing file); with `force`, a temporary file made the same way is renamed over the old one.
+ */
+function writeKeyFile (path: string, text: string, force: boolean): void {
+  const target = force ? join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`) : path
+  let fd: number
+  try {
+    fd = openSync(target, 'wx', 0o600)
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error'
+    if (code === 'EEXIST' && !force) throw tpError('TENANT_PROXY_ERR_CLI_CONFIRM', [`--out ${path} exists; keys generate replaces a key file only with --force`])
+    throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`--out ${path}: cannot create it (${code})`], err)
+  }
+  try {
+    writeSync(fd, text)
+    fsyncSync(fd)
+  } catch (err) {
+    closeSync(fd)
+    unlinkSync(target)
+    throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`--out ${path}: cannot write it (${(err as NodeJS.ErrnoException).code ?? 'error'})`], err)
+  }
+  closeSync(fd)
+  if (force) renameSync(target, path)
 }
 
 export const keysRotate: Command = {

@@ -4,6 +4,7 @@
  */
 import { loadConfig, type Config } from '../config/load.js'
 import { isTpError } from '../errors.js'
+import { redactUrls } from '../redact.js'
 import { openRegistry, type RegistryConnection } from '../registry/connect.js'
 import { assertMigrated } from '../registry/migrate.js'
 import { commandHelp, parseCommandArgs, str, type CliIo, type Command, type CommandContext } from './command.js'
@@ -80,7 +81,7 @@ export async function runCli (argv: readonly string[], environment: CliEnvironme
   } catch (err) {
     return reportError(io, err)
   } finally {
-    await registry?.close().catch((err: unknown) => io.err(`tenant-proxy: closing the registry failed: ${(err as Error).message}\n`))
+    await registry?.close().catch((err: unknown) => io.err(`tenant-proxy: closing the registry failed: ${redactUrls((err as Error).message)}\n`))
   }
 }
 
@@ -93,12 +94,13 @@ function findCommand (argv: readonly string[]): Command | undefined {
 
 function reportError (io: CliIo, err: unknown): number {
   if (isTpError(err)) {
-    io.err(`tenant-proxy: ${err.message} (${err.code})\n`)
+    // Catalogue messages are built without credentials; redacting again costs nothing.
+    io.err(`tenant-proxy: ${redactUrls(err.message)} (${err.code})\n`)
     if (err.code === 'TENANT_PROXY_ERR_CONFIG_INVALID' || err.code === 'TENANT_PROXY_ERR_CONFIG_FILE' || err.code === 'TENANT_PROXY_ERR_KEY_INVALID') return EXIT.config
     if (err.code === 'TENANT_PROXY_ERR_CLI_USAGE' || err.code === 'TENANT_PROXY_ERR_CLI_CONFIRM' || err.code === 'TENANT_PROXY_ERR_TENANT_INVALID' || err.code === 'TENANT_PROXY_ERR_HOST_INVALID' || err.code === 'TENANT_PROXY_ERR_IMPORT_INVALID') return EXIT.usage
     return EXIT.failed
   }
-  io.err(`tenant-proxy: unexpected error: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`)
+  io.err(`tenant-proxy: unexpected error: ${redactUrls(err instanceof Error ? err.stack ?? err.message : String(err))}\n`)
   return EXIT.failed
 }
 

@@ -132,7 +132,8 @@ export function httpOrigin (): Field<string> {
       try {
         url = new URL(value)
       } catch {
-        return bad(`must be an http:// or https:// URL (got ${JSON.stringify(value)})`)
+        // No value here: the loader prints it, with any credentials redacted.
+        return bad('must be an http:// or https:// URL')
       }
       if (url.protocol !== 'http:' && url.protocol !== 'https:') return bad('must use http:// or https://')
       if (url.username !== '' || url.password !== '') return bad('must not carry credentials')

@@ -5,7 +5,10 @@
  */
 import { readFileSync } from 'node:fs'
 import { DEFAULTS } from '../../config/defaults.js'
+import { keysFromText } from '../descriptor/key-text.js'
+import { loadKeyring } from '../descriptor/keyring.js'
 import { tpError } from '../errors.js'
+import { redactValue } from '../redact.js'
 import type { Field } from './fields.js'
 import { SCHEMA, crossChecks, isField, type Config, type SchemaTree } from './schema.js'
 
@@ -38,18 +41,25 @@ export function loadConfig (sources: ConfigSources): Config {
     try {
       parsed = JSON.parse(readFile(configPath))
     } catch (err) {
-      throw tpError('TENANT_PROXY_ERR_CONFIG_FILE', [configPath, (err as Error).message], err)
+      // Not err.message: V8's JSON.parse messages quote the text around the error, and a config
+      // file holds secrets (registry.databaseUrl, descriptor.keys).
+      const reason = err instanceof SyntaxError ? jsonProblem(err) : (err as NodeJS.ErrnoException).code ?? 'unreadable'
+      throw tpError('TENANT_PROXY_ERR_CONFIG_FILE', [configPath, reason], err)
     }
     mergeFile(SCHEMA, raw, parsed, '', `config file ${configPath}`, origin, problems)
   }
 
-  applyEnv(raw, sources.env, readFile, origin, problems)
+  const keySource = new Map<string, string>()
+  applyEnv(raw, sources.env, readFile, origin, keySource, problems)
 
   const config = validate(SCHEMA, raw, '', origin, problems) as Config
   if (problems.length === 0) {
     for (const [path, reason] of crossChecks(config)) problems.push(`${path}: ${reason}`)
   }
   if (problems.length > 0) throw tpError('TENANT_PROXY_ERR_CONFIG_INVALID', ['\n  ' + problems.join('\n  ')])
+  // Key material is checked here, where its source is known, so a broken key names the variable
+  // or file it came from (TENANT_PROXY_ERR_KEY_INVALID). Commands that need no key work without one.
+  if (config.descriptor.keys.length > 0) loadKeyring(config.descriptor.keys, 'descriptor.keys', keySource.get('descriptor.keys') ?? origin.get('descriptor.keys'))
   return deepFreeze(config)
 }
 
@@ -84,7 +94,7 @@ function mergeFile (schema: SchemaTree, target: Record<string, unknown>, value: 
   }
 }
 
-function applyEnv (raw: Record<string, unknown>, env: ConfigSources['env'], readFile: (p: string) => string, origin: Map<string, string>, problems: string[]): void {
+function applyEnv (raw: Record<string, unknown>, env: ConfigSources['env'], readFile: (p: string) => string, origin: Map<string, string>, keySource: Map<string, string>, problems: string[]): void {
   const known = new Map<string, { path: string, field: Field<unknown> }>()
   walk(SCHEMA, '', (path, field) => known.set(envName(path), { path, field }))
   for (const [alias, path] of Object.entries(ENV_ALIASES)) known.set(alias, { path, field: leafAt(path) })
@@ -119,6 +129,15 @@ function applyEnv (raw: Record<string, unknown>, env: ConfigSources['env'], read
       source = name
       text = direct as string
     }
+    if (field.env === 'keys') {
+      // Key texts have their own explicit forms (src/descriptor/key-text.ts); a text that fits none
+      // stops here with TENANT_PROXY_ERR_KEY_INVALID naming the variable and the file.
+      const named = file === undefined ? name : `${name}_FILE (${file})`
+      setAt(raw, path, keysFromText(text, named))
+      origin.set(path, source)
+      keySource.set(path, named)
+      continue
+    }
     const decoded = decodeEnv(field, text)
     if (!decoded.ok) {
       problems.push(`${path}: ${decoded.reason} (from ${source})`)
@@ -146,16 +165,9 @@ function decodeEnv (field: Field<unknown>, text: string): { ok: true, value: unk
       return { ok: true, value: text.split(',').map((s) => s.trim()).filter((s) => s !== '') }
     case 'json':
       return parseJson(text)
-    case 'keys': {
-      if (text.trim().startsWith('[')) return parseJson(text)
-      // Docker env files (Kamal secrets among them) cannot carry newlines, so a PEM often arrives
-      // with literal "\n" sequences; a PEM never contains a backslash, so unescaping is safe.
-      const pemText = text.includes('-----BEGIN ') && !text.includes('\n') ? text.replaceAll('\\n', '\n') : text
-      // A bare PEM, a file of several PEM blocks (first signs), or a bare HS256 secret.
-      const pems = pemText.match(/-----BEGIN [A-Z ]+-----[\s\S]*?-----END [A-Z ]+-----/g)
-      if (pems !== null) return { ok: true, value: pems.map((key) => ({ key })) }
-      return { ok: true, value: [{ key: text.trim() }] }
-    }
+    case 'keys':
+      // Decoded by applyEnv with keysFromText, which knows the source to name.
+      return { ok: true, value: text }
   }
 }
 
@@ -163,8 +175,18 @@ function parseJson (text: string): { ok: true, value: unknown } | { ok: false, r
   try {
     return { ok: true, value: JSON.parse(text) }
   } catch (err) {
-    return { ok: false, reason: `is not valid JSON (${(err as Error).message})` }
+    return { ok: false, reason: `is ${jsonProblem(err)}` }
   }
+}
+
+/**
+ * A JSON syntax error without the text: V8 quotes the text around the error ("Unexpected token
+ * 'h', "{"key": hunter2-se"... is not valid JSON"), and that text may be a password or a key.
+ * Only the position, when V8 gives one, is kept.
+ */
+export function jsonProblem (err: unknown): string {
+  const position = /\bposition (\d+)/.exec(err instanceof Error ? err.message : '')?.[1]
+  return position === undefined ? 'not valid JSON' : `not valid JSON (error at character ${position})`
 }
 
 function validate (schema: SchemaTree, raw: Record<string, unknown>, prefix: string, origin: Map<string, string>, problems: string[]): Record<string, unknown> {
@@ -178,7 +200,9 @@ function validate (schema: SchemaTree, raw: Record<string, unknown>, prefix: str
         out[key] = r.value
       } else {
         const from = origin.get(path) ?? 'default'
-        const got = node.secret ? '' : `got ${truncate(JSON.stringify(value) ?? String(value))} `
+        // Secret keys are never echoed; other values are, with URL credentials redacted first
+        // (an upstream origin pasted with its password), then shortened.
+        const got = node.secret ? '' : `got ${truncate(JSON.stringify(redactValue(value)) ?? String(value))} `
         problems.push(`${path}: ${r.reason} (${got}from ${from})`)
       }
     } else {

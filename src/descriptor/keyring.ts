@@ -54,12 +54,15 @@ export const DESCRIPTOR_TYP = 'tenant-db+jwt'
 /** Minimum HS256 secret length: RFC 7518 section 3.2 requires a key at least as long as the hash. */
 export const MIN_HS256_BYTES = 32
 
-/** Parses and checks every key; throws TENANT_PROXY_ERR_KEY_INVALID naming `path[i]` (never the key). */
-export function loadKeyring (keys: readonly KeyConfig[], path = 'descriptor.keys'): Keyring {
-  const parsed = parseAll(keys, path, 'at least one signing key is required; create one with `tenant-proxy keys generate`')
+/**
+ * Parses and checks every key; throws TENANT_PROXY_ERR_KEY_INVALID naming `path[i]` and, when
+ * given, where the keys came from (`source`: a variable, a file, a config file), never the key.
+ */
+export function loadKeyring (keys: readonly KeyConfig[], path = 'descriptor.keys', source?: string): Keyring {
+  const parsed = parseAll(keys, path, source, 'at least one signing key is required; create one with `tenant-proxy keys generate`')
   const first = parsed[0]
   if (first === undefined || first.signKey === null) {
-    throw tpError('TENANT_PROXY_ERR_KEY_INVALID', [`${path}[0]`, 'the first key signs, so it must be a private key or secret (public keys may follow it)'])
+    fail(where(path, 0, source), 'the first key signs, so it must be a private key or secret (public keys may follow it)')
   }
   const verificationKeys = new Map<string, VerificationKey>(parsed.map((k) => [k.kid, { alg: k.alg, key: k.verifyKey }]))
   const jwks = parsed.flatMap((k) => k.publicJwk === null ? [] : [k.publicJwk])
@@ -67,8 +70,8 @@ export function loadKeyring (keys: readonly KeyConfig[], path = 'descriptor.keys
 }
 
 /** Verification keys only (public PEMs allowed first), with the same checks as loadKeyring; for verifiers and the CLI. */
-export function keysFromConfig (keys: readonly KeyConfig[], path = 'keys'): Map<string, VerificationKey> {
-  const parsed = parseAll(keys, path, 'at least one key is required')
+export function keysFromConfig (keys: readonly KeyConfig[], path = 'keys', source?: string): Map<string, VerificationKey> {
+  const parsed = parseAll(keys, path, source, 'at least one key is required')
   return new Map(parsed.map((k) => [k.kid, { alg: k.alg, key: k.verifyKey }]))
 }
 
@@ -90,17 +93,19 @@ interface ParsedKey {
 }
 
 const PEM_LABEL = /-----BEGIN ([A-Z0-9 ]+)-----/g
+/** Text that is (part of) PEM armour, damaged or not: never an HMAC secret. */
+const PEM_LIKE = /-----|\bBEGIN [A-Z]|PRIVATE KEY|PUBLIC KEY/
 const PRIVATE_LABELS = new Set(['PRIVATE KEY', 'EC PRIVATE KEY', 'RSA PRIVATE KEY'])
 const PUBLIC_LABELS = new Set(['PUBLIC KEY', 'RSA PUBLIC KEY'])
 
-function parseAll (keys: readonly KeyConfig[], path: string, emptyReason: string): ParsedKey[] {
+function parseAll (keys: readonly KeyConfig[], path: string, source: string | undefined, emptyReason: string): ParsedKey[] {
   const list: unknown = keys
-  if (!Array.isArray(list) || keys.length === 0) throw tpError('TENANT_PROXY_ERR_KEY_INVALID', [path, emptyReason])
+  if (!Array.isArray(list) || keys.length === 0) fail(source === undefined ? path : `${path} from ${source}`, emptyReason)
   const parsed: ParsedKey[] = []
   const seen = new Set<string>()
   for (const [i, k] of keys.entries()) {
-    const p = parseKey(k, `${path}[${i}]`)
-    if (seen.has(p.kid)) throw tpError('TENANT_PROXY_ERR_KEY_INVALID', [`${path}[${i}]`, `duplicate kid ${JSON.stringify(p.kid)}`])
+    const p = parseKey(k, where(path, i, source))
+    if (seen.has(p.kid)) fail(where(path, i, source), `duplicate kid ${JSON.stringify(p.kid)}`)
     seen.add(p.kid)
     parsed.push(p)
   }
@@ -114,9 +119,12 @@ function parseKey (k: KeyConfig, at: string): ParsedKey {
   if (k.kid != null && (typeof k.kid !== 'string' || k.kid === '')) fail(at, 'kid must be a non-empty string')
   if (k.alg != null && k.alg !== 'ES256' && k.alg !== 'HS256') fail(at, 'alg must be ES256 or HS256')
   const isPem = k.key.includes('-----BEGIN ')
-  const alg = k.alg ?? (isPem ? 'ES256' : 'HS256')
+  // HS256 is chosen explicitly or not at all: guessing it from "not a PEM" made a key with damaged
+  // armour (private key included) an HMAC secret that any holder of the text could sign with.
+  const alg = k.alg ?? 'ES256'
   if (alg === 'HS256') {
-    if (isPem) fail(at, 'alg HS256 needs a shared secret, not a PEM key')
+    if (PEM_LIKE.test(k.key)) fail(at, 'alg HS256 needs a shared secret, not a PEM key')
+    if (isJsonContainer(k.key)) fail(at, 'alg HS256 needs the secret itself, not JSON (a JWK?)')
     // The string's UTF-8 bytes are the HMAC key, as Ruby jwt, PyJWT and jose treat a string secret.
     const bytes = Buffer.from(k.key, 'utf8')
     if (bytes.length < MIN_HS256_BYTES) fail(at, `HS256 secret is ${bytes.length} bytes; at least ${MIN_HS256_BYTES} are required`)
@@ -124,7 +132,11 @@ function parseKey (k: KeyConfig, at: string): ParsedKey {
     const kid = k.kid ?? jwkThumbprint({ kty: 'oct', k: bytes.toString('base64url') })
     return { kid, alg, signKey: secret, verifyKey: secret, publicJwk: null }
   }
-  if (!isPem) fail(at, 'alg ES256 needs an EC P-256 key in PEM form')
+  if (!isPem) {
+    fail(at, k.alg == null
+      ? 'not a PEM key; an HS256 secret must say so: "alg": "HS256" (or hs256:<secret> in TENANT_PROXY_DESCRIPTOR_KEYS)'
+      : 'alg ES256 needs an EC P-256 key in PEM form')
+  }
   const { signKey, verifyKey } = parsePem(k.key, at)
   if (verifyKey.asymmetricKeyType === 'rsa' || verifyKey.asymmetricKeyType === 'rsa-pss') fail(at, 'ES256 needs an EC P-256 key, got an RSA key')
   const curve = verifyKey.asymmetricKeyDetails?.namedCurve
@@ -164,6 +176,23 @@ function makeSigner (kid: string, alg: DescriptorAlg, key: KeyObject): Signer {
   }
   // JWS ES256 signatures are the raw 64-byte r||s pair (RFC 7518 section 3.4), not DER.
   return { kid, alg, headerB64, sign: (input) => sign('sha256', Buffer.from(input), { key, dsaEncoding: 'ieee-p1363' }).toString('base64url') }
+}
+
+/** True when `text` is a JSON object or array (a JWK or key list pasted where a secret belongs). */
+function isJsonContainer (text: string): boolean {
+  const t = text.trim()
+  if (!(t.startsWith('{') || t.startsWith('['))) return false
+  try {
+    JSON.parse(t)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** `path[i]`, and where the keys came from when known. */
+function where (path: string, i: number, source: string | undefined): string {
+  return source === undefined ? `${path}[${i}]` : `${path}[${i}] from ${source}`
 }
 
 function fail (at: string, reason: string): never {

@@ -10,6 +10,7 @@ import { request as httpRequest, type IncomingMessage, type ServerResponse } fro
 import { request as httpsRequest } from 'node:https'
 import type { FastifyPluginCallback } from 'fastify'
 import { tpError } from '../errors.js'
+import { keysFromText } from './key-text.js'
 import { keysFromConfig, type KeyConfig, type VerificationKey } from './keyring.js'
 import type { DescriptorClaims } from './sign.js'
 import { checkHeader, checkSigned, decodeDescriptor, DescriptorError, keysFromJwks } from './verify.js'
@@ -43,8 +44,9 @@ export interface Jwks { keys: unknown[] }
 
 /**
  * Where the keys come from: the proxy's JWKS URL (fetched, cached, refetched on rotation), a JWKS
- * file (read the same way), or keys given inline (a JWKS object, or a list of PEM keys and HS256
- * secrets as in `descriptor.keys`, or one PEM or secret).
+ * file (read the same way), or keys given inline (a JWKS object, a list of PEM keys and HS256
+ * secrets as in `descriptor.keys`, or a key text as in TENANT_PROXY_DESCRIPTOR_KEYS: PEM blocks
+ * or `hs256:<secret>`). An HS256 secret is always marked as one (`alg: 'HS256'` or the prefix).
  */
 export type KeySource = { jwksUrl: string | URL } | { jwksFile: string } | { keys: Jwks | readonly KeyConfig[] | string }
 
@@ -256,7 +258,7 @@ function keySetFor (source: KeySource, options: VerifierOptions, now: () => numb
 }
 
 function staticKeys (keys: Jwks | readonly KeyConfig[] | string): Map<string, VerificationKey> {
-  if (typeof keys === 'string') return keysFromConfig([{ key: keys }])
+  if (typeof keys === 'string') return keysFromConfig(keysFromText(keys, 'createVerifier keys'), 'createVerifier keys')
   if (Array.isArray(keys)) return keysFromConfig(keys)
   return keysFromJwks(keys)
 }

@@ -14,6 +14,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unl
 import { basename, dirname, join } from 'node:path'
 import { tpError } from '../errors.js'
 import { generateKey } from './generate.js'
+import { HS256_PREFIX, keysFromText } from './key-text.js'
 import { loadKeyring, type PublicJwk } from './keyring.js'
 
 /** The phases, in the order they must run. */
@@ -52,15 +53,15 @@ export interface RotationStep {
   readonly publishedJwk: PublicJwk | null
 }
 
-const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----[\s\S]*?-----END \1-----/g
 const FROM: Record<RotationPhase, RotationState> = { publish: 'steady', switch: 'published', retire: 'switched' }
 
 /** Parses a key file's text and says where its rotation stands; throws TENANT_PROXY_ERR_KEY_ROTATION or _KEY_INVALID. */
 export function readKeyFile (text: string, path: string): KeyFile {
-  if (text.trim().startsWith('[')) refuse(`${path} is a JSON key list; keys rotate works on ES256 PEM key files (HS256 secrets are rotated by hand, see docs/operations.md)`)
-  // The same blocks the config loader takes (src/config/load.ts); EC PARAMETERS carries no key.
-  const pems = [...text.matchAll(PEM_BLOCK)].filter((m) => m[1] !== 'EC PARAMETERS').map((m) => m[0])
-  if (pems.length === 0) refuse(`${path} holds no PEM key (an HS256 secret file is rotated by hand)`)
+  const trimmed = text.trim()
+  if (trimmed.startsWith('[') || trimmed.startsWith('{')) refuse(`${path} is a JSON key list; keys rotate works on ES256 PEM key files (HS256 secrets are rotated by hand, see docs/operations.md)`)
+  if (/^(#.*\n\s*)*hs256:/i.test(trimmed)) refuse(`${path} holds an ${HS256_PREFIX} secret; keys rotate works on ES256 PEM key files (HS256 secrets are rotated by hand, see docs/operations.md)`)
+  // Read exactly as the proxy reads it (damaged armour, stray lines and no key are refused).
+  const pems = keysFromText(text, path).map((k) => k.key)
   const ring = loadKeyring(pems.map((key) => ({ key })), path)
   const kids = [...ring.verificationKeys.keys()]
   const isPrivate = pems.map((p) => /-----BEGIN (EC )?PRIVATE KEY-----/.test(p))

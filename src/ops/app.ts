@@ -5,6 +5,7 @@
 import Fastify, { LogController } from 'fastify'
 import type { Logger } from 'pino'
 import type { Keyring } from '../descriptor/keyring.js'
+import { clientErrorHandler } from '../proxy/client-error.js'
 import type { ProxyState } from '../proxy/state.js'
 import type { ProxyMetrics } from './metrics.js'
 import type { UpstreamPools } from '../proxy/upstream-pools.js'
@@ -24,7 +25,9 @@ export const JWKS_PATH = '/.well-known/tenant-proxy/jwks.json'
 
 /** Builds the ops app (not listening). */
 export function buildOpsApp (deps: OpsDeps) {
-  const app = Fastify({ loggerInstance: deps.logger.child({ listener: 'ops' }), logController: new LogController({ disableRequestLogging: true }) })
+  const logger = deps.logger.child({ listener: 'ops' })
+  // Fastify's default logs the refused bytes (err.rawPacket); see client-error.ts.
+  const app = Fastify({ loggerInstance: logger, logController: new LogController({ disableRequestLogging: true }), clientErrorHandler: clientErrorHandler(logger) })
 
   app.get('/metrics', async (_request, reply) => {
     const body = await deps.metrics.registry.metrics()

@@ -22,6 +22,7 @@ import type { Outcome, ProxyMetrics, UpstreamErrorKind } from '../ops/metrics.js
 import { accessLogWriter } from '../log.js'
 import { canonicalHost } from '../routing/host.js'
 import { Resolver } from '../routing/resolve.js'
+import { clientErrorHandler } from './client-error.js'
 import { sendError } from './error-reply.js'
 import { isWellFormedRequestId, lastListEntry, peerAddress, scrubOutbound, upstreamRequestHeaders, type HeaderMap, type HeaderPolicy } from './headers.js'
 import type { ProxyState } from './state.js'
@@ -137,6 +138,8 @@ export function buildTrafficApp (deps: TrafficDeps) {
     },
     rewriteUrl: (req) => absoluteFormPath(req as RawWithAuthority),
     return503OnClosing: true,
+    // Fastify's default logs the refused bytes (err.rawPacket); see client-error.ts.
+    clientErrorHandler: clientErrorHandler(logger),
     serverFactory: (handler: (req: IncomingMessage, res: ServerResponse) => void) => createServer({
       maxHeaderSize: config.traffic.maxHeaderBytes,
       headersTimeout: config.traffic.requestHeadersTimeoutMs,

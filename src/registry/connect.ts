@@ -4,6 +4,7 @@
 import pg from 'pg'
 import type { Config } from '../config/load.js'
 import { tpError } from '../errors.js'
+import { redactUrls } from '../redact.js'
 import { startEmbeddedRegistry, type EmbeddedRegistry } from './embedded.js'
 import { RegistryStore } from './store.js'
 
@@ -42,7 +43,7 @@ export async function openRegistry (config: Config, logger: RegistryLogger, opts
     max: opts.max ?? 4
   })
   // An idle client that loses its server emits 'error' on the pool; without a listener Node would crash.
-  pool.on('error', (err) => logger.warn(`registry connection lost: ${err.message}`))
+  pool.on('error', (err) => logger.warn(`registry connection lost: ${describeError(err)}`))
   // The proxy skips the check: it can start from its last-known-good file and connect later.
   if (opts.check !== false) {
     try {
@@ -66,9 +67,9 @@ export async function openRegistry (config: Config, logger: RegistryLogger, opts
   }
 }
 
-/** A pg/network error as one line without credentials. */
+/** A pg/network error as one line without credentials (every URL's userinfo redacted). */
 export function describeError (err: unknown): string {
   const e = err as { code?: string, message?: string }
-  const message = (e.message ?? String(err)).replace(/postgres(ql)?:\/\/[^\s]*/g, 'postgres://[redacted]')
+  const message = redactUrls(e.message ?? String(err))
   return e.code !== undefined && !message.includes(e.code) ? `${message} (${e.code})` : message
 }

