@@ -21,6 +21,7 @@ interface PoolsView { all (): Array<{ name: string | null, addresses: ReadonlyAr
 
 /** Kinds of upstream failure. */
 export type UpstreamErrorKind = 'connect' | 'timeout' | 'reset' | 'other'
+const UPSTREAM_ERROR_KINDS: readonly UpstreamErrorKind[] = ['connect', 'timeout', 'reset', 'other']
 
 /** The proxy's metrics, with label children bound once so the hot path does no label hashing. */
 export class ProxyMetrics {
@@ -93,8 +94,10 @@ export class ProxyMetrics {
     })
     this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
 
-    for (const kind of ['connect', 'timeout', 'reset', 'other'] as const) this.upstreamErrors.labels(kind)
-    for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result)
+    // prom-client prints a labelled series only once it has a value (labels() alone creates
+    // nothing): without these zeros, dashboards show "no data" and rate() misses the first error.
+    for (const kind of UPSTREAM_ERROR_KINDS) this.upstreamErrors.labels(kind).inc(0)
+    for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result).inc(0)
   }
 
   /** Makes the address gauge read these pools at scrape time. */
