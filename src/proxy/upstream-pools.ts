@@ -3,22 +3,33 @@
  * addresses. Plain-http host names are re-resolved on an interval and every address is used (a
  * Docker network alias resolves to the old and the new container during a deploy); addresses
  * are picked round-robin, and an address that keeps failing to connect is ejected for a while
- * (doubling up to a ceiling) and then given traffic again. All state is in memory; nothing here
- * does I/O on the request path.
+ * (doubling up to a ceiling while it keeps failing) and then given traffic again. All state is
+ * in memory; nothing here does I/O on the request path.
+ *
+ * Failures are counted per incident, not per request: when an app dies with 16 requests in
+ * flight, all 16 fail in the same instant, and counting each one ejected the address again with
+ * every failure past the threshold, the period doubling to its ceiling (30 s out for a restart
+ * that took 100 ms). Every attempt notes the address's generation when it starts; an ejection
+ * or a recovery starts a new generation, and an outcome of an attempt begun in an earlier one
+ * belongs to an incident already settled.
  */
 import { lookup as dnsLookup } from 'node:dns/promises'
 import { isIP } from 'node:net'
 
 /** One address requests can be sent to. */
 export class UpstreamAddress {
-  /** Consecutive failures (connection refused/reset, active check failed). */
+  /** Consecutive failures (connection refused/reset) in this generation. */
   failures = 0
-  /** Ejections in a row (the period doubles with each). */
+  /** Ejections since the address last answered (the period doubles with each). */
   ejections = 0
+  /** Length of the current or last ejection period (0 once the address answers). Milliseconds. */
+  ejectionMs = 0
   /** ms since the epoch until which the address gets no traffic (unless nothing else is left). */
   ejectedUntil = 0
   /** False while the active health check fails. */
   checkOk = true
+  /** Bumped by every ejection and recovery; see the module comment. */
+  generation = 0
 
   constructor (
     /** Where requests go: http://ip:port for resolved names, else the configured origin. */
@@ -27,7 +38,10 @@ export class UpstreamAddress {
     readonly configured: string
   ) {}
 
-  /** True when the address may get traffic at `now`. */
+  /**
+   * True when the address may get traffic at `now`. An address whose ejection has ended gets
+   * traffic again although it has not answered yet: that request is the probe.
+   */
   usable (now: number): boolean {
     return this.checkOk && now >= this.ejectedUntil
   }
@@ -92,22 +106,33 @@ export class UpstreamPool {
     return best
   }
 
-  /** The address answered: it is healthy again. */
-  succeeded (a: UpstreamAddress): void {
-    if (a.failures !== 0 || a.ejections !== 0) {
-      a.failures = 0
-      a.ejections = 0
-      a.ejectedUntil = 0
-    }
+  /** The address answered in an attempt begun in `generation`: it is healthy again. */
+  succeeded (a: UpstreamAddress, generation = a.generation): void {
+    if (a.failures === 0 && a.ejections === 0) return
+    // Begun before the last ejection: an answer on an old connection says nothing about new ones
+    // (an app that stopped listening still finishes the requests it has).
+    if (generation !== a.generation) return
+    if (a.ejections !== 0) a.generation++
+    a.failures = 0
+    a.ejections = 0
+    a.ejectionMs = 0
+    a.ejectedUntil = 0
   }
 
-  /** The address failed to connect or dropped the connection; ejects it past the threshold. */
-  failed (a: UpstreamAddress): void {
-    a.failures++
-    if (a.failures < this.#opts.ejectAfterFailures) return
+  /**
+   * An attempt begun in `generation` failed to connect or lost its connection; ejects the address
+   * past the threshold. After an ejection the first failure is enough: that is the probe failing.
+   */
+  failed (a: UpstreamAddress, generation = a.generation): void {
+    if (generation !== a.generation) return
     const o = this.#opts
+    a.failures++
+    if (a.failures < (a.ejections > 0 ? 1 : o.ejectAfterFailures)) return
     const forMs = Math.min(o.ejectMaxMs, o.ejectMinMs * 2 ** Math.min(a.ejections, 30))
+    a.failures = 0
     a.ejections++
+    a.generation++
+    a.ejectionMs = forMs
     a.ejectedUntil = (o.now ?? Date.now)() + forMs
     o.onEject?.(this, a, forMs)
   }
