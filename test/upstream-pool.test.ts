@@ -156,6 +156,60 @@ t.test('connection refused is retried on another address for any method, with th
     const r = await get(proxy.url, 'acme.example', { method: 'POST', body: 'x'.repeat(1000 + i) })
     t.match(r, { status: 200, name: 'live', bytes: 1000 + i }, `POST ${i}`)
   }
+  // Hidden from the clients, not from the operator: each refused attempt counts, by kind.
+  const retries = await metric(proxy.opsUrl, /^tenant_proxy_upstream_retries_total /)
+  t.ok(retries >= 1, `retried ${retries} times`)
+  t.equal(await metric(proxy.opsUrl, /^tenant_proxy_upstream_attempt_errors_total\{kind="connect"\} /), retries, 'every retried attempt counted as a connect attempt error')
+  t.equal(await metric(proxy.opsUrl, /^tenant_proxy_upstream_errors_total\{kind="connect"\} /), 0, 'no request failed')
+})
+
+t.test('a permanently dead address out of two is reported unusable from its first ejection on, with or without traffic', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const live = await startApp(t, 'live')
+  const dead = 'http://127.0.0.1:1'
+  const proxy = await startTestProxy(t, testConfig(registry.url, `${dead},http://127.0.0.1:${live.port}`, {
+    TENANT_PROXY_UPSTREAM_EJECT_AFTER_FAILURES: '2',
+    TENANT_PROXY_UPSTREAM_EJECT_MIN_MS: '100',
+    TENANT_PROXY_UPSTREAM_EJECT_MAX_MS: '400'
+  }))
+  const gauge = async (): Promise<{ usable: number, unusable: number, ejections: number }> => {
+    const text = await (await request(`${proxy.opsUrl}/metrics`)).body.text()
+    const value = (re: RegExp): number => Number(text.split('\n').find((l) => re.test(l))?.split(' ').pop())
+    return {
+      usable: value(/^tenant_proxy_upstream_addresses\{pool="default",state="usable"\} /),
+      unusable: value(/^tenant_proxy_upstream_addresses\{pool="default",state="unusable"\} /),
+      ejections: value(/^tenant_proxy_upstream_ejections_total /)
+    }
+  }
+  const wrong: string[] = []
+  let scrapes = 0
+  const check = async (phase: string): Promise<number> => {
+    const g = await gauge()
+    scrapes++
+    if (g.usable !== 1 || g.unusable !== 1) wrong.push(`${phase}: ${JSON.stringify(g)}`)
+    return g.ejections
+  }
+
+  // Traffic until the dead address is ejected.
+  for (let i = 0; i < 10 && (await gauge()).ejections === 0; i++) t.equal((await get(proxy.url, 'acme.example')).status, 200, `request ${i} answered`)
+  t.equal((await gauge()).ejections, 1, 'ejected')
+  // No traffic for several ejection periods (100, 200, 400 ms): its ejections end, it is never
+  // reported usable, and the proxy's own probes keep finding it dead.
+  const idleUntil = performance.now() + 1_500
+  let ejections = 1
+  for (let i = 0; i < 3_000 && performance.now() < idleUntil; i++) ejections = await check('idle')
+  t.ok(ejections >= 3, `re-ejected by its probes without traffic (${ejections} ejections)`)
+  // Traffic again across more periods: every request answered, the gauge never flips.
+  const busyUntil = performance.now() + 1_500
+  let failed = 0
+  for (let i = 0; i < 3_000 && performance.now() < busyUntil; i++) {
+    if ((await get(proxy.url, 'acme.example')).status !== 200) failed++
+    ejections = await check('traffic')
+  }
+  t.equal(failed, 0, 'no request failed')
+  t.same(wrong.slice(0, 3), [], `the dead address was unusable in each of ${scrapes} scrapes (${wrong.length} were wrong)`)
+  t.match(await poolAddress(proxy.opsUrl, dead), { usable: false }, '/ready agrees')
+  t.ok(await metric(proxy.opsUrl, /^tenant_proxy_upstream_attempt_errors_total\{kind="connect"\} /) >= 2, 'its refused attempts are counted')
 })
 
 t.test('every address down: 502 with the connect error code', async (t) => {
@@ -253,23 +307,24 @@ t.test('pool rules: round-robin, one ejection per incident, doubling while it ke
   pool.failed(first, inFlight)
   t.ok(first.usable(now), 'one failure does not eject')
   pool.failed(first, inFlight)
-  t.notOk(first.usable(now), 'two do')
+  t.notOk(first.inRotation(now), 'two do')
   for (let i = 0; i < 14; i++) pool.failed(first, inFlight)
   t.same(ejected, ['http://10.0.0.1:3000 100'], 'the other 14 failures of the same incident do not eject it again')
-  t.match(first, { ejections: 1, ejectionMs: 100, failures: 0 })
+  t.match(first, { ejections: 1, ejectionMs: 100, failures: 0, failing: true })
   for (let i = 0; i < 6; i++) t.not(pool.pick(), first, 'an ejected address gets no traffic')
   pool.succeeded(first, inFlight)
-  t.notOk(first.usable(now), 'an answer to an attempt begun before the ejection does not lift it')
+  t.notOk(first.inRotation(now), 'an answer to an attempt begun before the ejection does not lift it')
 
   now += 100
-  t.ok(first.usable(now), 'back in rotation after 100 ms: the next request probes it')
+  t.ok(first.inRotation(now), 'back in rotation after 100 ms: the next request probes it')
+  t.notOk(first.usable(now), 'but not usable (it has not answered since)')
   const probe = first.generation
   pool.failed(first, probe)
   t.same(ejected.at(-1), 'http://10.0.0.1:3000 200', 'the probe failing is a new incident: ejected again at once, for twice as long')
   pool.failed(first, probe)
   t.equal(ejected.length, 2, 'other requests of that probe round do not count again')
   now += 199
-  t.notOk(first.usable(now), 'still out at 199 ms')
+  t.notOk(first.inRotation(now), 'still out at 199 ms')
   now += 1
   pool.failed(first)
   now += 350
@@ -277,9 +332,12 @@ t.test('pool rules: round-robin, one ejection per incident, doubling while it ke
   t.same(ejected.map((e) => e.split(' ')[1]), ['100', '200', '350', '350'], 'doubling up to the ceiling')
 
   now += 350
+  pool.succeeded(first, first.generation, false)
+  t.ok(first.usable(now), 'accepting a connection (the background probe) ends failing')
+  t.equal(first.ejections, 4, '…but keeps the doubling until it answers')
   const beforeAnswer = first.generation
   pool.succeeded(first)
-  t.match(first, { ejections: 0, ejectionMs: 0, failures: 0 }, 'one answer clears it')
+  t.match(first, { ejections: 0, ejectionMs: 0, failures: 0, failing: false }, 'one answer clears it')
   pool.failed(first, beforeAnswer)
   t.equal(first.failures, 0, 'a failure of an attempt begun before the recovery does not count')
   pool.failed(first)

@@ -63,6 +63,7 @@ export function buildOpsApp (deps: OpsDeps) {
           origin: a.origin,
           configured: a.configured,
           usable: a.usable(now),
+          inRotation: a.inRotation(now),
           failures: a.failures,
           ejections: a.ejections,
           ejectionMs: a.ejectionMs,

@@ -3,8 +3,8 @@
  * addresses. Plain-http host names are re-resolved on an interval and every address is used (a
  * Docker network alias resolves to the old and the new container during a deploy); addresses
  * are picked round-robin, and an address that keeps failing to connect is ejected for a while
- * (doubling up to a ceiling while it keeps failing) and then given traffic again. All state is
- * in memory; nothing here does I/O on the request path.
+ * (doubling up to a ceiling while it keeps failing) and then probed. All state is in memory;
+ * nothing here does I/O on the request path.
  *
  * Failures are counted per incident, not per request: when an app dies with 16 requests in
  * flight, all 16 fail in the same instant, and counting each one ejected the address again with
@@ -26,6 +26,12 @@ export class UpstreamAddress {
   ejectionMs = 0
   /** ms since the epoch until which the address gets no traffic (unless nothing else is left). */
   ejectedUntil = 0
+  /**
+   * True from an ejection until the address answers a request or accepts a connection again: a
+   * dead address stays failing between its ejections, so the gauge and alerts do not see it come
+   * and go with every probe.
+   */
+  failing = false
   /** False while the active health check fails. */
   checkOk = true
   /** Bumped by every ejection and recovery; see the module comment. */
@@ -39,11 +45,16 @@ export class UpstreamAddress {
   ) {}
 
   /**
-   * True when the address may get traffic at `now`. An address whose ejection has ended gets
-   * traffic again although it has not answered yet: that request is the probe.
+   * True when the address is picked for traffic at `now`. An address whose ejection has ended is
+   * picked again although it has not answered yet: that request is the probe.
    */
-  usable (now: number): boolean {
+  inRotation (now: number): boolean {
     return this.checkOk && now >= this.ejectedUntil
+  }
+
+  /** True when the address is known to work: in rotation and not failing since an ejection. */
+  usable (now: number): boolean {
+    return !this.failing && this.inRotation(now)
   }
 }
 
@@ -58,6 +69,11 @@ export interface PoolOptions {
   readonly now?: () => number
   /** Called when an address is ejected (metrics, logs). */
   readonly onEject?: (pool: UpstreamPool, address: UpstreamAddress, forMs: number) => void
+  /**
+   * Checks that an address accepts connections (a TCP connect); run when an ejection ends and the
+   * address has not answered since, so its state is known without traffic. Absent: no probes.
+   */
+  readonly probe?: (address: UpstreamAddress) => Promise<boolean>
   /** Called when a re-resolution fails (the previous addresses stay). */
   readonly onDnsError?: (hostname: string, error: unknown) => void
 }
@@ -70,6 +86,8 @@ export class UpstreamPool {
   #cursor = 0
   readonly #opts: PoolOptions
   readonly #byTarget = new Map<string, UpstreamAddress[]>()
+  readonly #probes = new Set<NodeJS.Timeout>()
+  #stopped = false
 
   constructor (readonly name: string | null, readonly targets: readonly string[], index: number, opts: PoolOptions) {
     this.virtualOrigin = `http://pool-${index}.tenant-proxy.invalid`
@@ -93,7 +111,7 @@ export class UpstreamPool {
     const now = (this.#opts.now ?? Date.now)()
     for (let k = 0; k < n; k++) {
       const a = all[(this.#cursor + k) % n] as UpstreamAddress
-      if ((exclude === undefined || !exclude.has(a)) && a.usable(now)) {
+      if ((exclude === undefined || !exclude.has(a)) && a.inRotation(now)) {
         this.#cursor = (this.#cursor + k + 1) % n
         return a
       }
@@ -106,14 +124,21 @@ export class UpstreamPool {
     return best
   }
 
-  /** The address answered in an attempt begun in `generation`: it is healthy again. */
-  succeeded (a: UpstreamAddress, generation = a.generation): void {
+  /**
+   * The address answered (or, from a probe, accepted a connection) in an attempt begun in
+   * `generation`. An answer clears everything; a connection only ends `failing` and keeps the
+   * doubling, since an app that accepts and then drops connections is not back yet.
+   */
+  succeeded (a: UpstreamAddress, generation = a.generation, answered = true): void {
     if (a.failures === 0 && a.ejections === 0) return
     // Begun before the last ejection: an answer on an old connection says nothing about new ones
     // (an app that stopped listening still finishes the requests it has).
     if (generation !== a.generation) return
-    if (a.ejections !== 0) a.generation++
     a.failures = 0
+    a.failing = false
+    if (!answered) return
+    // Closes the incident: failures of attempts begun while it was out no longer count.
+    if (a.ejections !== 0) a.generation++
     a.ejections = 0
     a.ejectionMs = 0
     a.ejectedUntil = 0
@@ -132,9 +157,40 @@ export class UpstreamPool {
     a.failures = 0
     a.ejections++
     a.generation++
+    a.failing = true
     a.ejectionMs = forMs
     a.ejectedUntil = (o.now ?? Date.now)() + forMs
     o.onEject?.(this, a, forMs)
+    this.#scheduleProbe(a, a.generation, forMs)
+  }
+
+  /** Stops the probes of ejected addresses. */
+  stop (): void {
+    this.#stopped = true
+    for (const timer of this.#probes) clearTimeout(timer)
+    this.#probes.clear()
+  }
+
+  #scheduleProbe (a: UpstreamAddress, generation: number, inMs: number): void {
+    if (this.#opts.probe === undefined || this.#stopped) return
+    const timer = setTimeout(() => { this.#probes.delete(timer); void this.#probe(a, generation) }, inMs)
+    timer.unref()
+    this.#probes.add(timer)
+  }
+
+  /** The ejection that began `generation` has ended: unless traffic settled it, see whether `a` accepts connections. */
+  async #probe (a: UpstreamAddress, generation: number): Promise<void> {
+    const probe = this.#opts.probe
+    // A later ejection schedules its own probe; a recovery needs none.
+    if (probe === undefined || this.#stopped || a.generation !== generation || !a.failing || !this.#addresses.includes(a)) return
+    // Timers may fire a millisecond before the wall clock says the period is over.
+    const left = a.ejectedUntil - (this.#opts.now ?? Date.now)()
+    if (left > 0) {
+      this.#scheduleProbe(a, generation, left)
+      return
+    }
+    if (await probe(a)) this.succeeded(a, generation, false)
+    else this.failed(a, generation)
   }
 
   /** Re-resolves plain-http host names; keeps the state of addresses that stay. */
@@ -216,9 +272,10 @@ export class UpstreamPools {
     }
   }
 
-  /** Stops the DNS refresh. */
+  /** Stops the DNS refresh and the probes. */
   stop (): void {
     if (this.#timer !== null) clearInterval(this.#timer)
     this.#timer = null
+    for (const pool of this.all()) pool.stop()
   }
 }
