@@ -10,7 +10,8 @@ import { loadKeyring, type Keyring } from './descriptor/keyring.js'
 import { DescriptorCache } from './descriptor/sign.js'
 import { buildOpsApp } from './ops/app.js'
 import { ProxyMetrics } from './ops/metrics.js'
-import { buildTrafficApp } from './proxy/app.js'
+import { probeOrigins } from './ops/upstream-probe.js'
+import { buildTrafficApp, upstreamErrorKind } from './proxy/app.js'
 import { createProxyState, type ProxyState } from './proxy/state.js'
 import { UpstreamAgent } from './proxy/upstream-agent.js'
 import { UpstreamHealth } from './proxy/upstream-health.js'
@@ -98,6 +99,9 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
         metrics.upstreamEjections.inc()
         upstreamLog.warn({ pool: pool.name ?? 'default', address: address.origin, forMs }, 'upstream address ejected after repeated connection failures')
       },
+      // Run when an ejection ends: the app listening again brings the address back without
+      // waiting for traffic, and an app that stays dead stays reported as failing.
+      probe: async (address) => (await probeOrigins([address.origin], config.upstream.connectTimeoutMs))[0]?.reachable === true,
       onDnsError: (hostname, err) => upstreamLog.warn({ hostname, error: describeError(err) }, 'upstream DNS re-resolution failed; keeping the previous addresses')
     })
     await pools.start()
@@ -112,7 +116,12 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     // Runs after the traffic listener closed (graceful part done): whatever is still pending
     // upstream has no client left to answer.
     cleanups.push(async () => await dispatcher.destroy())
-    dispatcher.usePools(pools, { onRetry: () => metrics.upstreamRetries.inc() })
+    dispatcher.usePools(pools, {
+      onRetry: (_pool, _address, err) => {
+        const e = err as Error & { code?: string, cause?: { code?: string } }
+        metrics.observeRetry(upstreamErrorKind(e.cause?.code, e.code))
+      }
+    })
     const check = config.upstream.healthCheck
     const upstreamHealth = check.path === ''
       ? null

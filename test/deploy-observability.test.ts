@@ -82,7 +82,7 @@ t.test('alerts.yml and the dashboard name only exported metrics', async (t) => {
   const used = new Set(expressions.flatMap(({ expr }) => metricNames(expr)))
   for (const wanted of ['tenant_proxy_requests_total', 'tenant_proxy_request_duration_seconds_bucket', 'tenant_proxy_upstream_duration_seconds_bucket', 'tenant_proxy_requests_in_flight',
     'tenant_proxy_registry_tenants', 'tenant_proxy_registry_domains', 'tenant_proxy_registry_feed_connected', 'tenant_proxy_registry_last_sync_timestamp_seconds',
-    'tenant_proxy_descriptor_signatures_total', 'tenant_proxy_upstream_errors_total', 'process_cpu_seconds_total', 'process_resident_memory_bytes']) {
+    'tenant_proxy_descriptor_signatures_total', 'tenant_proxy_upstream_errors_total', 'tenant_proxy_upstream_attempt_errors_total', 'tenant_proxy_upstream_addresses', 'process_cpu_seconds_total', 'process_resident_memory_bytes']) {
     t.ok(used.has(wanted), `${wanted} is shown or alerted on`)
   }
 })

@@ -17,18 +17,21 @@ import { until } from './helpers/wait.js'
 
 const APP = new URL('./helpers/upstream-process.mjs', import.meta.url).pathname
 
-interface AppProcess { port: number, child: ChildProcess, kill (): Promise<void> }
+interface AppProcess { port: number, child: ChildProcess, kill (): Promise<void>, /** Requests to HOLD_PATH it holds. */ held: number }
 
 /** Starts the app process (on `port`, or a free one) and waits for its ready line. */
 async function startApp (t: Test, name: string, port = 0, env: Record<string, string> = {}): Promise<AppProcess> {
   const child = spawn(process.execPath, [APP, name, String(port)], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } })
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
   t.teardown(async () => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); await exited })
+  const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream })
   const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout as NodeJS.ReadableStream }).once('line', resolve)
+    lines.once('line', resolve)
     child.once('exit', (code) => reject(new Error(`app ${name} exited with ${String(code)}`)))
   })
-  return { port: (JSON.parse(line) as { port: number }).port, child, kill: async () => { child.kill('SIGKILL'); await exited } }
+  const app: AppProcess = { port: (JSON.parse(line) as { port: number }).port, child, kill: async () => { child.kill('SIGKILL'); await exited }, held: 0 }
+  lines.on('line', (l) => { app.held = (JSON.parse(l) as { held: number }).held })
+  return app
 }
 
 async function get (url: string, host: string, init: { method?: string, body?: string } = {}): Promise<{ status: number, name: string | null, bytes: number | null, code: string | null }> {
@@ -82,6 +85,68 @@ t.test('an app process killed and restarted under load: zero failed GETs, ejecte
   t.ok(seen.b >= bSeenWhileDown, 'b served before the kill')
 })
 
+interface PoolAddressView { origin: string, usable: boolean, failures: number, ejections: number, ejectionMs: number, ejectedUntil: string | null }
+
+async function poolAddress (opsUrl: string, origin: string): Promise<PoolAddressView | undefined> {
+  const ready = await (await request(`${opsUrl}/ready`)).body.json() as { pools: Array<{ addresses: PoolAddressView[] }> }
+  return ready.pools.flatMap((p) => p.addresses).find((a) => a.origin === origin)
+}
+
+t.test('one kill with 16 requests in flight is one incident: ejected once, the restarted address serves again within ejectMinMs + one probe', async (t) => {
+  const ejectMinMs = 1000
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const a = await startApp(t, 'a')
+  let b = await startApp(t, 'b', 0, { HOLD_PATH: '/hold' })
+  const bOrigin = `http://127.0.0.1:${b.port}`
+  const logLines: string[] = []
+  const proxy = await startTestProxy(t, testConfig(registry.url, `http://127.0.0.1:${a.port},${bOrigin}`, {
+    TENANT_PROXY_UPSTREAM_EJECT_AFTER_FAILURES: '2',
+    TENANT_PROXY_UPSTREAM_EJECT_MIN_MS: String(ejectMinMs),
+    TENANT_PROXY_UPSTREAM_EJECT_MAX_MS: '30000'
+  }), logLines)
+
+  // 32 requests round-robin: a answers its 16 at once, b holds its 16.
+  const held = Array.from({ length: 32 }, async () => await get(`${proxy.url}/hold`, 'acme.example'))
+  await until(() => b.held === 16 ? true : undefined, '16 requests in flight on b')
+
+  // Six clients keep sending while b dies and comes back; each request is bounded in count and time.
+  let killedAt = 0
+  let backAfterMs: number | null = null
+  let failures = 0
+  let stop = false
+  const deadline = performance.now() + ejectMinMs + 10_000
+  const loop = async (): Promise<void> => {
+    for (let i = 0; i < 20_000 && !stop && performance.now() < deadline; i++) {
+      const r = await get(proxy.url, 'acme.example')
+      if (r.status !== 200) failures++
+      else if (r.name === 'b' && killedAt !== 0 && backAfterMs === null) backAfterMs = performance.now() - killedAt
+    }
+  }
+  const load = Promise.all(Array.from({ length: 6 }, loop))
+
+  killedAt = performance.now()
+  await b.kill()
+  const restarted = startApp(t, 'b', b.port, { HOLD_PATH: '/hold' })
+  const answers = await Promise.all(held)
+  t.same([...new Set(answers.map((r) => `${r.status} ${r.name ?? ''}`))], ['200 a'], 'the 16 held requests were retried on a')
+  const during = await poolAddress(proxy.opsUrl, bOrigin)
+  t.match(during, { usable: false, ejections: 1, ejectionMs: ejectMinMs }, 'b ejected once, for ejectMinMs (/ready)')
+  b = await restarted
+
+  try {
+    await until(() => backAfterMs !== null ? true : undefined, 'b serving again', ejectMinMs + 5_000)
+  } finally {
+    stop = true
+    await load
+  }
+  t.ok((backAfterMs ?? Infinity) <= ejectMinMs + 1_000, `b served again ${Math.round(backAfterMs ?? -1)} ms after the kill (ejectMinMs ${ejectMinMs} + one probe)`)
+  t.equal(failures, 0, 'no request of the six clients failed')
+  t.equal(await metric(proxy.opsUrl, /^tenant_proxy_upstream_ejections_total /), 1, 'tenant_proxy_upstream_ejections_total counts the incident once')
+  const ejected = logLines.map((l) => JSON.parse(l) as { msg: string, address?: string, forMs?: number }).filter((l) => l.msg.startsWith('upstream address ejected'))
+  t.same(ejected.map((l) => [l.address, l.forMs]), [[bOrigin, ejectMinMs]], 'one ejection logged')
+  t.match(await poolAddress(proxy.opsUrl, bOrigin), { usable: true, failures: 0, ejections: 0, ejectedUntil: null }, 'b healthy again')
+})
+
 t.test('connection refused is retried on another address for any method, with the body intact', async (t) => {
   const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
   const live = await startApp(t, 'live')
@@ -91,6 +156,60 @@ t.test('connection refused is retried on another address for any method, with th
     const r = await get(proxy.url, 'acme.example', { method: 'POST', body: 'x'.repeat(1000 + i) })
     t.match(r, { status: 200, name: 'live', bytes: 1000 + i }, `POST ${i}`)
   }
+  // Hidden from the clients, not from the operator: each refused attempt counts, by kind.
+  const retries = await metric(proxy.opsUrl, /^tenant_proxy_upstream_retries_total /)
+  t.ok(retries >= 1, `retried ${retries} times`)
+  t.equal(await metric(proxy.opsUrl, /^tenant_proxy_upstream_attempt_errors_total\{kind="connect"\} /), retries, 'every retried attempt counted as a connect attempt error')
+  t.equal(await metric(proxy.opsUrl, /^tenant_proxy_upstream_errors_total\{kind="connect"\} /), 0, 'no request failed')
+})
+
+t.test('a permanently dead address out of two is reported unusable from its first ejection on, with or without traffic', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const live = await startApp(t, 'live')
+  const dead = 'http://127.0.0.1:1'
+  const proxy = await startTestProxy(t, testConfig(registry.url, `${dead},http://127.0.0.1:${live.port}`, {
+    TENANT_PROXY_UPSTREAM_EJECT_AFTER_FAILURES: '2',
+    TENANT_PROXY_UPSTREAM_EJECT_MIN_MS: '100',
+    TENANT_PROXY_UPSTREAM_EJECT_MAX_MS: '400'
+  }))
+  const gauge = async (): Promise<{ usable: number, unusable: number, ejections: number }> => {
+    const text = await (await request(`${proxy.opsUrl}/metrics`)).body.text()
+    const value = (re: RegExp): number => Number(text.split('\n').find((l) => re.test(l))?.split(' ').pop())
+    return {
+      usable: value(/^tenant_proxy_upstream_addresses\{pool="default",state="usable"\} /),
+      unusable: value(/^tenant_proxy_upstream_addresses\{pool="default",state="unusable"\} /),
+      ejections: value(/^tenant_proxy_upstream_ejections_total /)
+    }
+  }
+  const wrong: string[] = []
+  let scrapes = 0
+  const check = async (phase: string): Promise<number> => {
+    const g = await gauge()
+    scrapes++
+    if (g.usable !== 1 || g.unusable !== 1) wrong.push(`${phase}: ${JSON.stringify(g)}`)
+    return g.ejections
+  }
+
+  // Traffic until the dead address is ejected.
+  for (let i = 0; i < 10 && (await gauge()).ejections === 0; i++) t.equal((await get(proxy.url, 'acme.example')).status, 200, `request ${i} answered`)
+  t.equal((await gauge()).ejections, 1, 'ejected')
+  // No traffic for several ejection periods (100, 200, 400 ms): its ejections end, it is never
+  // reported usable, and the proxy's own probes keep finding it dead.
+  const idleUntil = performance.now() + 1_500
+  let ejections = 1
+  for (let i = 0; i < 3_000 && performance.now() < idleUntil; i++) ejections = await check('idle')
+  t.ok(ejections >= 3, `re-ejected by its probes without traffic (${ejections} ejections)`)
+  // Traffic again across more periods: every request answered, the gauge never flips.
+  const busyUntil = performance.now() + 1_500
+  let failed = 0
+  for (let i = 0; i < 3_000 && performance.now() < busyUntil; i++) {
+    if ((await get(proxy.url, 'acme.example')).status !== 200) failed++
+    ejections = await check('traffic')
+  }
+  t.equal(failed, 0, 'no request failed')
+  t.same(wrong.slice(0, 3), [], `the dead address was unusable in each of ${scrapes} scrapes (${wrong.length} were wrong)`)
+  t.match(await poolAddress(proxy.opsUrl, dead), { usable: false }, '/ready agrees')
+  t.ok(await metric(proxy.opsUrl, /^tenant_proxy_upstream_attempt_errors_total\{kind="connect"\} /) >= 2, 'its refused attempts are counted')
 })
 
 t.test('every address down: 502 with the connect error code', async (t) => {
@@ -163,7 +282,7 @@ t.test('bodies over upstream.maxBodyBytes get 413, by Content-Length or while st
   t.match(await big.body.json(), { error: { code: 'TENANT_PROXY_ERR_BODY_TOO_LARGE' } })
 })
 
-t.test('pool rules: round-robin, ejection doubles up to the ceiling, fail-open, DNS refresh keeps state', async (t) => {
+t.test('pool rules: round-robin, one ejection per incident, doubling while it keeps failing, fail-open, DNS refresh keeps state', async (t) => {
   let now = 1_000_000
   const ejected: string[] = []
   let answer = [{ address: '10.0.0.1', family: 4 }, { address: '10.0.0.2', family: 4 }]
@@ -183,22 +302,48 @@ t.test('pool rules: round-robin, ejection doubles up to the ceiling, fail-open, 
 
   const [first] = pool.addresses
   if (first === undefined) throw new Error('no address')
-  pool.failed(first)
+  // 16 attempts in flight when the app dies: all begun in the same generation.
+  const inFlight = first.generation
+  pool.failed(first, inFlight)
   t.ok(first.usable(now), 'one failure does not eject')
-  pool.failed(first)
-  t.notOk(first.usable(now), 'two do')
+  pool.failed(first, inFlight)
+  t.notOk(first.inRotation(now), 'two do')
+  for (let i = 0; i < 14; i++) pool.failed(first, inFlight)
+  t.same(ejected, ['http://10.0.0.1:3000 100'], 'the other 14 failures of the same incident do not eject it again')
+  t.match(first, { ejections: 1, ejectionMs: 100, failures: 0, failing: true })
   for (let i = 0; i < 6; i++) t.not(pool.pick(), first, 'an ejected address gets no traffic')
+  pool.succeeded(first, inFlight)
+  t.notOk(first.inRotation(now), 'an answer to an attempt begun before the ejection does not lift it')
+
   now += 100
-  t.ok(first.usable(now), 'back after 100 ms')
-  pool.failed(first)
+  t.ok(first.inRotation(now), 'back in rotation after 100 ms: the next request probes it')
+  t.notOk(first.usable(now), 'but not usable (it has not answered since)')
+  const probe = first.generation
+  pool.failed(first, probe)
+  t.same(ejected.at(-1), 'http://10.0.0.1:3000 200', 'the probe failing is a new incident: ejected again at once, for twice as long')
+  pool.failed(first, probe)
+  t.equal(ejected.length, 2, 'other requests of that probe round do not count again')
   now += 199
-  t.notOk(first.usable(now), 'failing again: ejected for 200 ms')
+  t.notOk(first.inRotation(now), 'still out at 199 ms')
   now += 1
   pool.failed(first)
+  now += 350
   pool.failed(first)
-  t.same(ejected.map((e) => e.split(' ')[1]), ['100', '200', '350', '350'].slice(0, ejected.length), 'doubling up to the ceiling')
+  t.same(ejected.map((e) => e.split(' ')[1]), ['100', '200', '350', '350'], 'doubling up to the ceiling')
+
+  now += 350
+  pool.succeeded(first, first.generation, false)
+  t.ok(first.usable(now), 'accepting a connection (the background probe) ends failing')
+  t.equal(first.ejections, 4, '…but keeps the doubling until it answers')
+  const beforeAnswer = first.generation
   pool.succeeded(first)
-  t.ok(first.usable(now), 'one success clears it')
+  t.match(first, { ejections: 0, ejectionMs: 0, failures: 0, failing: false }, 'one answer clears it')
+  pool.failed(first, beforeAnswer)
+  t.equal(first.failures, 0, 'a failure of an attempt begun before the recovery does not count')
+  pool.failed(first)
+  pool.succeeded(first)
+  pool.failed(first)
+  t.ok(first.usable(now), 'failures must be consecutive')
 
   const fresh = new UpstreamPool(null, ['http://127.0.0.1:1', 'http://127.0.0.1:2'], 0, { dnsRefreshMs: 0, ejectAfterFailures: 1, ejectMinMs: 1000, ejectMaxMs: 1000, now: () => now })
   const [x, y] = fresh.addresses

@@ -62,7 +62,17 @@ export function buildOpsApp (deps: OpsDeps) {
       upstreams,
       pools: deps.pools.all().map((p) => ({
         name: p.name ?? 'default',
-        addresses: p.addresses.map((a) => ({ origin: a.origin, configured: a.configured, usable: a.usable(now), failures: a.failures, ejectedUntil: a.ejectedUntil > now ? new Date(a.ejectedUntil).toISOString() : null, healthCheckOk: a.checkOk }))
+        addresses: p.addresses.map((a) => ({
+          origin: a.origin,
+          configured: a.configured,
+          usable: a.usable(now),
+          inRotation: a.inRotation(now),
+          failures: a.failures,
+          ejections: a.ejections,
+          ejectionMs: a.ejectionMs,
+          ejectedUntil: a.ejectedUntil > now ? new Date(a.ejectedUntil).toISOString() : null,
+          healthCheckOk: a.checkOk
+        }))
       }))
     })
   })

@@ -21,6 +21,7 @@ interface PoolsView { all (): Array<{ name: string | null, addresses: ReadonlyAr
 
 /** Kinds of upstream failure. */
 export type UpstreamErrorKind = 'connect' | 'timeout' | 'reset' | 'other'
+const UPSTREAM_ERROR_KINDS: readonly UpstreamErrorKind[] = ['connect', 'timeout', 'reset', 'other']
 
 /** The proxy's metrics, with label children bound once so the hot path does no label hashing. */
 export class ProxyMetrics {
@@ -41,6 +42,7 @@ export class ProxyMetrics {
   readonly registryStale: client.Gauge
   readonly descriptorSignatures: client.Counter
   readonly upstreamErrors: client.Counter<'kind'>
+  readonly upstreamAttemptErrors: client.Counter<'kind'>
   readonly upstreamRetries: client.Counter
   readonly upstreamEjections: client.Counter
   #pools: PoolsView | null = null
@@ -73,12 +75,15 @@ export class ProxyMetrics {
     this.registryStale = new client.Gauge({ name: 'tenant_proxy_registry_stale', help: '1 while the index comes from the last-known-good snapshot file, not yet confirmed by the registry.', registers })
     this.descriptorSignatures = new client.Counter({ name: 'tenant_proxy_descriptor_signatures_total', help: 'Descriptors signed (cache misses and refreshes).', registers })
     this.upstreamErrors = new client.Counter({ name: 'tenant_proxy_upstream_errors_total', help: 'Upstream failures by kind.', labelNames: ['kind'], registers })
+    // Per attempt, like retries: a refused connection that a retry hid still shows here (an address
+    // failing behind retries is invisible in upstream_errors_total, which counts what clients see).
+    this.upstreamAttemptErrors = new client.Counter({ name: 'tenant_proxy_upstream_attempt_errors_total', help: 'Upstream attempts that failed, by kind: those repeated on another address and those that failed their request.', labelNames: ['kind'], registers })
     this.upstreamRetries = new client.Counter({ name: 'tenant_proxy_upstream_retries_total', help: 'Upstream attempts repeated on another address (nothing reached the app, or an idempotent bodyless request lost its connection).', registers })
     this.upstreamEjections = new client.Counter({ name: 'tenant_proxy_upstream_ejections_total', help: 'Upstream addresses taken out of rotation after repeated connection failures.', registers })
     const pools = (): PoolsView | null => this.#pools
     new client.Gauge({
       name: 'tenant_proxy_upstream_addresses',
-      help: 'Upstream addresses by pool and whether they get traffic (usable) or not (ejected or failing health checks).',
+      help: 'Upstream addresses by pool: usable, or not (ejected, failing since an ejection without answering or accepting a connection, or failing health checks).',
       labelNames: ['pool', 'state'],
       registers,
       collect () {
@@ -93,8 +98,13 @@ export class ProxyMetrics {
     })
     this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
 
-    for (const kind of ['connect', 'timeout', 'reset', 'other'] as const) this.upstreamErrors.labels(kind)
-    for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result)
+    // prom-client prints a labelled series only once it has a value (labels() alone creates
+    // nothing): without these zeros, dashboards show "no data" and rate() misses the first error.
+    for (const kind of UPSTREAM_ERROR_KINDS) {
+      this.upstreamErrors.labels(kind).inc(0)
+      this.upstreamAttemptErrors.labels(kind).inc(0)
+    }
+    for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result).inc(0)
   }
 
   /** Makes the address gauge read these pools at scrape time. */
@@ -120,6 +130,18 @@ export class ProxyMetrics {
     this.registryTenants.set(index.bySlug.size)
     this.registryDomains.set(index.byHost.size)
     this.registryVersion.set(index.version)
+  }
+
+  /** Counts an upstream attempt that failed and was repeated on another address. */
+  observeRetry (kind: UpstreamErrorKind): void {
+    this.upstreamRetries.inc()
+    this.upstreamAttemptErrors.labels(kind).inc()
+  }
+
+  /** Counts a request that failed because of the upstream (its last attempt failed). */
+  observeUpstreamError (kind: UpstreamErrorKind): void {
+    this.upstreamErrors.labels(kind).inc()
+    this.upstreamAttemptErrors.labels(kind).inc()
   }
 
   /** Records a registry index being loaded. */

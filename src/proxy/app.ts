@@ -418,7 +418,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
     }
     const cause = (error.cause ?? error) as { code?: string }
     const kind = upstreamErrorKind(cause.code, (error as { code?: string }).code)
-    metrics.upstreamErrors.labels(kind).inc()
+    metrics.observeUpstreamError(kind)
     request.log.warn({ reqId: request.id, tenant: request.tp.tenant, kind, err: tpError('TENANT_PROXY_ERR_UPSTREAM_FAILED', [], error) }, 'upstream request failed')
     if (reply.sent) return
     sendError(request, reply, kind === 'timeout' ? 'TENANT_PROXY_ERR_UPSTREAM_TIMEOUT' : kind === 'connect' ? 'TENANT_PROXY_ERR_UPSTREAM_CONNECT' : 'TENANT_PROXY_ERR_UPSTREAM_FAILED')

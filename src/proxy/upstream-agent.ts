@@ -132,8 +132,12 @@ class PooledRequest {
 class Attempt implements LegacyHandler {
   #sent = false
   #answered = false
+  /** The address's generation when the attempt began: its outcome counts for that incident only. */
+  readonly #generation: number
 
-  constructor (readonly request: PooledRequest, readonly address: UpstreamAddress) {}
+  constructor (readonly request: PooledRequest, readonly address: UpstreamAddress) {
+    this.#generation = address.generation
+  }
 
   onConnect (abort: (reason?: Error) => void, context?: object): void {
     this.#sent = true
@@ -142,7 +146,7 @@ class Attempt implements LegacyHandler {
 
   onHeaders (statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
     this.#answered = true
-    this.request.pool.succeeded(this.address)
+    this.request.pool.succeeded(this.address, this.#generation)
     return this.request.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true
   }
 
@@ -173,7 +177,7 @@ class Attempt implements LegacyHandler {
 
   onError (err: Error): void {
     const r = this.request
-    if (!this.#answered && CONNECTION_ERRORS.has(errorCode(err))) r.pool.failed(this.address)
+    if (!this.#answered && CONNECTION_ERRORS.has(errorCode(err))) r.pool.failed(this.address, this.#generation)
     if (!this.#answered && r.retryable(err, this.#sent)) {
       r.events.onRetry?.(r.pool, this.address, err)
       r.attempt(err)

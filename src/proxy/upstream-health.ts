@@ -67,8 +67,9 @@ export class UpstreamHealth {
   /** Checks every address of every pool once. */
   async checkAll (): Promise<void> {
     await Promise.all(this.#pools.all().flatMap((pool) => pool.addresses.map(async (a) => {
+      const generation = a.generation
       const r = await check(a.origin, this.#hostOf(a), this.#opts)
-      if (r.ok) pool.succeeded(a)
+      if (r.ok) pool.succeeded(a, generation)
       if (r.ok !== a.checkOk) this.#opts.onChange?.(pool, a, r.ok, r.detail)
       a.checkOk = r.ok
     })))

@@ -1,12 +1,18 @@
 // A tiny upstream app in its own process, so a test can kill it (SIGKILL: no goodbye) and start
 // it again on the same port. Usage: node upstream-process.mjs <name> [port]
 // Prints {"port":N} once listening. Answers every request with {"name":...} after reading the body;
-// GET /up answers 200 unless the file named by UNHEALTHY_FILE exists.
+// GET /up answers 200 unless the file named by UNHEALTHY_FILE exists. Requests to HOLD_PATH are
+// never answered (they stay in flight until the process dies); each prints {"held":N}.
 import { existsSync } from 'node:fs'
 import { createServer } from 'node:http'
 
 const [name = 'app', port = '0'] = process.argv.slice(2)
+let held = 0
 const server = createServer((req, res) => {
+  if (process.env.HOLD_PATH !== undefined && req.url === process.env.HOLD_PATH) {
+    process.stdout.write(JSON.stringify({ held: ++held }) + '\n')
+    return
+  }
   if (req.url === '/up') {
     const unhealthy = process.env.UNHEALTHY_FILE !== undefined && existsSync(process.env.UNHEALTHY_FILE)
     res.writeHead(unhealthy ? 503 : 200, { 'content-type': 'text/plain' })
