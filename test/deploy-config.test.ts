@@ -5,6 +5,8 @@
  * app is then run for real next to the proxy (without Docker) to show the two verify each other.
  */
 import { spawn } from 'node:child_process'
+import { createServer, request as httpRequest } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { existsSync } from 'node:fs'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
@@ -17,7 +19,8 @@ import { parse } from 'yaml'
 import { loadConfig, type Config } from '../src/config/load.js'
 import { CLI } from './helpers/cli.js'
 import { freePort } from './helpers/postgres.js'
-import { es256Pem, testRegistry } from './helpers/proxy.js'
+import { es256Pem, startTestProxy, testConfig, testRegistry } from './helpers/proxy.js'
+import { startUpstream } from './helpers/upstream.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const KAMAL = path.join(ROOT, 'deploy/kamal')
@@ -255,6 +258,74 @@ t.test('Kamal, accessory topology', async (t) => {
 
   const secrets = await secretsFile(t, path.join(dir, '.kamal/secrets'))
   for (const name of [...strings(at(accessory, 'env.secret')), ...strings(at(deploy, 'env.secret'))]) t.ok(secrets.has(name), `.kamal/secrets defines ${name}`)
+})
+
+/**
+ * A stand-in for kamal-proxy's forwarding of one request, following its source: Go's
+ * httputil.ReverseProxy (Rewrite mode) deletes the client's Forwarded, X-Forwarded-For,
+ * X-Forwarded-Host and X-Forwarded-Proto and the hop-by-hop headers, then kamal-proxy's
+ * Target.forwardHeaders (basecamp/kamal-proxy internal/server/target.go) either sets its own
+ * (SetXForwarded: the peer's address, the request's Host, http or https by its TLS) or, with
+ * forward_headers on, puts the client's back (its X-Forwarded-For with the peer appended, its
+ * X-Forwarded-Proto and X-Forwarded-Host when present). Every other header passes unchanged.
+ * Plain HTTP, as on the fragments' routes (no host, so no TLS).
+ */
+async function standInKamalProxy (t: Test, target: string, forwardHeaders: boolean): Promise<number> {
+  const hopByHop = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'])
+  const stripped = new Set(['forwarded', 'x-forwarded-for', 'x-forwarded-host', 'x-forwarded-proto'])
+  const server = createServer((req, res) => {
+    const headers: Record<string, string | string[]> = {}
+    for (const [name, value] of Object.entries(req.headers)) {
+      if (value !== undefined && !hopByHop.has(name) && !stripped.has(name)) headers[name] = value
+    }
+    const peer = req.socket.remoteAddress ?? ''
+    const clientXff = req.headers['x-forwarded-for'] === undefined ? undefined : String(req.headers['x-forwarded-for'])
+    headers['x-forwarded-for'] = forwardHeaders && clientXff !== undefined ? `${clientXff}, ${peer}` : peer
+    headers['x-forwarded-host'] = forwardHeaders && req.headers['x-forwarded-host'] !== undefined ? req.headers['x-forwarded-host'] : req.headers.host ?? ''
+    headers['x-forwarded-proto'] = forwardHeaders && req.headers['x-forwarded-proto'] !== undefined ? req.headers['x-forwarded-proto'] : 'http'
+    const out = httpRequest(`${target}${req.url ?? '/'}`, { method: req.method, headers }, (upstream) => {
+      res.writeHead(upstream.statusCode ?? 502, upstream.headers)
+      upstream.pipe(res)
+    })
+    out.once('error', () => { res.writeHead(502); res.end() })
+    req.pipe(out)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => await new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+  return (server.address() as AddressInfo).port
+}
+
+/** What the app saw of a client's forged request sent through kamal-proxy (stand-in) and tenant-proxy. */
+async function forgedThroughKamalProxy (t: Test, forwardHeaders: boolean): Promise<{ tenant: string, xff: string, proto: string, host: string }> {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example.com'] }, { slug: 'victim', domains: ['victim.example.com'] }])
+  const app = await startUpstream(t)
+  // 127.0.0.1 stands for the kamal network: kamal-proxy is the one trusted peer.
+  const proxy = await startTestProxy(t, testConfig(registry.url, app.origin, { TENANT_PROXY_TRAFFIC_TRUSTED_PROXIES: '127.0.0.1/32' }))
+  const kamalProxy = await standInKamalProxy(t, proxy.url, forwardHeaders)
+  const res = await request(`http://127.0.0.1:${kamalProxy}/`, {
+    headers: { host: 'acme.example.com', 'x-forwarded-host': 'victim.example.com', 'x-forwarded-for': '203.0.113.66', 'x-forwarded-proto': 'https' }
+  })
+  t.equal(res.statusCode, 200)
+  const seen = await res.body.json() as { headers: Record<string, string> }
+  const descriptor = seen.headers['x-tenant-descriptor'] ?? ''
+  const claims = JSON.parse(Buffer.from(descriptor.split('.')[1] ?? '', 'base64url').toString()) as { sub: string }
+  return { tenant: claims.sub, xff: seen.headers['x-forwarded-for'] ?? '', proto: seen.headers['x-forwarded-proto'] ?? '', host: seen.headers['x-forwarded-host'] ?? '' }
+}
+
+t.test('Kamal fragments: a client\'s forged X-Forwarded-* through kamal-proxy (stand-in) and tenant-proxy, with the fragments\' forward_headers', async (t) => {
+  const inImage = await yamlFile(path.join(KAMAL, 'in-image/deploy.yml'))
+  const accessory = await yamlFile(path.join(KAMAL, 'accessory/deploy.yml'))
+  const routes: Array<[string, unknown]> = [['in-image proxy', at(inImage, 'proxy.forward_headers')], ['accessory catch-all proxy', at(accessory, 'accessories.tenant-proxy.proxy.forward_headers')]]
+  for (const [route, forwardHeaders] of routes) {
+    t.type(forwardHeaders, 'boolean', `${route}: forward_headers is set, not left to kamal-proxy's TLS-dependent default`)
+    const seen = await forgedThroughKamalProxy(t, forwardHeaders === true)
+    t.same(seen, { tenant: 'acme', xff: '127.0.0.1, 127.0.0.1', proto: 'http', host: 'acme.example.com' },
+      `${route}: the app gets the Host's tenant, the client's real address (then kamal-proxy's), the real scheme and host; none of the forged values`)
+  }
+  // Why: with forward_headers on (kamal-proxy's default without TLS), the same request gets the
+  // client's values past kamal-proxy, and a trusted kamal-proxy makes tenant-proxy keep them.
+  const open = await forgedThroughKamalProxy(t, true)
+  t.ok(open.xff.includes('203.0.113.66') && open.proto === 'https', 'with forward_headers on, the forged address and scheme reach the app')
 })
 
 const compose = await yamlFile(path.join(ROOT, 'deploy/docker-compose.yml'))
