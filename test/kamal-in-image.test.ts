@@ -252,7 +252,7 @@ async function inFlight (ep: Entrypoint, trafficPort: number, count: number, ms:
 t.test('with the fragment\'s shutdown settings, SIGTERM lets in-flight requests finish and the container stops within Kamal\'s stop timeout', async (t) => {
   const { budgetMs, env: shutdown } = await fragmentShutdown()
   const { env, trafficPort } = await setup(t)
-  // A real server needs a moment to stop after its last request (Puma: well under a second).
+  // A real server needs a moment to stop after its last request.
   const ep = startEntrypoint(t, shell, { ...env, ...shutdown, STAND_IN_STOP_MS: '500' })
   await running(ep)
   const requests = await inFlight(ep, trafficPort, 4, 1500)
