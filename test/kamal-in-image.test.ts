@@ -2,17 +2,22 @@
  * The in-image Kamal topology's entry script (deploy/kamal/in-image/bin/tenant-proxy-entrypoint),
  * run for real under every POSIX shell found here, with a stand-in app and the built tenant-proxy:
  * requests go through the proxy to the app, SIGTERM stops the proxy first and then the app, and
- * when either process dies the other is stopped and the script exits non-zero.
+ * when either process dies the other is stopped and the script exits non-zero. With the shutdown
+ * settings of deploy/kamal/in-image/deploy.yml, a SIGTERM with requests in flight ends within the
+ * stop timeout Kamal gives the container (Docker's 10 s), even when a request outlives the grace.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import type { Test } from 'tap'
 import { request } from 'undici'
+import { parse } from 'yaml'
 import { CLI } from './helpers/cli.js'
 import { freePort } from './helpers/postgres.js'
 import { es256Pem, testRegistry } from './helpers/proxy.js'
+import { until } from './helpers/wait.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const SCRIPT = path.join(ROOT, 'deploy/kamal/in-image/bin/tenant-proxy-entrypoint')
@@ -214,4 +219,75 @@ t.test('without an app command the script prints its usage', async (t) => {
   const ep = startEntrypoint(t, shell, {}, [])
   t.equal(await ep.exit(), 64)
   t.match(ep.output(), /usage: tenant-proxy-entrypoint <app command>/)
+})
+
+/**
+ * The stop budget a Kamal deploy gives the in-image container: `docker stop` without -t for a
+ * proxied role, so Docker's 10 s, unless deploy.yml sets stop_timeout (Kamal 2.12 and later;
+ * basecamp/kamal lib/kamal/configuration/role.rb, stop_args). Plus the fragment's shutdown settings.
+ */
+async function fragmentShutdown (): Promise<{ budgetMs: number, env: Record<string, string> }> {
+  const deploy = parse(await readFile(path.join(ROOT, 'deploy/kamal/in-image/deploy.yml'), 'utf8')) as { stop_timeout?: number, env: { clear: Record<string, unknown> } }
+  const env: Record<string, string> = {}
+  for (const [k, v] of Object.entries(deploy.env.clear)) if (k.startsWith('TENANT_PROXY_SHUTDOWN_')) env[k] = String(v)
+  return { budgetMs: (deploy.stop_timeout ?? 10) * 1000, env }
+}
+
+/** Starts `count` requests to the stand-in's /slow?ms=`ms` through the proxy; resolves once the app holds them all. */
+async function inFlight (ep: Entrypoint, trafficPort: number, count: number, ms: number): Promise<Array<Promise<{ status: number, body: string } | Error>>> {
+  const before = (ep.output().match(/stand-in app request \/slow/g) ?? []).length
+  const requests = Array.from({ length: count }, async () => {
+    try {
+      const res = await request(`http://127.0.0.1:${trafficPort}/slow?ms=${ms}`, { headers: { host: 'acme.example.com' }, headersTimeout: 60_000, bodyTimeout: 60_000 })
+      return { status: res.statusCode, body: await res.body.text() }
+    } catch (err) {
+      return err as Error
+    }
+  })
+  const held = (): number => (ep.output().match(/stand-in app request \/slow/g) ?? []).length
+  await until(() => held() >= before + count ? true : undefined, `the app to hold ${count} requests`, 30_000)
+  return requests
+}
+
+t.test('with the fragment\'s shutdown settings, SIGTERM lets in-flight requests finish and the container stops within Kamal\'s stop timeout', async (t) => {
+  const { budgetMs, env: shutdown } = await fragmentShutdown()
+  const { env, trafficPort } = await setup(t)
+  // A real server needs a moment to stop after its last request.
+  const ep = startEntrypoint(t, shell, { ...env, ...shutdown, STAND_IN_STOP_MS: '500' })
+  await running(ep)
+  const requests = await inFlight(ep, trafficPort, 4, 1500)
+  const termAt = Date.now()
+  ep.child.kill('SIGTERM')
+  const code = await ep.exit(budgetMs + 20_000)
+  const elapsed = Date.now() - termAt
+  t.equal(code, 0)
+  t.ok(elapsed < budgetMs, `stopped ${elapsed} ms after SIGTERM, within the ${budgetMs} ms Docker waits before SIGKILL`)
+  for (const result of await Promise.all(requests)) {
+    t.match(result, { status: 200 }, 'the request in flight at SIGTERM was answered')
+    if (!(result instanceof Error)) t.match(JSON.parse(result.body), { app: 'stand-in', url: '/slow?ms=1500' })
+  }
+  const out = ep.output()
+  t.ok(out.indexOf('"msg":"stopped"') < out.indexOf('stand-in app got SIGTERM'), 'the app was stopped after the proxy')
+})
+
+t.test('with the fragment\'s shutdown settings, a request that outlives the grace and a slow-stopping app still fit Kamal\'s stop timeout', async (t) => {
+  const { budgetMs, env: shutdown } = await fragmentShutdown()
+  const graceMs = Number(shutdown.TENANT_PROXY_SHUTDOWN_GRACE_MS)
+  const delayMs = Number(shutdown.TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS)
+  // The worst case the fragment is sized for: the proxy uses its whole drain delay and grace, and
+  // the app then takes 2 s to stop.
+  const appStopMs = 2000
+  const { env, trafficPort } = await setup(t)
+  const ep = startEntrypoint(t, shell, { ...env, ...shutdown, STAND_IN_STOP_MS: String(appStopMs) })
+  await running(ep)
+  const stuck = (await inFlight(ep, trafficPort, 1, 120_000))[0]
+  const termAt = Date.now()
+  ep.child.kill('SIGTERM')
+  const code = await ep.exit(budgetMs + 30_000)
+  const elapsed = Date.now() - termAt
+  t.equal(code, 0, 'a clean stop, not a kill')
+  t.ok(elapsed >= delayMs + graceMs, `the proxy used its drain delay and grace (${delayMs} + ${graceMs} ms) before giving up on the request`)
+  t.ok(elapsed < budgetMs, `stopped ${elapsed} ms after SIGTERM (drain delay ${delayMs} + grace ${graceMs} + app ${appStopMs} ms), within the ${budgetMs} ms Docker waits before SIGKILL`)
+  t.notMatch(await stuck, { status: 200 }, 'the request that outlived the grace was cut')
+  t.match(ep.output(), /stand-in app got SIGTERM/, 'the app was stopped by the script, not killed')
 })
