@@ -160,7 +160,10 @@ function markdownCommands (file: string, text: string, words: Set<string>): DocC
       const cell = isTable ? raw.replaceAll('\\|', '|') : raw
       for (const span of cell.matchAll(/(`+)(.+?)\1/g)) {
         const code = span[2] ?? ''
-        found.push(...commandsIn(code, where, { words, aliases: [], bare: (commandTable && c === 0) || /^[a-z]+ [a-z<]/.test(code), binaryName: true }))
+        // A span that starts with a command word is a command line (`tenants update acme --upstream
+        // canary`) unless it reads as prose (a log message such as `registry answered: …`).
+        const bare = (commandTable && c === 0) || (/^[a-z]+ [a-z<]/.test(code) && !/[:,;] /.test(code))
+        found.push(...commandsIn(code, where, { words, aliases: [], bare, binaryName: true }))
       }
     }
   }
