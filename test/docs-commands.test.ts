@@ -253,6 +253,25 @@ t.test('every CLI command line in the docs is accepted by the CLI as written', a
   ] as const) t.ok(has(file, first, second), `found \`${[first, second].join(' ').trim()}\` in ${file}`)
 })
 
+t.test('every command\'s own usage line (its --help) is a command line the CLI accepts', async (t) => {
+  const { stdout } = await run(['--help'])
+  const names = [...stdout.split('Commands:\n')[1]?.matchAll(/^ {2}([a-z]+(?: [a-z]+)?) {2,}/gm) ?? []].map((m) => m[1] ?? '')
+  t.ok(names.length >= 10, `${names.length} commands`)
+  const words = await commandWords()
+  const usages: DocCommand[] = []
+  const helps: string[] = []
+  // Two processes at a time, as in check().
+  for (let i = 0; i < names.length; i += 2) helps.push(...(await Promise.all(names.slice(i, i + 2).map(async (name) => (await run([...name.split(' '), '--help'])).stdout))))
+  for (const [i, name] of names.entries()) {
+    const usage = /^Usage: (.*)$/m.exec(helps[i] ?? '')?.[1] ?? ''
+    const found = commandsIn(usage, `${name} --help`, { words, aliases: [], bare: false, binaryName: true })
+    t.equal(found.length, 1, `${name} --help prints a usage line: ${usage}`)
+    usages.push(...found)
+  }
+  const failures = await check(usages)
+  for (const c of usages) t.equal(failures.get(c), undefined, `${c.where}: ${c.text}`, { argv: c.argv })
+})
+
 t.test('the check catches a documented flag, argument or command that does not exist', async (t) => {
   const words = await commandWords()
   const doc = [
