@@ -1,8 +1,13 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
 import pg from 'pg'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { COMMANDS } from '../src/cli/run.js'
 import { runCli } from './helpers/cli.js'
 import { throwawayDatabase } from './helpers/postgres.js'
+import { testRegistry } from './helpers/proxy.js'
+import { until } from './helpers/wait.js'
 
 /** Everything observable in the registry, to prove a failed command changed nothing. */
 async function registryState (url: string): Promise<unknown> {
@@ -117,12 +122,16 @@ t.test('mistakes print one clear line, exit non-zero and change nothing', async 
   t.equal((await runCli(['migrate'], env)).code, 0)
   t.equal((await runCli(['tenants', 'add', 'acme', '--domain', 'acme.example.com', '--database', 'acme'], env)).code, 0)
   t.equal((await runCli(['tenants', 'add', 'globex', '--domain', 'globex.example.com', '--domain', 'g.example.com', '--database', 'globex'], env)).code, 0)
+  // The same database name on another server is another database.
+  t.equal((await runCli(['tenants', 'add', 'initech', '--domain', 'initech.example.com', '--database', 'globex', '--db-host', 'db2.internal', '--db-port', '6432'], env)).code, 0)
   const before = await registryState(url)
 
   const mistakes: Array<[string[], RegExp]> = [
     [['tenants', 'add', 'other', '--domain', 'new.example.com', '--domain', 'ACME.example.com', '--database', 'other'], /domain acme\.example\.com already belongs to tenant acme \(TENANT_PROXY_ERR_DOMAIN_TAKEN\)/],
     [['tenants', 'add', 'acme', '--domain', 'fresh.example.com', '--database', 'acme2'], /tenant acme already exists \(TENANT_PROXY_ERR_TENANT_EXISTS\)/],
     [['tenants', 'add', 'other', '--domain', 'fresh.example.com', '--database', 'acme'], /database acme is already used by tenant acme \(TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN\)/],
+    [['tenants', 'update', 'globex', '--db-host', 'db2.internal', '--db-port', '6432'], /database globex on db2\.internal:6432 is already used by tenant initech \(TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN\)/],
+    [['tenants', 'update', 'initech', '--default-db-server'], /database globex is already used by tenant globex \(TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN\)/],
     [['tenants', 'add', 'Bad_Slug', '--domain', 'fresh.example.com', '--database', 'x'], /invalid tenant slug "Bad_Slug"/],
     [['tenants', 'add', 'other', '--domain', 'a..b', '--database', 'x'], /invalid host "a\.\.b": empty label \(TENANT_PROXY_ERR_HOST_INVALID\)/],
     [['tenants', 'add', 'other', '--domain', '10.0.0.1', '--database', 'x'], /invalid host "10\.0\.0\.1": IP literal/],
@@ -179,4 +188,109 @@ t.test('--help works on every command without a registry or valid config', async
   const top = await runCli(['--help'])
   t.equal(top.code, 0)
   for (const command of COMMANDS) t.match(top.stdout, command.name)
+})
+
+/** Writes JSON lines to a file of a temporary directory removed at teardown. */
+async function importFile (t: Test, lines: readonly string[]): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-import-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'tenants.jsonl')
+  await writeFile(file, lines.join('\n') + '\n')
+  return file
+}
+
+t.test('registry import: conflicts with the registry are listed with the format problems, by line, exit 2, nothing written', async (t) => {
+  const registry = await testRegistry(t, [
+    { slug: 'acme', domains: ['acme.example'] },
+    { slug: 'globex', domains: ['globex.example'], databaseHost: 'db2.internal', databasePort: 6432 }
+  ])
+  const env = { REGISTRY_DATABASE_URL: registry.url }
+  const before = await registryState(registry.url)
+  const file = await importFile(t, [
+    '{"slug":"one","database_name":"acme","domains":["one.example"]}',
+    '{"slug":"two","state":"paused","database_name":"two","domains":["globex.example"]}',
+    '{"slug":"acme","database_name":"acme_v2","domains":["acme.example"]}',
+    '{"slug":"four","database_name":"globex","database_host":"db2.internal","database_port":6432,"domains":["four.example"]}',
+    '{"slug":"five","database_name":"globex","domains":["five.example"]}',
+    'not json',
+    '{"slug":"seven","database_name":"seven","database_port":70000,"domains":["ACME.example."]}'
+  ])
+  const r = await runCli(['registry', 'import', file], env)
+  t.equal(r.code, 2, 'a conflict is a validation error like any other')
+  t.equal(r.stdout, '')
+  t.equal(r.stderr, [
+    'tenant-proxy: import refused, nothing changed:',
+    'line 1: database acme is already used by tenant acme',
+    'line 2: invalid state "paused": use one of active, suspended, maintenance',
+    'line 2: domain globex.example already belongs to tenant globex',
+    'line 3: tenant acme already exists (use --replace to update it)',
+    'line 4: database globex on db2.internal:6432 is already used by tenant globex',
+    'line 6: not JSON (Unexpected token \'o\', "not json" is not valid JSON)',
+    'line 7: invalid database port 70000: use a number from 1 to 65535',
+    'line 7: domain acme.example also on line 3',
+    'line 7: domain acme.example already belongs to tenant acme (TENANT_PROXY_ERR_IMPORT_INVALID)',
+    ''
+  ].join('\n'), 'every problem named with its line (line 5 is globex\'s name on the default server: no conflict)')
+  t.same(await registryState(registry.url), before, 'nothing written')
+
+  // --replace: acme is updated (and gives its database up to line 1); another tenant's domain
+  // or database is still a conflict.
+  const replace = await runCli(['registry', 'import', file, '--replace', '--dry-run'], env)
+  t.equal(replace.code, 2)
+  t.notMatch(replace.stderr, /line [13]:/, 'with --replace, acme is updated in place and its old database is free for line 1')
+  t.match(replace.stderr, /line 4: database globex on db2\.internal:6432 is already used by tenant globex\n/)
+  t.same(await registryState(registry.url), before, 'nothing written')
+
+  const handover = await runCli(['registry', 'import', await importFile(t, [
+    '{"slug":"one","database_name":"acme","domains":["one.example"]}',
+    '{"slug":"acme","database_name":"acme_v2","domains":["acme.example"]}'
+  ]), '--replace'], env)
+  t.equal(handover.code, 0, handover.stderr)
+  t.match(handover.stdout, /created 1, updated 1 tenants/)
+  t.match(await registry.store.findTenant('one'), { database_name: 'acme' }, 'the new tenant took the database the updated one gave up')
+  t.match(await registry.store.findTenant('acme'), { database_name: 'acme_v2', epoch: 2 })
+
+  // Two existing tenants swapping databases: the unique index refuses the first row written; the
+  // answer still names the line, the database and its tenant.
+  const state = await registryState(registry.url)
+  const swap = await runCli(['registry', 'import', await importFile(t, [
+    '{"slug":"one","database_name":"acme_v2","domains":["one.example"]}',
+    '{"slug":"acme","database_name":"acme","domains":["acme.example"]}'
+  ]), '--replace'], env)
+  t.equal(swap.code, 2)
+  t.match(swap.stderr, /^tenant-proxy: import refused, nothing changed:\nline (1: database acme_v2 was still used by tenant acme|2: database acme was still used by tenant one) when this line was written \(.*\) \(TENANT_PROXY_ERR_IMPORT_INVALID\)\n$/)
+  t.same(await registryState(registry.url), state, 'nothing written')
+})
+
+t.test('registry import racing another writer: the conflict is named by line, exit 2, and the other tenant keeps its row', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const env = { REGISTRY_DATABASE_URL: registry.url }
+  const watcher = new pg.Client({ connectionString: registry.url })
+  await watcher.connect()
+  t.teardown(async () => await watcher.end())
+  const rounds: Array<{ what: string, rival: { slug: string, database: string, domain: string }, line: object, expected: string }> = [
+    { what: 'the same database', rival: { slug: 'rival-db', database: 'contested', domain: 'rival-db.example' }, line: { slug: 'newcomer', database_name: 'contested', domains: ['newcomer.example'] }, expected: 'line 1: database contested is already used by tenant rival-db' },
+    { what: 'the same domain', rival: { slug: 'rival-host', database: 'rival_host', domain: 'wanted.example' }, line: { slug: 'newcomer', database_name: 'newcomer', domains: ['wanted.example'] }, expected: 'line 1: domain wanted.example already belongs to tenant rival-host' },
+    { what: 'the same slug', rival: { slug: 'newcomer', database: 'rival_slug', domain: 'rival-slug.example' }, line: { slug: 'newcomer', database_name: 'newcomer', domains: ['newcomer.example'] }, expected: 'line 1: tenant newcomer already exists (use --replace to update it)' }
+  ]
+  for (const { what, rival, line, expected } of rounds) {
+    // The rival writes in a transaction left open, so the import checks before it commits and
+    // writes after: its insert waits on the rival's row (or the registry version lock), then fails.
+    const other = new pg.Client({ connectionString: registry.url })
+    await other.connect()
+    const otherPid = (await other.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]?.pid
+    await other.query('BEGIN')
+    const id = (await other.query<{ id: string }>('INSERT INTO tenant_proxy.tenants (slug, database_name) VALUES ($1, $2) RETURNING id', [rival.slug, rival.database])).rows[0]?.id
+    await other.query("INSERT INTO tenant_proxy.domains (hostname, tenant_id, kind) VALUES ($1, $2, 'primary')", [rival.domain, id])
+    const importing = runCli(['registry', 'import', await importFile(t, [JSON.stringify(line)])], env)
+    await until(async () => (await watcher.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> $1", [otherPid])).rowCount === 1 ? true : undefined, `the import to wait for the rival (${what})`, 30_000)
+    await other.query('COMMIT')
+    await other.end()
+    const r = await importing
+    t.equal(r.code, 2, `${what}: exit 2`)
+    t.equal(r.stderr, `tenant-proxy: import refused, nothing changed:\n${expected} (TENANT_PROXY_ERR_IMPORT_INVALID)\n`, `${what}: named by line`)
+    t.match(await registry.store.findTenant(rival.slug), { slug: rival.slug, database_name: rival.database, domains: [{ hostname: rival.domain }] }, `${what}: the rival's tenant is intact`)
+    t.equal(await registry.store.findTenant('newcomer.example'), null, `${what}: nothing of the import was written`)
+    await registry.store.removeTenant(rival.slug)
+  }
 })

@@ -7,10 +7,12 @@
  * proxy's own role locked out (NOLOGIN + its backends terminated) on the shared server, which
  * keeps the proxy disconnected for exactly as long as the test wants.
  */
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { createServer as createNetServer, type Socket } from 'node:net'
+import { execFile } from 'node:child_process'
+import { chmod, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises'
+import { connect as connectNet, createServer as createNetServer, type Socket } from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
+import { promisify } from 'node:util'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
@@ -24,6 +26,8 @@ import { freePort } from './helpers/postgres.js'
 import { startTestProxy, testConfig, testRegistry } from './helpers/proxy.js'
 import { startUpstream } from './helpers/upstream.js'
 import { until } from './helpers/wait.js'
+
+const execFileAsync = promisify(execFile)
 
 interface Answer { status: number, tenant: string | null, code: string | null, retryAfter: string | null }
 
@@ -320,4 +324,171 @@ t.test('a registry that accepts connections but never answers does not hold the 
   t.equal(proxy.state.stale, true)
   t.equal((await hit(proxy.url, 'acme.example')).tenant, 'acme', 'routes from the file while the registry hangs')
   t.match(await hit(proxy.url, 'unknown.example'), { status: 503, code: 'TENANT_PROXY_ERR_REGISTRY_UNAVAILABLE' })
+})
+
+/**
+ * A TCP relay in front of the registry's PostgreSQL, so a test decides when the registry
+ * answers: `pass` forwards, `hold` accepts and waits (what a registry slow to answer looks like;
+ * `release` then forwards what waited), `reset` closes every connection at once (unreachable).
+ */
+async function registryRelay (t: Test, registryUrl: string): Promise<{ url: string, mode: 'pass' | 'hold' | 'reset', held (): number, release (): void }> {
+  const target = new URL(registryUrl)
+  const sockets = new Set<Socket>()
+  const waiting: Socket[] = []
+  const track = (s: Socket): Socket => {
+    sockets.add(s)
+    s.on('error', () => {})
+    s.on('close', () => sockets.delete(s))
+    return s
+  }
+  const forward = (client: Socket): void => {
+    const server = track(connectNet(Number(target.port === '' ? 5432 : target.port), target.hostname))
+    client.pipe(server).pipe(client)
+    client.on('close', () => server.destroy())
+    server.on('close', () => client.destroy())
+  }
+  const relay = {
+    url: '',
+    mode: 'pass' as 'pass' | 'hold' | 'reset',
+    held: () => waiting.length,
+    release () {
+      relay.mode = 'pass'
+      for (const s of waiting.splice(0)) forward(s)
+    }
+  }
+  const listener = createNetServer((s) => {
+    track(s)
+    if (relay.mode === 'pass') forward(s)
+    else if (relay.mode === 'hold') waiting.push(s) // unread: what the client sent stays buffered until release
+    else s.destroy()
+  })
+  await new Promise<void>((resolve) => listener.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    for (const s of sockets) s.destroy()
+    await new Promise((resolve) => listener.close(resolve))
+  })
+  const url = new URL(registryUrl)
+  url.port = String((listener.address() as { port: number }).port)
+  relay.url = url.toString()
+  return relay
+}
+
+/** The registry component's log lines at info and above, as [level, message]. */
+function registryLog (lines: readonly string[]): Array<[string, string]> {
+  const names: Record<number, string> = { 30: 'info', 40: 'warn', 50: 'error', 60: 'fatal' }
+  return lines.join('').split('\n').filter((l) => l !== '')
+    .map((l) => JSON.parse(l) as { level: number, msg: string, component?: string })
+    .filter((l) => l.component === 'registry' && l.level >= 30)
+    .map((l) => [names[l.level] ?? String(l.level), l.msg])
+}
+
+t.test('start-up logs say what the proxy routes from: the registry, or the snapshot file and why', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'acme', domains: ['acme.example'] }])
+  const upstream = await startUpstream(t)
+  const relay = await registryRelay(t, registry.url)
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'tp-startlog-'))
+  t.teardown(async () => await rm(dir, { recursive: true, force: true }))
+  let n = 0
+  /** A config through the relay with a snapshot path of its own; a long connect timeout, so only the test decides when the registry answers. */
+  const config = (snapshotPath: string): ReturnType<typeof testConfig> => testConfig(relay.url, upstream.origin, {
+    TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath, TENANT_PROXY_REGISTRY_CONNECT_TIMEOUT_MS: '60000'
+  })
+  const freshPath = (): string => path.join(dir, `case-${++n}`, 'last-known-good.json')
+  // The file a proxy writes for this registry location (the relay's), kept to be put back per case.
+  const written = freshPath()
+  const writer = await startTestProxy(t, config(written))
+  await until(async () => await readFile(written).then(() => true, () => undefined), 'the snapshot file')
+  await writer.stop()
+  const good = await readFile(written, 'utf8')
+  const withFile = async (): Promise<string> => {
+    const p = freshPath()
+    await mkdir(path.dirname(p), { recursive: true })
+    await writeFile(p, good)
+    return p
+  }
+  const loaded = 'registry loaded'
+  const fileLoaded = 'loaded the last-known-good snapshot file'
+
+  t.test('first start, no file, the registry answers at once: nothing about a file', async (t) => {
+    const lines: string[] = []
+    const proxy = await startTestProxy(t, config(freshPath()), lines)
+    t.same(registryLog(lines), [['info', loaded]])
+    t.equal(proxy.state.stale, false)
+  })
+
+  t.test('first start, no file, the registry slow to answer: no file is no error', async (t) => {
+    relay.mode = 'hold'
+    const lines: string[] = []
+    const starting = startTestProxy(t, config(freshPath()), lines)
+    // The fallback looked for the file (whatever it said about it); then the registry answers.
+    await until(() => registryLog(lines).length > 0 ? true : undefined, 'the fallback to look for the file')
+    t.ok(relay.held() > 0, 'the registry connection was held meanwhile')
+    relay.release()
+    const proxy = await starting
+    t.same(registryLog(lines), [
+      ['info', 'no last-known-good snapshot file yet (it is written after the first registry load); waiting for the registry'],
+      ['info', loaded]
+    ])
+    t.equal(proxy.state.stale, false)
+  })
+
+  t.test('a file and a registry that answers at once: the file is not mentioned', async (t) => {
+    const lines: string[] = []
+    const proxy = await startTestProxy(t, config(await withFile()), lines)
+    t.same(registryLog(lines), [['info', loaded]])
+    t.equal(proxy.state.stale, false)
+  })
+
+  t.test('a file and a registry that answers after the fallback delay: routes from the file, then says the registry took over', async (t) => {
+    relay.mode = 'hold'
+    const lines: string[] = []
+    const proxy = await startTestProxy(t, config(await withFile()), lines)
+    t.equal(proxy.state.stale, true, 'started from the file')
+    t.equal((await hit(proxy.url, 'acme.example')).tenant, 'acme')
+    t.same(registryLog(lines), [['warn', fileLoaded], ['warn', 'registry slow to answer at start: routing known hosts from the last-known-good snapshot file meanwhile']])
+    relay.release()
+    await until(() => proxy.state.synced ? true : undefined, 'the registry to answer')
+    await until(() => registryLog(lines).length === 4 ? true : undefined, 'the log line of the take-over')
+    t.same(registryLog(lines).slice(2), [['info', loaded], ['info', 'registry answered: routing from the registry, no longer from the snapshot file']])
+    t.equal(proxy.state.stale, false)
+  })
+
+  t.test('the registry answers while the file is being read: the file is not used, nor said to be', async (t) => {
+    // The file is a FIFO: the proxy's read of it waits until the test writes, which it does
+    // only once the registry's index is loaded.
+    const fifo = freshPath()
+    await mkdir(path.dirname(fifo), { recursive: true })
+    await execFileAsync('mkfifo', [fifo])
+    relay.mode = 'hold'
+    const lines: string[] = []
+    const starting = startTestProxy(t, config(fifo), lines)
+    // Opening a FIFO for writing returns once a reader has opened it: the proxy is reading now.
+    const handle = await open(fifo, 'w')
+    relay.release()
+    await until(() => registryLog(lines).some(([, msg]) => msg === loaded) ? true : undefined, 'the registry load')
+    await handle.writeFile(good)
+    await handle.close()
+    const proxy = await starting
+    t.same(registryLog(lines), [['info', loaded]])
+    t.equal(proxy.state.stale, false, 'the index is the registry\'s')
+    await until(() => proxy.state.synced ? true : undefined, 'the feed to be synced')
+  })
+
+  t.test('a file and an unreachable registry: routes from the file and says why', async (t) => {
+    relay.mode = 'reset'
+    t.teardown(() => { relay.mode = 'pass' })
+    const lines: string[] = []
+    const proxy = await startTestProxy(t, config(await withFile()), lines)
+    t.equal(proxy.state.stale, true)
+    t.same(registryLog(lines), [['warn', fileLoaded], ['warn', 'registry unreachable at start: routing known hosts from the last-known-good snapshot file']])
+  })
+
+  t.test('no file and an unreachable registry: the start fails, and the missing file is no error of its own', async (t) => {
+    relay.mode = 'reset'
+    t.teardown(() => { relay.mode = 'pass' })
+    const lines: string[] = []
+    const logger = createLogger('info', { write: (l: string) => { lines.push(l) } })
+    await t.rejects(startProxy(config(freshPath()), logger), { code: 'TENANT_PROXY_ERR_REGISTRY_UNREACHABLE' })
+    t.same(registryLog(lines), [['info', 'no last-known-good snapshot file yet (it is written after the first registry load); waiting for the registry']])
+  })
 })

@@ -63,7 +63,10 @@ export function parseCommandArgs (command: Command, argv: readonly string[]): Pa
   } catch (err) {
     throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`${(err as Error).message.replace(/\. To specify a positional.*$/s, '')}; usage: ${command.usage}`], err)
   }
-  if (parsed.values.help === true) return parsed
+  // `<command> --help` alone asks for the help. After a complete command line, `--help` checks
+  // that line as strictly as a real run would (options above, arguments below) before printing
+  // the help, so a documented command line can be verified without running it.
+  if (parsed.values.help === true && parsed.positionals.length === 0 && Object.keys(parsed.values).every((k) => k === 'help' || k === 'config')) return parsed
   const [min, max] = command.positionals
   const n = parsed.positionals.length
   if (n < min) throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`missing argument; usage: ${command.usage}`])

@@ -41,11 +41,14 @@ export async function runCli (argv: readonly string[], environment: CliEnvironme
   const words = argv.filter((a) => !a.startsWith('-'))
   const command = findCommand(argv)
   if (command === undefined) {
-    if (argv.length === 0 || argv.includes('--help') || argv.includes('-h')) {
+    const group = COMMANDS.filter((c) => c.name.split(' ')[0] === words[0])
+    // Help for everything, or for one group (`tenants --help`); a word that names no command is
+    // an error with or without --help, so a mistyped command line never passes for a valid one.
+    const helpTopic = words.length === 0 || (words.length === 1 && group.length > 0)
+    if (argv.length === 0 || (helpTopic && (argv.includes('--help') || argv.includes('-h')))) {
       io.out(overview(words[0]))
       return argv.length === 0 ? EXIT.usage : EXIT.ok
     }
-    const group = COMMANDS.filter((c) => c.name.split(' ')[0] === words[0])
     io.err(group.length > 0
       ? `tenant-proxy: unknown ${words[0] ?? ''} command ${JSON.stringify(words[1] ?? '')}; try: ${group.map((c) => c.name).join(', ')}\n`
       : `tenant-proxy: unknown command ${JSON.stringify(words[0] ?? argv[0] ?? '')}; run tenant-proxy --help\n`)

@@ -33,9 +33,10 @@ export const registryImport: Command = {
   summary: 'Create (or with --replace, update) tenants from JSON lines, in one transaction.',
   usage: 'tenant-proxy registry import FILE|- [--replace] [--dry-run]',
   help: [
-    'Every line is validated first; any problem (or conflict with the registry) is listed with its',
-    'line number and nothing is written. Without --replace an existing slug is a conflict; with it',
-    'the tenant is updated and its domains replaced by the listed ones. epoch, created_at and',
+    'Every line is validated first, against the format and against the registry (an existing slug',
+    'without --replace, a domain or database of another tenant); every problem is listed with its',
+    'line number, nothing is written and the exit code is 2. With --replace a listed tenant is',
+    'updated and its domains replaced by the listed ones. epoch, created_at and',
     'updated_at in the input are ignored (the registry assigns them). --dry-run checks everything',
     'against the registry and rolls back.'
   ].join('\n'),
@@ -49,11 +50,11 @@ export const registryImport: Command = {
     } catch (err) {
       throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`cannot read ${source}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`], err)
     }
-    const { tenants, problems } = parseImport(text)
-    if (problems.length > 0) throw tpError('TENANT_PROXY_ERR_IMPORT_INVALID', [problems.join('\n')])
+    // Problems in the input and conflicts with the registry are reported together, by line.
+    const { entries, problems } = parseImport(text)
     const registry = await ctx.registry()
     const dryRun = flag(args, 'dry-run')
-    const result = await registry.store.importTenants(tenants, { replace: flag(args, 'replace'), dryRun })
+    const result = await registry.store.importTenants(entries, { replace: flag(args, 'replace'), dryRun, problems })
     ctx.io.out(`${dryRun ? 'dry run, nothing written: would have ' : ''}created ${result.created}, updated ${result.updated} tenants\n`)
     return 0
   }

@@ -44,6 +44,9 @@ export interface SnapshotFileContent {
 /** Why a file was refused (logged as is; never contains secrets). */
 export class SnapshotFileError extends Error {}
 
+/** There is no file yet: normal on a first start, or with a new path. Not a refusal. */
+export class SnapshotFileMissing extends SnapshotFileError {}
+
 /**
  * Identifies a registry location without its credentials: host, port, database and schema. A
  * snapshot file written for one location is refused by a proxy configured for another.
@@ -140,7 +143,8 @@ export async function readSnapshotFile (file: string, fingerprint: string): Prom
   try {
     text = await fs.readFile(file, 'utf8')
   } catch (err) {
-    throw new SnapshotFileError((err as { code?: string }).code === 'ENOENT' ? 'no snapshot file' : `cannot read: ${(err as Error).message}`)
+    if ((err as { code?: string }).code === 'ENOENT') throw new SnapshotFileMissing('no snapshot file')
+    throw new SnapshotFileError(`cannot read: ${(err as Error).message}`)
   }
   const first = text.indexOf('\n')
   const last = text.lastIndexOf('\n', text.length - 2)

@@ -6,7 +6,7 @@ import type pg from 'pg'
 import { tpError } from '../errors.js'
 import type { TenantState } from './names.js'
 import { quoteIdent } from './sql.js'
-import type { TransferTenant } from './transfer.js'
+import { databaseLabel, formatProblems, type ImportEntry, type ImportProblem, type TransferTenant } from './transfer.js'
 
 export type DomainKind = 'primary' | 'alias'
 
@@ -278,42 +278,108 @@ export class RegistryStore {
   }
 
   /**
-   * Writes validated tenants in one transaction (bulk statements, so 100,000 rows take seconds).
-   * Without `replace`, an existing slug or a domain owned by a tenant outside the import is a
-   * conflict; with it, listed tenants are updated and their domain sets replaced. Every conflict
-   * is reported at once and nothing is written. Returns what was created and updated.
+   * Imports parsed input lines in one transaction (bulk statements, so 100,000 rows take seconds).
+   * Conflicts with the registry are checked on the same pass as the input's own `problems`, every
+   * one reported with its line, and nothing is written if there is any: without `replace`, an
+   * existing slug; a domain owned by a tenant outside the import; a database (name, host, port)
+   * used by a tenant outside the import. With `replace`, listed tenants are updated and their
+   * domain sets replaced. Returns what was created and updated.
    */
-  async importTenants (tenants: readonly TransferTenant[], opts: { replace: boolean, dryRun: boolean }): Promise<{ created: number, updated: number }> {
+  async importTenants (entries: readonly ImportEntry[], opts: { replace: boolean, dryRun: boolean, problems?: readonly ImportProblem[] }): Promise<{ created: number, updated: number }> {
+    try {
+      // A dry run does everything, conflicts and constraint checks included, and rolls back.
+      return await this.#transaction('BEGIN', opts.dryRun ? 'ROLLBACK' : 'COMMIT', async (c) => {
+        const problems = [...opts.problems ?? [], ...await this.#importConflicts(c, entries, opts.replace)]
+        if (problems.length > 0) throw tpError('TENANT_PROXY_ERR_IMPORT_INVALID', [formatProblems(problems)])
+        return await this.#importWrite(c, entries.flatMap((e) => e.tenant === null ? [] : [e.tenant]), opts.replace)
+      }, null)
+    } catch (err) {
+      if ((err as { code?: string }).code !== '23505') throw err
+      // Another writer committed a conflicting row between the check and the insert (the insert
+      // waited for it, then failed): check again now that it is visible, so the answer names the
+      // line and the tenant like any conflict. Nothing was written either way.
+      const problems = await this.#readOnly(async (c) => await this.#importConflicts(c, entries, opts.replace))
+      if (problems.length === 0) problems.push(await this.#importViolation(err, entries))
+      throw tpError('TENANT_PROXY_ERR_IMPORT_INVALID', [formatProblems(problems)], err)
+    }
+  }
+
+  /** Conflicts of the input lines with the registry, each with its line (see importTenants). */
+  async #importConflicts (c: pg.PoolClient, entries: readonly ImportEntry[], replace: boolean): Promise<ImportProblem[]> {
+    const problems: ImportProblem[] = []
+    // With --replace, a tenant of the import may hand its domain or database to another one.
+    const ours = replace ? entries.flatMap((e) => e.slug === null ? [] : [e.slug]) : []
+    if (!replace) {
+      const rows = JSON.stringify(entries.flatMap((e) => e.slug === null ? [] : [{ line: e.line, slug: e.slug }]))
+      const existing = await c.query<{ line: number, slug: string }>(
+        `SELECT x.line, x.slug FROM jsonb_to_recordset($1::jsonb) AS x(line int, slug text) JOIN ${this.#s}.tenants t ON t.slug = x.slug`, [rows])
+      for (const r of existing.rows) problems.push({ line: r.line, message: `tenant ${r.slug} already exists (use --replace to update it)` })
+    }
+    const domains = JSON.stringify(entries.flatMap((e) => e.domains.map((hostname) => ({ line: e.line, hostname, slug: e.slug }))))
+    const taken = await c.query<{ line: number, hostname: string, owner: string }>(
+      `SELECT x.line, x.hostname, t.slug AS owner FROM jsonb_to_recordset($1::jsonb) AS x(line int, hostname text, slug text)
+       JOIN ${this.#s}.domains d ON d.hostname = x.hostname JOIN ${this.#s}.tenants t ON t.id = d.tenant_id
+       WHERE t.slug IS DISTINCT FROM x.slug AND NOT t.slug = ANY($2::text[])`, [domains, ours])
+    for (const r of taken.rows) problems.push({ line: r.line, message: `domain ${r.hostname} already belongs to tenant ${r.owner}` })
+    const databases = JSON.stringify(entries.flatMap((e) => e.database === null ? [] : [{ line: e.line, slug: e.slug, ...e.database }]))
+    // The same expressions as the unique index tenants_database_location_key, so it is used.
+    const used = await c.query<{ line: number, name: string, host: string | null, port: number | null, owner: string }>(
+      `SELECT x.line, x.name, x.host, x.port, t.slug AS owner FROM jsonb_to_recordset($1::jsonb) AS x(line int, slug text, name text, host text, port int)
+       JOIN ${this.#s}.tenants t ON coalesce(t.database_host, '') = coalesce(x.host, '') AND coalesce(t.database_port, 0) = coalesce(x.port, 0) AND t.database_name = x.name
+       WHERE t.slug IS DISTINCT FROM x.slug AND NOT t.slug = ANY($2::text[])`, [databases, ours])
+    for (const r of used.rows) problems.push({ line: r.line, message: `${databaseLabel(r)} is already used by tenant ${r.owner}` })
+    return problems
+  }
+
+  async #importWrite (c: pg.PoolClient, tenants: readonly TransferTenant[], replace: boolean): Promise<{ created: number, updated: number }> {
     const rows = JSON.stringify(tenants.map(({ domains: _domains, ...t }) => t))
     const domains = JSON.stringify(tenants.flatMap((t) => t.domains.map((d) => ({ hostname: d.hostname, kind: d.kind, slug: t.slug }))))
     const slugs = tenants.map((t) => t.slug)
-    // A dry run does everything, conflicts and constraint checks included, and rolls back.
-    return await this.#transaction('BEGIN', opts.dryRun ? 'ROLLBACK' : 'COMMIT', async (c) => {
-      const existing = await c.query<{ slug: string }>(`SELECT slug FROM ${this.#s}.tenants WHERE slug = ANY($1::text[])`, [slugs])
-      const problems: string[] = []
-      if (!opts.replace) for (const r of existing.rows) problems.push(`tenant ${r.slug} already exists (use --replace to update it)`)
-      const taken = await c.query<{ hostname: string, slug: string, wanted: string }>(
-        `SELECT d.hostname, t.slug, x.slug AS wanted FROM jsonb_to_recordset($1::jsonb) AS x(hostname text, slug text)
-         JOIN ${this.#s}.domains d ON d.hostname = x.hostname JOIN ${this.#s}.tenants t ON t.id = d.tenant_id
-         WHERE t.slug <> x.slug AND NOT (t.slug = ANY($2::text[]) AND $3)`, [domains, slugs, opts.replace])
-      for (const r of taken.rows) problems.push(`domain ${r.hostname} (for ${r.wanted}) belongs to tenant ${r.slug}`)
-      if (problems.length > 0) throw tpError('TENANT_PROXY_ERR_IMPORT_INVALID', [problems.join('\n')])
-      const columns = 'slug text, state text, database_name text, database_host text, database_port int, upstream text, settings jsonb'
-      const written = await c.query<{ inserted: boolean }>(
-        `INSERT INTO ${this.#s}.tenants (slug, state, database_name, database_host, database_port, upstream, settings)
-         SELECT slug, state, database_name, database_host, database_port, upstream, coalesce(settings, '{}'::jsonb) FROM jsonb_to_recordset($1::jsonb) AS x(${columns})
-         ON CONFLICT (slug) DO UPDATE SET state = EXCLUDED.state, database_name = EXCLUDED.database_name, database_host = EXCLUDED.database_host,
-           database_port = EXCLUDED.database_port, upstream = EXCLUDED.upstream, settings = EXCLUDED.settings
-         RETURNING (xmax = 0) AS inserted`, [rows])
-      await c.query(`DELETE FROM ${this.#s}.domains WHERE tenant_id IN (SELECT id FROM ${this.#s}.tenants WHERE slug = ANY($1::text[]))`, [slugs])
-      // Domains taken over from tenants outside the import were refused above; inside it they move.
-      await c.query(`DELETE FROM ${this.#s}.domains WHERE hostname IN (SELECT hostname FROM jsonb_to_recordset($1::jsonb) AS x(hostname text))`, [domains])
-      await c.query(
-        `INSERT INTO ${this.#s}.domains (hostname, tenant_id, kind)
-         SELECT x.hostname, t.id, x.kind FROM jsonb_to_recordset($1::jsonb) AS x(hostname text, kind text, slug text) JOIN ${this.#s}.tenants t ON t.slug = x.slug`, [domains])
-      const created = written.rows.filter((r) => r.inserted).length
-      return { created, updated: written.rows.length - created }
-    }, { slug: null, databaseName: null, domains: [] })
+    const columns = 'slug text, state text, database_name text, database_host text, database_port int, upstream text, settings jsonb'
+    // Existing tenants first, so a database one of them gives up is free for a new one (the
+    // unique index is checked row by row). Without --replace there are none (they were refused),
+    // and the plain INSERT makes a tenant created by another writer since the check a unique
+    // violation, reported as a conflict, never silently overwritten.
+    const updated = replace
+      ? (await c.query(
+          `UPDATE ${this.#s}.tenants t SET state = x.state, database_name = x.database_name, database_host = x.database_host,
+             database_port = x.database_port, upstream = x.upstream, settings = coalesce(x.settings, '{}'::jsonb)
+           FROM jsonb_to_recordset($1::jsonb) AS x(${columns}) WHERE t.slug = x.slug`, [rows])).rowCount ?? 0
+      : 0
+    const inserted = await c.query(
+      `INSERT INTO ${this.#s}.tenants (slug, state, database_name, database_host, database_port, upstream, settings)
+       SELECT slug, state, database_name, database_host, database_port, upstream, coalesce(settings, '{}'::jsonb) FROM jsonb_to_recordset($1::jsonb) AS x(${columns})
+       WHERE NOT EXISTS (SELECT 1 FROM ${this.#s}.tenants t WHERE t.slug = x.slug)`, [rows])
+    // The listed tenants' domain sets are replaced; a domain moving between two of them moves here.
+    // Domains of tenants outside the import were refused above and are never deleted: one added
+    // since the check makes the INSERT below fail (reported as a conflict) rather than move.
+    await c.query(`DELETE FROM ${this.#s}.domains WHERE tenant_id IN (SELECT id FROM ${this.#s}.tenants WHERE slug = ANY($1::text[]))`, [slugs])
+    await c.query(
+      `INSERT INTO ${this.#s}.domains (hostname, tenant_id, kind)
+       SELECT x.hostname, t.id, x.kind FROM jsonb_to_recordset($1::jsonb) AS x(hostname text, kind text, slug text) JOIN ${this.#s}.tenants t ON t.slug = x.slug`, [domains])
+    return { created: inserted.rowCount ?? 0, updated }
+  }
+
+  /**
+   * A unique violation of the import that a fresh check does not explain (the other writer has
+   * rolled back, or two tenants of one --replace import swap databases, which the per-row unique
+   * index refuses), named by its line as far as the constraint's detail tells.
+   */
+  async #importViolation (err: unknown, entries: readonly ImportEntry[]): Promise<ImportProblem> {
+    const e = err as { constraint?: string, detail?: string }
+    const values = keyValues(e.detail)
+    if (e.constraint === 'tenants_database_location_key' && values !== null) {
+      const [host = '', port = '0', name = ''] = values
+      const db = { name, host: host === '' ? null : host, port: port === '0' ? null : Number(port) }
+      const line = entries.find((x) => x.database !== null && x.database.name === db.name && x.database.host === db.host && x.database.port === db.port)?.line ?? null
+      const owner = await this.#pool.query<{ slug: string }>(
+        `SELECT slug FROM ${this.#s}.tenants WHERE coalesce(database_host, '') = $1 AND coalesce(database_port, 0) = $2 AND database_name = $3`, [host, Number(port), name])
+      const who = owner.rows[0]?.slug
+      return { line, message: `${databaseLabel(db)} was still used by ${who === undefined ? 'another tenant' : `tenant ${who}`} when this line was written (to move a database between two tenants, import the tenant giving it up first)` }
+    }
+    const value = values?.[0]
+    const line = value === undefined ? null : entries.find((x) => x.slug === value || x.domains.includes(value))?.line ?? null
+    return { line, message: `refused by the registry (${e.constraint ?? 'unique constraint'}: ${e.detail ?? 'duplicate value'}); run the import again` }
   }
 
   /** Registry version and row counts. */
@@ -368,23 +434,33 @@ export class RegistryStore {
 
   async #explain (err: unknown, subject: Subject): Promise<unknown> {
     const e = err as { code?: string, constraint?: string, detail?: string }
+    const values = keyValues(e.detail)
     if (e.code === '23505') {
-      if (e.constraint === 'tenants_slug_key') return tpError('TENANT_PROXY_ERR_TENANT_EXISTS', [subject.slug ?? '?'], err)
+      if (e.constraint === 'tenants_slug_key') return tpError('TENANT_PROXY_ERR_TENANT_EXISTS', [values?.[0] ?? subject.slug ?? 'of that slug'], err)
       if (e.constraint === 'domains_pkey') {
-        const taken = /\(hostname\)=\(([^)]+)\)/.exec(e.detail ?? '')?.[1] ?? subject.domains.join(', ')
+        const taken = values?.[0] ?? subject.domains.join(', ')
         const owner = await this.#pool.query<{ slug: string }>(
           `SELECT t.slug FROM ${this.#s}.domains d JOIN ${this.#s}.tenants t ON t.id = d.tenant_id WHERE d.hostname = $1`, [taken])
-        return tpError('TENANT_PROXY_ERR_DOMAIN_TAKEN', [taken, owner.rows[0]?.slug ?? subject.slug ?? '?'], err)
+        return tpError('TENANT_PROXY_ERR_DOMAIN_TAKEN', [taken, owner.rows[0]?.slug ?? 'another tenant'], err)
       }
       if (e.constraint === 'tenants_database_location_key') {
-        const name = /, ([a-z0-9_]+)\)$/.exec(e.detail ?? '')?.[1] ?? subject.databaseName ?? '?'
-        const owner = await this.#pool.query<{ slug: string }>(`SELECT slug FROM ${this.#s}.tenants WHERE database_name = $1 ORDER BY slug LIMIT 1`, [name])
-        return tpError('TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN', [name, owner.rows[0]?.slug ?? '?'], err)
+        // Detail: Key (COALESCE(database_host, ''::text), COALESCE(database_port, 0), database_name)=(host, port, name) …
+        const [host = '', port = '0', name = subject.databaseName ?? ''] = values ?? []
+        const owner = await this.#pool.query<{ slug: string }>(
+          `SELECT slug FROM ${this.#s}.tenants WHERE coalesce(database_host, '') = $1 AND coalesce(database_port, 0) = $2 AND database_name = $3`, [host, Number(port), name])
+        const db = databaseLabel({ name, host: host === '' ? null : host, port: port === '0' ? null : Number(port) }).replace(/^database /, '')
+        return tpError('TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN', [db, owner.rows[0]?.slug ?? 'another tenant'], err)
       }
     }
-    if (e.code === '23514') return tpError('TENANT_PROXY_ERR_TENANT_INVALID', [`value refused by registry constraint ${e.constraint ?? '?'}`], err)
+    if (e.code === '23514') return tpError('TENANT_PROXY_ERR_TENANT_INVALID', [`value refused by registry constraint ${e.constraint ?? '(unnamed)'}`], err)
     return err
   }
+}
+
+/** The values of a unique violation's detail, "Key (…)=(a, b, c) already exists." → [a, b, c]; null when absent. */
+function keyValues (detail: string | undefined): string[] | null {
+  const m = /\)=\((.*)\) already exists/.exec(detail ?? '')
+  return m === null ? null : (m[1] ?? '').split(', ')
 }
 
 function normalize (row: TenantRecord): TenantRecord {

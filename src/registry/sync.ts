@@ -20,13 +20,15 @@ import type { ProxyState } from '../proxy/state.js'
 import { collectGarbage } from '../gc.js'
 import { describeError } from './connect.js'
 import { applyDelta, buildIndex, type DatabaseDefaults, type RegistryIndex } from './index.js'
-import { readSnapshotFile, SnapshotFileError, SnapshotWriteAborted, writeSnapshotFile } from './snapshot-file.js'
+import { readSnapshotFile, SnapshotFileError, SnapshotFileMissing, SnapshotWriteAborted, writeSnapshotFile } from './snapshot-file.js'
 import type { RegistryStore } from './store.js'
 
 /** Changes applied incrementally at most; a bigger backlog is cheaper as a full snapshot. */
 const DELTA_LIMIT = 10_000
 /** How long the start waits for the registry before routing from the snapshot file meanwhile. */
 const FILE_FALLBACK_MS = 1_000
+/** What reading the last-known-good file at start came to (see #loadFile). */
+type FileOutcome = 'loaded' | 'not-needed' | 'none'
 /** Pruning of the change log runs at most this often per proxy. */
 const PRUNE_EVERY_MS = 3_600_000
 /**
@@ -96,13 +98,18 @@ export class RegistrySync {
     // and let the connection attempt finish in the background.
     let fallbackTimer: NodeJS.Timeout | undefined
     const slow = new Promise<'slow'>((resolve) => { fallbackTimer = setTimeout(() => resolve('slow'), FILE_FALLBACK_MS) })
+    // The file is read at most once per start, so a refusal is logged once.
+    let file: FileOutcome | null = null
     try {
       const first = await Promise.race([connecting.then(() => 'connected' as const), slow])
-      if (first === 'slow' && this.#o.snapshotFile !== null && await this.#loadFile()) {
+      if (first === 'slow') file = await this.#loadFile()
+      if (file === 'loaded') {
         this.#log.warn('registry slow to answer at start: routing known hosts from the last-known-good snapshot file meanwhile')
-        connecting.catch((err: unknown) => {
+        connecting.then(() => {
+          this.#log.info('registry answered: routing from the registry, no longer from the snapshot file')
+        }, (err: unknown) => {
           this.#dropClient()
-          this.#log.warn({ error: describeError(err) }, 'registry unreachable at start; known hosts route from the snapshot file')
+          this.#log.warn({ error: describeError(err) }, 'registry unreachable at start: routing known hosts from the last-known-good snapshot file')
           this.#scheduleReconnect()
         })
       } else {
@@ -110,9 +117,14 @@ export class RegistrySync {
       }
     } catch (err) {
       this.#dropClient()
-      const fromFile = this.#o.state.index !== null || await this.#loadFile()
-      if (!fromFile) throw err
-      this.#log.warn({ error: describeError(err) }, 'registry unreachable at start: routing known hosts from the last-known-good snapshot file')
+      if (this.#o.state.index === null) {
+        file ??= await this.#loadFile()
+        if (file !== 'loaded') throw err
+        this.#log.warn({ error: describeError(err) }, 'registry unreachable at start: routing known hosts from the last-known-good snapshot file')
+      } else {
+        // The index came from the registry, whose connection broke right after the load.
+        this.#log.warn({ error: describeError(err) }, 'registry connection lost right after the first load: routing known hosts from that load, reconnecting')
+      }
       this.#scheduleReconnect()
     } finally {
       clearTimeout(fallbackTimer)
@@ -279,9 +291,12 @@ export class RegistrySync {
     if (client === null || client !== this.#client) return
     this.#dropClient()
     const o = this.#o
+    const wasUp = o.state.synced
     o.state.synced = false
     o.metrics.registryFeedConnected.set(0)
-    if (this.#stopped) return
+    // A feed that was not up yet has nothing to lose: the attempt connecting it fails, and its
+    // caller reports that and retries (a start without a registry is not a "lost" feed).
+    if (this.#stopped || !wasUp) return
     this.#log.warn({ error: err === null ? 'connection closed' : describeError(err) }, 'registry change feed lost; known hosts keep routing, unknown hosts get 503 until it is back')
     this.#scheduleReconnect()
   }
@@ -326,13 +341,20 @@ export class RegistrySync {
     return await run
   }
 
-  async #loadFile (): Promise<boolean> {
+  /**
+   * Routes from the last-known-good file while the registry has not answered. 'not-needed': the
+   * registry's index arrived while the file was read (it is fresher; the file is not used);
+   * 'none': no file, or one refused (logged with the reason).
+   */
+  async #loadFile (): Promise<FileOutcome> {
     const o = this.#o
-    if (o.snapshotFile === null) return false
+    if (o.snapshotFile === null) return 'none'
     try {
       const content = await readSnapshotFile(o.snapshotFile, o.fingerprint)
-      // The registry answered while the file was being read: its index is fresher, keep it.
-      if (o.state.synced) return true
+      if (o.state.index !== null) {
+        this.#log.debug({ file: o.snapshotFile }, 'the registry answered while the snapshot file was read; the file is not used')
+        return 'not-needed'
+      }
       // Rows in the file carry resolved database hosts and ports already.
       const index = buildIndex({ version: content.version, registryId: content.registryId, tenants: content.tenants, domains: content.domains }, o.defaults, null, Date.parse(content.writtenAt))
       o.state.index = index
@@ -342,11 +364,16 @@ export class RegistrySync {
       o.metrics.registryStale.set(1)
       this.#log.warn({ file: o.snapshotFile, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, writtenAt: content.writtenAt }, 'loaded the last-known-good snapshot file')
       this.#collect()
-      return true
+      return 'loaded'
     } catch (err) {
-      const reason = err instanceof SnapshotFileError ? err.message : describeError(err)
-      this.#log.error({ file: o.snapshotFile, reason }, 'last-known-good snapshot file refused')
-      return false
+      // No file is what a first start looks like (the file is written after the first load).
+      if (err instanceof SnapshotFileMissing) {
+        if (o.state.index === null) this.#log.info({ file: o.snapshotFile }, 'no last-known-good snapshot file yet (it is written after the first registry load); waiting for the registry')
+      } else {
+        const reason = err instanceof SnapshotFileError ? err.message : describeError(err)
+        this.#log.error({ file: o.snapshotFile, reason }, 'last-known-good snapshot file refused')
+      }
+      return o.state.index === null ? 'none' : 'not-needed'
     }
   }
 

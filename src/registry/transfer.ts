@@ -18,14 +18,33 @@ export function exportLine (t: TenantRecord): string {
   return JSON.stringify({ slug, state, database_name: dbName, database_host: dbHost, database_port: dbPort, upstream, epoch, settings, domains }) + '\n'
 }
 
+/** A problem with the input, on a line (null: the input as a whole). */
+export interface ImportProblem { readonly line: number | null, readonly message: string }
+
+/** Where a tenant database lives, as the registry keys it (null host/port: the default server). */
+export interface DatabaseLocation { readonly name: string, readonly host: string | null, readonly port: number | null }
+
 /**
- * Parses and validates JSON lines; returns the tenants or every problem found ("line N: …").
- * `epoch`, `created_at` and `updated_at` are accepted (export output) and ignored: the registry
- * assigns them.
+ * One input line: the tenant when the line is valid, and in any case whatever parts of it are
+ * valid, so conflicts with the registry are found on the same pass as format problems.
  */
-export function parseImport (text: string): { tenants: TransferTenant[], problems: string[] } {
-  const tenants: TransferTenant[] = []
-  const problems: string[] = []
+export interface ImportEntry {
+  readonly line: number
+  readonly tenant: TransferTenant | null
+  readonly slug: string | null
+  readonly domains: readonly string[]
+  readonly database: DatabaseLocation | null
+}
+
+/**
+ * Parses and validates JSON lines; returns every line's entry and every problem found in the
+ * input itself (format, names, canonical hosts, duplicates within the input). Conflicts with the
+ * registry are the store's part (RegistryStore.importTenants). `epoch`, `created_at` and
+ * `updated_at` are accepted (export output) and ignored: the registry assigns them.
+ */
+export function parseImport (text: string): { entries: ImportEntry[], problems: ImportProblem[] } {
+  const entries: ImportEntry[] = []
+  const problems: ImportProblem[] = []
   const slugs = new Map<string, number>()
   const hosts = new Map<string, number>()
   const locations = new Map<string, number>()
@@ -34,7 +53,11 @@ export function parseImport (text: string): { tenants: TransferTenant[], problem
     const n = i + 1
     const line = raw.trim()
     if (line === '') continue
-    const problem = (msg: string): void => { problems.push(`line ${n}: ${msg}`) }
+    let lineProblems = 0
+    const problem = (message: string): void => {
+      lineProblems++
+      problems.push({ line: n, message })
+    }
     let value: unknown
     try {
       value = JSON.parse(line)
@@ -49,23 +72,41 @@ export function parseImport (text: string): { tenants: TransferTenant[], problem
     const o = value as Record<string, unknown>
     const unknown = Object.keys(o).filter((k) => !KEYS.has(k))
     if (unknown.length > 0) problem(`unknown key(s) ${unknown.join(', ')}`)
-    const tenant = validate(o, problem)
-    if (tenant === null) continue
+    const entry = validate(o, n, problem)
     const seen = (map: Map<string, number>, key: string, what: string): void => {
       const first = map.get(key)
       if (first !== undefined) problem(`${what} also on line ${first}`)
       else map.set(key, n)
     }
-    seen(slugs, tenant.slug, `slug ${tenant.slug}`)
-    for (const d of tenant.domains) seen(hosts, d.hostname, `domain ${d.hostname}`)
-    seen(locations, `${tenant.database_host ?? ''}:${tenant.database_port ?? 0}/${tenant.database_name}`, `database ${tenant.database_name} on the same server`)
-    tenants.push(tenant)
+    if (entry.slug !== null) seen(slugs, entry.slug, `slug ${entry.slug}`)
+    for (const hostname of entry.domains) seen(hosts, hostname, `domain ${hostname}`)
+    if (entry.database !== null) seen(locations, locationKey(entry.database), databaseLabel(entry.database))
+    entries.push(lineProblems > 0 ? { ...entry, tenant: null } : entry)
   }
-  if (tenants.length === 0 && problems.length === 0) problems.push('no tenants in the input')
-  return { tenants, problems }
+  if (entries.length === 0 && problems.length === 0) problems.push({ line: null, message: 'no tenants in the input' })
+  return { entries, problems }
 }
 
-function validate (o: Record<string, unknown>, problem: (msg: string) => void): TransferTenant | null {
+/** Problems as the CLI prints them: by line, "line N: …". */
+export function formatProblems (problems: readonly ImportProblem[]): string {
+  return [...problems]
+    .sort((a, b) => (a.line ?? 0) - (b.line ?? 0))
+    .map((p) => p.line === null ? p.message : `line ${p.line}: ${p.message}`)
+    .join('\n')
+}
+
+/** "database acme", or "database acme on db2.internal:6432" when it is not on the default server. */
+export function databaseLabel (db: DatabaseLocation): string {
+  if (db.host === null && db.port === null) return `database ${db.name}`
+  return `database ${db.name} on ${db.host ?? 'the default host'}:${db.port ?? 'the default port'}`
+}
+
+/** The registry's uniqueness key of a database location (see tenants_database_location_key). */
+function locationKey (db: DatabaseLocation): string {
+  return `${db.host ?? ''}:${db.port ?? 0}/${db.name}`
+}
+
+function validate (o: Record<string, unknown>, line: number, problem: (msg: string) => void): ImportEntry {
   let count = 0
   const report = (msg: string): void => { count++; problem(msg) }
   const check = <T>(fn: () => T): T | null => {
@@ -130,6 +171,13 @@ function validate (o: Record<string, unknown>, problem: (msg: string) => void): 
       report('more than one primary domain')
     }
   }
-  if (count > 0 || slug === null || databaseName === null || state === null) return null
-  return { slug, state, database_name: databaseName, database_host: databaseHost, database_port: databasePort, upstream, settings, domains }
+  const hostnames = domains.map((d) => d.hostname)
+  // A location is only known when its host and port are valid too (absent means the default).
+  const locationValid = databaseName !== null && (databaseHost !== null || o.database_host === undefined || o.database_host === null) &&
+    (databasePort !== null || o.database_port === undefined || o.database_port === null)
+  const database = locationValid ? { name: databaseName, host: databaseHost, port: databasePort } : null
+  const tenant = count > 0 || slug === null || databaseName === null || state === null
+    ? null
+    : { slug, state, database_name: databaseName, database_host: databaseHost, database_port: databasePort, upstream, settings, domains }
+  return { line, tenant, slug, domains: hostnames, database }
 }
