@@ -23,6 +23,12 @@ async function statusOf (proxy: ServeProcess, host: string): Promise<number> {
   return res.statusCode
 }
 
+/** The registry version a proxy's index is at, from its own /ready. */
+async function appliedVersion (proxy: ServeProcess): Promise<number> {
+  const res = await request(`http://127.0.0.1:${proxy.opsPort}/ready`)
+  return (await res.body.json() as { registry: { version: number } }).registry.version
+}
+
 /** The name a proxy process goes by in pg_stat_activity, `registry status` and wait errors. */
 function proxyLabel (proxy: ServeProcess): string {
   return parseFeedApplicationName('tenant-proxy', feedApplicationName('tenant-proxy', 0, hostname(), proxy.child.pid ?? 0))?.proxy ?? ''
@@ -66,7 +72,11 @@ t.test('--wait returns once every proxy routes by the change: a request right af
   await until(async () => await statusOf(far, 'acme.example') === 403 ? true : undefined, 'the far proxy to apply the suspension')
 
   // With --wait, every answer right after the CLI returns is the new state, through both proxies.
+  // Each round starts with both proxies current, so a proxy still applying an earlier change
+  // cannot pass by showing the state this round expects.
   for (let i = 0; i < 4; i++) {
+    const version = (await registry.store.status()).version
+    await until(async () => await appliedVersion(near) === version && await appliedVersion(far) === version ? true : undefined, 'both proxies at the registry version')
     const state = i % 2 === 0 ? 'active' : 'suspended'
     const expected = state === 'active' ? 200 : 403
     const r = await runCli(['tenants', 'state', 'acme', state, '--wait'], env)
