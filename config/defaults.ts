@@ -22,7 +22,7 @@ export const DEFAULTS = {
     databaseUrl: null as string | null,
     /** PostgreSQL schema holding the registry tables. Identifier. */
     schema: 'tenant_proxy',
-    /** application_name of registry connections, so `pg_stat_activity` shows the proxies. Text. */
+    /** application_name of registry connections, so `pg_stat_activity` shows the proxies. Text, 1-32 printable ASCII characters. */
     applicationName: 'tenant-proxy',
     /** Give up connecting to the registry after this long. Milliseconds. */
     connectTimeoutMs: 5_000, // 5 seconds

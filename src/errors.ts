@@ -28,6 +28,7 @@ export const ERRORS = {
   TENANT_PROXY_ERR_DOMAIN_TAKEN: { status: 409, message: 'domain %s already belongs to tenant %s' },
   TENANT_PROXY_ERR_DOMAIN_NOT_FOUND: { status: 404, message: 'no domain %s' },
   TENANT_PROXY_ERR_DOMAIN_LAST: { status: 409, message: 'domain %s is the last domain of tenant %s; add another first or remove the tenant' },
+  TENANT_PROXY_ERR_WAIT_TIMEOUT: { status: 504, message: 'the change is committed (registry version %s), but after %s s %s of %s connected proxies had not applied it: %s' },
 
   // Host canonicalization.
   TENANT_PROXY_ERR_HOST_INVALID: { status: 400, message: 'invalid host %s: %s' },

@@ -24,8 +24,12 @@ export const COMMANDS: readonly Command[] = [
   registryStatus, registryExport, registryImport, keysGenerate, keysRotate, descriptorDecode
 ]
 
-/** Exit codes: 0 ok, 1 operation failed, 2 usage error, 78 configuration error (sysexits EX_CONFIG). */
-export const EXIT = { ok: 0, failed: 1, usage: 2, config: 78 } as const
+/**
+ * Exit codes: 0 ok, 1 operation failed, 2 usage error, 75 a `--wait` that timed out after the
+ * write committed (sysexits EX_TEMPFAIL: the change is in, a proxy has not confirmed it yet),
+ * 78 configuration error (sysexits EX_CONFIG).
+ */
+export const EXIT = { ok: 0, failed: 1, usage: 2, waitTimeout: 75, config: 78 } as const
 
 /** What the process gives the CLI. */
 export interface CliEnvironment {
@@ -100,6 +104,7 @@ function reportError (io: CliIo, err: unknown): number {
     // Catalogue messages are built without credentials; redacting again costs nothing.
     io.err(`tenant-proxy: ${redactUrls(err.message)} (${err.code})\n`)
     if (err.code === 'TENANT_PROXY_ERR_CONFIG_INVALID' || err.code === 'TENANT_PROXY_ERR_CONFIG_FILE' || err.code === 'TENANT_PROXY_ERR_KEY_INVALID') return EXIT.config
+    if (err.code === 'TENANT_PROXY_ERR_WAIT_TIMEOUT') return EXIT.waitTimeout
     if (err.code === 'TENANT_PROXY_ERR_CLI_USAGE' || err.code === 'TENANT_PROXY_ERR_CLI_CONFIRM' || err.code === 'TENANT_PROXY_ERR_TENANT_INVALID' || err.code === 'TENANT_PROXY_ERR_HOST_INVALID' || err.code === 'TENANT_PROXY_ERR_IMPORT_INVALID') return EXIT.usage
     return EXIT.failed
   }

@@ -6,9 +6,10 @@ import { tpError } from '../errors.js'
 import {
   checkDatabaseHost, checkDatabaseName, checkPort, checkSettings, checkSlug, checkState, checkUpstream, TENANT_STATES
 } from '../registry/names.js'
-import type { RegistryStore, TenantPatch, TenantRecord } from '../registry/store.js'
+import type { RegistryStore, TenantPatch, TenantRecord, Written } from '../registry/store.js'
 import { canonicalHost, requireCanonicalHost } from '../routing/host.js'
-import { flag, str, strs, table, type Command, type CommandContext } from './command.js'
+import { flag, str, strs, table, type Command, type CommandContext, type ParsedArgs } from './command.js'
+import { settleWait, WAIT_HELP, WAIT_OPTIONS, WAIT_USAGE, waitAfterWrite, waitTimeoutMs } from './wait.js'
 
 const JSON_OPTION = { json: { type: 'boolean' } } as const
 const LOCATION_HELP = `Database server: --db-host/--db-port name the server holding the tenant's database;
@@ -17,8 +18,8 @@ without them the tenant lives on the default server (tenantDatabase.defaultHost/
 export const tenantsAdd: Command = {
   name: 'tenants add',
   summary: 'Register a tenant with its database and one or more domains (the first is primary).',
-  usage: 'tenant-proxy tenants add <slug> --domain <host> [--domain <host>…] --database <name> [--db-host <host>] [--db-port <port>] [--state active|suspended|maintenance] [--upstream <pool>] [--settings <json>] [--json]',
-  help: LOCATION_HELP,
+  usage: `tenant-proxy tenants add <slug> --domain <host> [--domain <host>…] --database <name> [--db-host <host>] [--db-port <port>] [--state active|suspended|maintenance] [--upstream <pool>] [--settings <json>] [--json] ${WAIT_USAGE}`,
+  help: `${LOCATION_HELP}\n\n${WAIT_HELP}`,
   options: {
     domain: { type: 'string', multiple: true },
     database: { type: 'string' },
@@ -27,7 +28,8 @@ export const tenantsAdd: Command = {
     state: { type: 'string' },
     upstream: { type: 'string' },
     settings: { type: 'string' },
-    ...JSON_OPTION
+    ...JSON_OPTION,
+    ...WAIT_OPTIONS
   },
   positionals: [1, 1],
   async run (ctx, args) {
@@ -51,8 +53,9 @@ export const tenantsAdd: Command = {
       settings: settings === undefined ? {} : checkSettings(settings),
       domains
     }
-    const tenant = await (await store(ctx)).addTenant(input)
-    report(ctx, args.values.json === true, tenant, `added tenant ${tenant.slug}`)
+    const wait = waitTimeoutMs(args)
+    const written = await (await store(ctx)).addTenant(input)
+    await report(ctx, args, wait, written, `added tenant ${written.result.slug}`)
     return 0
   }
 }
@@ -109,9 +112,11 @@ export const tenantsShow: Command = {
 export const tenantsUpdate: Command = {
   name: 'tenants update',
   summary: "Change a tenant's database, server, state, upstream pool or settings. Moving the database bumps the epoch.",
-  usage: 'tenant-proxy tenants update <slug> [--database <name>] [--db-host <host>] [--db-port <port>] [--default-db-server] [--state <state>] [--upstream <pool>] [--default-upstream] [--settings <json>] [--bump-epoch] [--json]',
+  usage: `tenant-proxy tenants update <slug> [--database <name>] [--db-host <host>] [--db-port <port>] [--default-db-server] [--state <state>] [--upstream <pool>] [--default-upstream] [--settings <json>] [--bump-epoch] [--json] ${WAIT_USAGE}`,
   help: `${LOCATION_HELP}
---default-db-server moves the tenant back to the default server; --default-upstream clears the pool.`,
+--default-db-server moves the tenant back to the default server; --default-upstream clears the pool.
+
+${WAIT_HELP}`,
   options: {
     database: { type: 'string' },
     'db-host': { type: 'string' },
@@ -122,7 +127,8 @@ export const tenantsUpdate: Command = {
     'default-upstream': { type: 'boolean' },
     settings: { type: 'string' },
     'bump-epoch': { type: 'boolean' },
-    ...JSON_OPTION
+    ...JSON_OPTION,
+    ...WAIT_OPTIONS
   },
   positionals: [1, 1],
   async run (ctx, args) {
@@ -148,8 +154,9 @@ export const tenantsUpdate: Command = {
     if (flag(args, 'default-upstream')) patch.upstream = null
     if (settings !== undefined) patch.settings = checkSettings(settings)
     if (flag(args, 'bump-epoch')) patch.epoch = 'bump'
-    const tenant = await (await store(ctx)).updateTenant(slug, patch)
-    report(ctx, flag(args, 'json'), tenant, `updated tenant ${tenant.slug}`)
+    const wait = waitTimeoutMs(args)
+    const written = await (await store(ctx)).updateTenant(slug, patch)
+    await report(ctx, args, wait, written, `updated tenant ${written.result.slug}`)
     return 0
   }
 }
@@ -157,15 +164,18 @@ export const tenantsUpdate: Command = {
 export const tenantsState: Command = {
   name: 'tenants state',
   summary: `Set a tenant's state: ${TENANT_STATES.join(', ')}.`,
-  usage: 'tenant-proxy tenants state <slug> active|suspended|maintenance [--json]',
-  help: 'active routes requests; suspended answers 403; maintenance answers 503 with Retry-After.',
-  options: { ...JSON_OPTION },
+  usage: `tenant-proxy tenants state <slug> active|suspended|maintenance [--json] ${WAIT_USAGE}`,
+  help: `active routes requests; suspended answers 403; maintenance answers 503 with Retry-After.
+
+${WAIT_HELP}`,
+  options: { ...JSON_OPTION, ...WAIT_OPTIONS },
   positionals: [2, 2],
   async run (ctx, args) {
     const slug = checkSlug(args.positionals[0] ?? '')
     const state = checkState(args.positionals[1] ?? '')
-    const tenant = await (await store(ctx)).updateTenant(slug, { state })
-    report(ctx, flag(args, 'json'), tenant, `tenant ${tenant.slug} is now ${tenant.state}`)
+    const wait = waitTimeoutMs(args)
+    const written = await (await store(ctx)).updateTenant(slug, { state })
+    await report(ctx, args, wait, written, `tenant ${written.result.slug} is now ${written.result.state}`)
     return 0
   }
 }
@@ -173,14 +183,17 @@ export const tenantsState: Command = {
 export const tenantsRemove: Command = {
   name: 'tenants remove',
   summary: 'Remove a tenant and its domains from the registry (its database itself is left alone).',
-  usage: 'tenant-proxy tenants remove <slug> --yes [--json]',
-  options: { yes: { type: 'boolean' }, ...JSON_OPTION },
+  usage: `tenant-proxy tenants remove <slug> --yes [--json] ${WAIT_USAGE}`,
+  help: WAIT_HELP,
+  options: { yes: { type: 'boolean' }, ...JSON_OPTION, ...WAIT_OPTIONS },
   positionals: [1, 1],
   async run (ctx, args) {
     const slug = checkSlug(args.positionals[0] ?? '')
     if (!flag(args, 'yes')) throw tpError('TENANT_PROXY_ERR_CLI_CONFIRM', [`refusing to remove tenant ${slug} without --yes`])
-    const tenant = await (await store(ctx)).removeTenant(slug)
-    report(ctx, flag(args, 'json'), tenant, `removed tenant ${tenant.slug} and ${tenant.domains.length} domain(s); database ${tenant.database_name} was not dropped`)
+    const wait = waitTimeoutMs(args)
+    const written = await (await store(ctx)).removeTenant(slug)
+    const tenant = written.result
+    await report(ctx, args, wait, written, `removed tenant ${tenant.slug} and ${tenant.domains.length} domain(s); database ${tenant.database_name} was not dropped`)
     return 0
   }
 }
@@ -188,14 +201,16 @@ export const tenantsRemove: Command = {
 export const domainsAdd: Command = {
   name: 'domains add',
   summary: 'Add a domain to a tenant (an alias unless --primary, or the tenant has none).',
-  usage: 'tenant-proxy domains add <slug> <host> [--primary] [--json]',
-  options: { primary: { type: 'boolean' }, ...JSON_OPTION },
+  usage: `tenant-proxy domains add <slug> <host> [--primary] [--json] ${WAIT_USAGE}`,
+  help: WAIT_HELP,
+  options: { primary: { type: 'boolean' }, ...JSON_OPTION, ...WAIT_OPTIONS },
   positionals: [2, 2],
   async run (ctx, args) {
     const slug = checkSlug(args.positionals[0] ?? '')
     const host = requireCanonicalHost(args.positionals[1] ?? '')
-    const tenant = await (await store(ctx)).addDomain(slug, host, flag(args, 'primary') ? 'primary' : 'alias')
-    report(ctx, flag(args, 'json'), tenant, `added domain ${host} to tenant ${tenant.slug}`)
+    const wait = waitTimeoutMs(args)
+    const written = await (await store(ctx)).addDomain(slug, host, flag(args, 'primary') ? 'primary' : 'alias')
+    await report(ctx, args, wait, written, `added domain ${host} to tenant ${written.result.slug}`)
     return 0
   }
 }
@@ -203,13 +218,15 @@ export const domainsAdd: Command = {
 export const domainsRemove: Command = {
   name: 'domains remove',
   summary: "Remove a domain from its tenant (not the tenant's last one; remove the tenant instead).",
-  usage: 'tenant-proxy domains remove <host> [--json]',
-  options: { ...JSON_OPTION },
+  usage: `tenant-proxy domains remove <host> [--json] ${WAIT_USAGE}`,
+  help: WAIT_HELP,
+  options: { ...JSON_OPTION, ...WAIT_OPTIONS },
   positionals: [1, 1],
   async run (ctx, args) {
     const host = requireCanonicalHost(args.positionals[0] ?? '')
-    const tenant = await (await store(ctx)).removeDomain(host)
-    report(ctx, flag(args, 'json'), tenant, `removed domain ${host} from tenant ${tenant.slug}`)
+    const wait = waitTimeoutMs(args)
+    const written = await (await store(ctx)).removeDomain(host)
+    await report(ctx, args, wait, written, `removed domain ${host} from tenant ${written.result.slug}`)
     return 0
   }
 }
@@ -239,8 +256,17 @@ function server (t: TenantRecord, defaults: { defaultHost: string, defaultPort: 
   return `${t.database_host ?? defaults.defaultHost}:${t.database_port ?? defaults.defaultPort}`
 }
 
-function report (ctx: CommandContext, json: boolean, tenant: TenantRecord, summary: string): void {
-  ctx.io.out(json ? JSON.stringify(tenant, null, 2) + '\n' : summary + '\n')
+/**
+ * Prints what a write did and, with --wait, waits for the proxies. The text summary comes first
+ * (the change is committed whatever the wait finds); --json prints the tenant once the wait is
+ * over, with a `wait` key added only when --wait was given (the other keys stay as documented).
+ */
+async function report (ctx: CommandContext, args: ParsedArgs, waitMs: number | null, written: Written<TenantRecord>, summary: string): Promise<void> {
+  const json = flag(args, 'json')
+  if (!json) ctx.io.out(summary + '\n')
+  const wait = await waitAfterWrite(ctx, waitMs, written.version)
+  if (json) ctx.io.out(JSON.stringify(wait === null ? written.result : { ...written.result, wait }, null, 2) + '\n')
+  settleWait(ctx, wait)
 }
 
 function usage (message: string): Error {

@@ -6,6 +6,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { tpError } from '../errors.js'
 import { exportLine, parseImport } from '../registry/transfer.js'
 import { flag, str, type Command } from './command.js'
+import { settleWait, WAIT_HELP, WAIT_OPTIONS, WAIT_USAGE, waitAfterWrite, waitTimeoutMs } from './wait.js'
 
 export const registryExport: Command = {
   name: 'registry export',
@@ -31,19 +32,22 @@ export const registryExport: Command = {
 export const registryImport: Command = {
   name: 'registry import',
   summary: 'Create (or with --replace, update) tenants from JSON lines, in one transaction.',
-  usage: 'tenant-proxy registry import FILE|- [--replace] [--dry-run]',
+  usage: `tenant-proxy registry import FILE|- [--replace] [--dry-run] ${WAIT_USAGE}`,
   help: [
     'Every line is validated first, against the format and against the registry (an existing slug',
     'without --replace, a domain or database of another tenant); every problem is listed with its',
     'line number, nothing is written and the exit code is 2. With --replace a listed tenant is',
     'updated and its domains replaced by the listed ones. epoch, created_at and',
     'updated_at in the input are ignored (the registry assigns them). --dry-run checks everything',
-    'against the registry and rolls back.'
+    'against the registry and rolls back (and --wait has nothing to wait for).',
+    '',
+    WAIT_HELP
   ].join('\n'),
-  options: { replace: { type: 'boolean' }, 'dry-run': { type: 'boolean' } },
+  options: { replace: { type: 'boolean' }, 'dry-run': { type: 'boolean' }, ...WAIT_OPTIONS },
   positionals: [1, 1],
   async run (ctx, args) {
     const source = args.positionals[0] ?? '-'
+    const wait = waitTimeoutMs(args)
     let text: string
     try {
       text = source === '-' ? await readStdin() : await readFile(source, 'utf8')
@@ -54,8 +58,9 @@ export const registryImport: Command = {
     const { entries, problems } = parseImport(text)
     const registry = await ctx.registry()
     const dryRun = flag(args, 'dry-run')
-    const result = await registry.store.importTenants(entries, { replace: flag(args, 'replace'), dryRun, problems })
+    const { result, version } = await registry.store.importTenants(entries, { replace: flag(args, 'replace'), dryRun, problems })
     ctx.io.out(`${dryRun ? 'dry run, nothing written: would have ' : ''}created ${result.created}, updated ${result.updated} tenants\n`)
+    if (!dryRun) settleWait(ctx, await waitAfterWrite(ctx, wait, version))
     return 0
   }
 }

@@ -21,7 +21,8 @@ export const SCHEMA = {
   registry: {
     databaseUrl: nullable(postgresUrl()),
     schema: text({ pattern: IDENTIFIER, describe: 'a lower-case SQL identifier (^[a-z_][a-z0-9_]{0,62}$)' }),
-    applicationName: text({ pattern: /^[\x20-\x7e]{1,63}$/, describe: '1-63 printable ASCII characters' }),
+    // 32, not PostgreSQL's 63: the feed connection's name adds " feed v=<version> <host>/<pid>" (src/registry/feed-name.ts).
+    applicationName: text({ pattern: /^[\x20-\x7e]{1,32}$/, describe: '1-32 printable ASCII characters' }),
     connectTimeoutMs: integer(1, 600_000),
     statementTimeoutMs: integer(1, HOUR_MS),
     versionCheckIntervalMs: integer(0, 24 * HOUR_MS),

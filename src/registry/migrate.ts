@@ -18,6 +18,10 @@ export interface MigrateResult {
 /** Brings the registry schema up to date; a no-op when it already is. */
 export async function migrate (pool: pg.Pool, schema: string): Promise<MigrateResult> {
   const s = quoteIdent(schema)
+  // An up-to-date schema needs no lock and no DDL: checked with reads only, so a proxy running
+  // with the read-only registry role (docs/operations.md) starts (CREATE SCHEMA IF NOT EXISTS
+  // alone already needs the CREATE privilege on the database, even when the schema exists).
+  if (await isUpToDate(pool, schema)) return { from: LATEST_VERSION, to: LATEST_VERSION, applied: [] }
   const client = await pool.connect()
   try {
     await client.query('BEGIN')
@@ -56,6 +60,11 @@ export async function assertMigrated (pool: pg.Pool, schema: string): Promise<vo
   const version = await currentVersion(pool, schema)
   if (version < LATEST_VERSION) throw tpError('TENANT_PROXY_ERR_REGISTRY_NOT_MIGRATED', [schema])
   if (version > LATEST_VERSION) throw tpError('TENANT_PROXY_ERR_REGISTRY_SCHEMA_NEWER', [version, LATEST_VERSION])
+}
+
+async function isUpToDate (pool: pg.Pool, schema: string): Promise<boolean> {
+  const exists = await pool.query<{ ok: boolean }>('SELECT to_regclass($1) IS NOT NULL AS ok', [`${quoteIdent(schema)}.schema_migrations`])
+  return exists.rows[0]?.ok === true && await currentVersion(pool, schema) === LATEST_VERSION
 }
 
 async function currentVersion (db: pg.Pool | pg.PoolClient, schema: string): Promise<number> {

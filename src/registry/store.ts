@@ -48,6 +48,15 @@ export interface TenantPatch {
   epoch?: 'bump'
 }
 
+/**
+ * The outcome of a write and the registry version it committed as: the version a proxy must have
+ * applied to route by it (`--wait`).
+ */
+export interface Written<T> {
+  readonly result: T
+  readonly version: number
+}
+
 /** A consistent copy of the whole registry, read in one snapshot transaction. */
 export interface RegistrySnapshot {
   version: number
@@ -108,8 +117,8 @@ export class RegistryStore {
   }
 
   /** Creates a tenant and its domains (the first is primary) in one transaction. */
-  async addTenant (input: NewTenant): Promise<TenantRecord> {
-    return await this.#tx(async (c) => {
+  async addTenant (input: NewTenant): Promise<Written<TenantRecord>> {
+    return await this.#write(async (c) => {
       const r = await c.query<{ id: string }>(
         `INSERT INTO ${this.#s}.tenants (slug, database_name, database_host, database_port, state, upstream, settings)
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
@@ -123,7 +132,7 @@ export class RegistryStore {
   }
 
   /** Changes the given fields of one tenant. */
-  async updateTenant (slug: string, patch: TenantPatch): Promise<TenantRecord> {
+  async updateTenant (slug: string, patch: TenantPatch): Promise<Written<TenantRecord>> {
     const sets: string[] = []
     const values: unknown[] = []
     const set = (column: string, value: unknown): void => {
@@ -138,7 +147,7 @@ export class RegistryStore {
     if (patch.settings !== undefined) set('settings', JSON.stringify(patch.settings))
     if (patch.epoch === 'bump') sets.push('epoch = epoch + 1')
     if (sets.length === 0) throw tpError('TENANT_PROXY_ERR_CLI_USAGE', ['nothing to update: give at least one option such as --database or --state'])
-    return await this.#tx(async (c) => {
+    return await this.#write(async (c) => {
       values.push(slug)
       const r = await c.query(`UPDATE ${this.#s}.tenants SET ${sets.join(', ')} WHERE slug = $${values.length}`, values)
       if (r.rowCount === 0) throw tpError('TENANT_PROXY_ERR_TENANT_NOT_FOUND', [slug])
@@ -147,8 +156,8 @@ export class RegistryStore {
   }
 
   /** Deletes a tenant and (by cascade) its domains; returns what was removed. */
-  async removeTenant (slug: string): Promise<TenantRecord> {
-    return await this.#tx(async (c) => {
+  async removeTenant (slug: string): Promise<Written<TenantRecord>> {
+    return await this.#write(async (c) => {
       const before = await this.#mustFind(c, slug)
       await c.query(`DELETE FROM ${this.#s}.tenants WHERE slug = $1`, [slug])
       return before
@@ -156,8 +165,8 @@ export class RegistryStore {
   }
 
   /** Adds a canonical hostname to a tenant; `primary` makes it the primary domain. */
-  async addDomain (slug: string, hostname: string, kind: DomainKind): Promise<TenantRecord> {
-    return await this.#tx(async (c) => {
+  async addDomain (slug: string, hostname: string, kind: DomainKind): Promise<Written<TenantRecord>> {
+    return await this.#write(async (c) => {
       const tenant = await c.query<{ id: string }>(`SELECT id FROM ${this.#s}.tenants WHERE slug = $1 FOR UPDATE`, [slug])
       const id = tenant.rows[0]?.id
       if (id === undefined) throw tpError('TENANT_PROXY_ERR_TENANT_NOT_FOUND', [slug])
@@ -170,8 +179,8 @@ export class RegistryStore {
   }
 
   /** Removes a hostname; the oldest alias becomes primary when the primary goes. The last domain stays. */
-  async removeDomain (hostname: string): Promise<TenantRecord> {
-    return await this.#tx(async (c) => {
+  async removeDomain (hostname: string): Promise<Written<TenantRecord>> {
+    return await this.#write(async (c) => {
       const r = await c.query<{ tenant_id: string, kind: DomainKind, slug: string }>(
         `SELECT d.tenant_id, d.kind, t.slug FROM ${this.#s}.domains d JOIN ${this.#s}.tenants t ON t.id = d.tenant_id
          WHERE d.hostname = $1 FOR UPDATE OF t`, [hostname])
@@ -285,13 +294,15 @@ export class RegistryStore {
    * used by a tenant outside the import. With `replace`, listed tenants are updated and their
    * domain sets replaced. Returns what was created and updated.
    */
-  async importTenants (entries: readonly ImportEntry[], opts: { replace: boolean, dryRun: boolean, problems?: readonly ImportProblem[] }): Promise<{ created: number, updated: number }> {
+  async importTenants (entries: readonly ImportEntry[], opts: { replace: boolean, dryRun: boolean, problems?: readonly ImportProblem[] }): Promise<Written<{ created: number, updated: number }>> {
     try {
       // A dry run does everything, conflicts and constraint checks included, and rolls back.
       return await this.#transaction('BEGIN', opts.dryRun ? 'ROLLBACK' : 'COMMIT', async (c) => {
         const problems = [...opts.problems ?? [], ...await this.#importConflicts(c, entries, opts.replace)]
         if (problems.length > 0) throw tpError('TENANT_PROXY_ERR_IMPORT_INVALID', [formatProblems(problems)])
-        return await this.#importWrite(c, entries.flatMap((e) => e.tenant === null ? [] : [e.tenant]), opts.replace)
+        const result = await this.#importWrite(c, entries.flatMap((e) => e.tenant === null ? [] : [e.tenant]), opts.replace)
+        // For a dry run: the version the import would have committed as.
+        return { result, version: await this.#versionIn(c) }
       }, null)
     } catch (err) {
       if ((err as { code?: string }).code !== '23505') throw err
@@ -406,6 +417,25 @@ export class RegistryStore {
     const row = r.rows[0]
     if (row === undefined) throw tpError('TENANT_PROXY_ERR_TENANT_NOT_FOUND', [slug])
     return normalize(row)
+  }
+
+  /** Runs a write like #tx and returns its result with the registry version it commits as. */
+  async #write<T> (fn: (c: pg.PoolClient) => Promise<T>, subject: Subject): Promise<Written<T>> {
+    return await this.#tx(async (c) => {
+      const result = await fn(c)
+      return { result, version: await this.#versionIn(c) }
+    }, subject)
+  }
+
+  /**
+   * The registry version as this transaction sees it, read after its writes: the record_change
+   * trigger (migration 001) bumped registry_state.version once for the transaction and holds that
+   * row's lock until COMMIT, so this is exactly the version the transaction commits as. A
+   * transaction that changed no row reads the latest committed version, which is as good a target.
+   */
+  async #versionIn (c: pg.PoolClient): Promise<number> {
+    const r = await c.query<{ version: string }>(`SELECT version FROM ${this.#s}.registry_state`)
+    return Number(r.rows[0]?.version ?? 0)
   }
 
   /** Runs `fn` in a transaction and turns constraint violations into catalogue errors. */

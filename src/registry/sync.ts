@@ -19,6 +19,7 @@ import type { ProxyMetrics } from '../ops/metrics.js'
 import type { ProxyState } from '../proxy/state.js'
 import { collectGarbage } from '../gc.js'
 import { describeError } from './connect.js'
+import { feedApplicationName } from './feed-name.js'
 import { applyDelta, buildIndex, type DatabaseDefaults, type RegistryIndex } from './index.js'
 import { readSnapshotFile, SnapshotFileError, SnapshotFileMissing, SnapshotWriteAborted, writeSnapshotFile } from './snapshot-file.js'
 import type { RegistryStore } from './store.js'
@@ -81,6 +82,10 @@ export class RegistrySync {
   #fileDirty = false
   /** A full load happened since the last collection (see #collect). */
   #collectAfterWrite = false
+  /** A version report is in flight on the feed connection (see #reportVersion). */
+  #reporting = false
+  /** The feed connection and the application_name last reported on it. */
+  #reported: { client: pg.Client, name: string } | null = null
 
   constructor (opts: SyncOptions) {
     this.#o = opts
@@ -182,8 +187,9 @@ export class RegistrySync {
     const o = this.#o
     const client = new pg.Client({
       connectionString: o.url,
-      // Visible in pg_stat_activity (and `tenant-proxy registry status`) as this proxy's feed.
-      application_name: `${o.applicationName} feed ${hostname()}/${process.pid}`.slice(0, 63),
+      // Visible in pg_stat_activity (and `tenant-proxy registry status`) as this proxy's feed;
+      // without a version until the first load on this connection (see #reportVersion).
+      application_name: feedApplicationName(o.applicationName, null, hostname(), process.pid),
       connectionTimeoutMillis: o.connectTimeoutMs,
       query_timeout: o.statementTimeoutMs,
       keepAlive: true
@@ -215,6 +221,7 @@ export class RegistrySync {
     const index = buildIndex(snapshot, this.#o.defaults, this.#o.state.index)
     this.#install(index)
     this.#o.descriptors.retain((host) => index.byHost.has(host))
+    this.#reportVersion()
     this.#log.info({ reason, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, ms: Math.round(performance.now() - started) }, 'registry loaded')
     // The load's rows and the previous index are garbage now: collect them at once, and once more
     // after the snapshot file write that follows (its serialisation makes as much again).
@@ -259,6 +266,45 @@ export class RegistrySync {
     }
     o.state.lastSyncAt = now
     o.metrics.registryLastSync.set(now / 1000)
+    // Also when nothing changed: a report that failed or was overtaken by a reconnect is redone.
+    this.#reportVersion()
+  }
+
+  /**
+   * Publishes the index's version as the feed connection's application_name, which `--wait` and
+   * `registry status` read from pg_stat_activity (format and reasons in feed-name.ts). Runs after
+   * the index is installed, so a reader that sees version N knows requests already route by N.
+   * At most one report is in flight; when it returns, the loop reports the version current then,
+   * so a burst of changes costs one or two round trips and the latest version wins. A failed
+   * report means the feed connection is not trustworthy: it is dropped and re-established.
+   */
+  #reportVersion (): void {
+    if (this.#reporting) return
+    this.#reporting = true
+    void this.#reportLoop()
+  }
+
+  async #reportLoop (): Promise<void> {
+    try {
+      for (;;) {
+        const client = this.#client
+        const index = this.#o.state.index
+        if (client === null || index === null) return
+        const name = feedApplicationName(this.#o.applicationName, index.version, hostname(), process.pid)
+        if (this.#reported?.client === client && this.#reported.name === name) return
+        try {
+          // SET cannot take bind parameters; set_config can (false: for the session, not the transaction).
+          await client.query("SELECT set_config('application_name', $1, false)", [name])
+          this.#reported = { client, name }
+        } catch (err) {
+          this.#lost(client, err)
+          return
+        }
+      }
+    } finally {
+      // Cleared in the same step as the last check, so a change installed after it starts a new loop.
+      this.#reporting = false
+    }
   }
 
   /** Periodic check over the feed connection: heals missed notifications, detects a dead connection. */
