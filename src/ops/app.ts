@@ -8,6 +8,7 @@ import type { Keyring } from '../descriptor/keyring.js'
 import type { ProxyState } from '../proxy/state.js'
 import type { ProxyMetrics } from './metrics.js'
 import type { UpstreamPools } from '../proxy/upstream-pools.js'
+import { lazySchemaCompilers } from '../schema-compilers.js'
 import { probeOrigins, type OriginProbe } from './upstream-probe.js'
 
 /** What the ops app reads. */
@@ -24,7 +25,7 @@ export const JWKS_PATH = '/.well-known/tenant-proxy/jwks.json'
 
 /** Builds the ops app (not listening). */
 export function buildOpsApp (deps: OpsDeps) {
-  const app = Fastify({ loggerInstance: deps.logger.child({ listener: 'ops' }), logController: new LogController({ disableRequestLogging: true }) })
+  const app = Fastify({ loggerInstance: deps.logger.child({ listener: 'ops' }), logController: new LogController({ disableRequestLogging: true }), schemaController: lazySchemaCompilers })
 
   app.get('/metrics', async (_request, reply) => {
     const body = await deps.metrics.registry.metrics()
