@@ -5,7 +5,8 @@
  * real registry with a preload that records every file it loads, serves /up and one proxied
  * request, and stops; the files are mapped back to their sources (through the bundle's metafile
  * when the build bundled them) and none of the CLI's other commands, the embedded PostgreSQL,
- * the verifier kit or Fastify's schema compilers may be among them.
+ * the verifier kit or Fastify's schema compilers may be among them. And the full collection
+ * after a registry load must find the load's rows unreachable, or they stay resident.
  */
 import { existsSync } from 'node:fs'
 import { mkdtemp, readFile } from 'node:fs/promises'
@@ -15,8 +16,15 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import Fastify from 'fastify'
 import t from 'tap'
 import { request } from 'undici'
+import { loadKeyring } from '../src/descriptor/keyring.js'
+import { DescriptorCache } from '../src/descriptor/sign.js'
+import { collectGarbage } from '../src/gc.js'
+import { createLogger } from '../src/log.js'
+import { ProxyMetrics } from '../src/ops/metrics.js'
+import { createProxyState } from '../src/proxy/state.js'
 import { lazySchemaCompilers } from '../src/schema-compilers.js'
-import { es256Pem, testRegistry } from './helpers/proxy.js'
+import { RegistrySync } from '../src/registry/sync.js'
+import { es256Pem, testConfig, testRegistry } from './helpers/proxy.js'
 import { spawnServe } from './helpers/serve-process.js'
 import { startUpstream } from './helpers/upstream.js'
 
@@ -106,4 +114,49 @@ t.test('a route with a JSON schema still validates and serializes through the la
   const bad = await app.inject({ method: 'POST', url: '/echo', payload: { n: 'seven' } })
   t.equal(bad.statusCode, 400)
   t.match(bad.json(), { message: 'body/n must be integer' })
+})
+
+t.test('the collection after a full registry load frees the rows it read', async (t) => {
+  t.ok(collectGarbage(), 'this runtime allows a full collection on demand')
+  const registry = await testRegistry(t, [{ slug: 'a', domains: ['a.example'] }, { slug: 'b', domains: ['b.example'] }])
+  const config = testConfig(registry.url, 'http://127.0.0.1:1')
+  let rows: WeakRef<object> | undefined
+  const snapshot = registry.store.snapshot.bind(registry.store)
+  registry.store.snapshot = async () => {
+    const s = await snapshot()
+    rows = new WeakRef(s.tenants)
+    // A WeakRef holds its target until the current job ends (ECMA-262 AddToKeptObjects): end it
+    // here, so that from now on only the sync's own references keep the rows.
+    await new Promise((resolve) => setImmediate(resolve))
+    return s
+  }
+  const state = createProxyState()
+  const metrics = new ProxyMetrics()
+  const logger = createLogger('silent')
+  const sync = new RegistrySync({
+    store: registry.store,
+    url: registry.url,
+    schema: config.registry.schema,
+    applicationName: config.registry.applicationName,
+    connectTimeoutMs: config.registry.connectTimeoutMs,
+    statementTimeoutMs: config.registry.statementTimeoutMs,
+    defaults: config.tenantDatabase,
+    versionCheckIntervalMs: 0,
+    reconnectMinMs: config.registry.reconnectMinMs,
+    reconnectMaxMs: config.registry.reconnectMaxMs,
+    changeRetentionS: 0,
+    snapshotFile: null,
+    fingerprint: 'unused',
+    onConnect: async () => {},
+    state,
+    metrics,
+    descriptors: new DescriptorCache({ keyring: loadKeyring(config.descriptor.keys), issuer: 'test', audience: 'test', ttlS: 60, refreshMarginS: 10 }),
+    logger
+  })
+  t.teardown(async () => await sync.stop())
+  await sync.start()
+  t.equal(state.index?.byHost.size, 2, 'loaded')
+  t.ok(rows !== undefined, 'the load went through the store')
+  // No collection ran since the sync's own: the rows are gone only if that one could free them.
+  t.equal(rows?.deref(), undefined, 'the rows were collected by the post-load collection')
 })
