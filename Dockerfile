@@ -20,6 +20,7 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY config ./config
 COPY src ./src
+COPY scripts ./scripts
 RUN npm run build
 
 # ---- runtime: production dependencies and the compiled output only ----------------------------

@@ -10,7 +10,7 @@ export default tseslint.config(
     languageOptions: {
       parserOptions: {
         projectService: {
-          allowDefaultProject: ['eslint.config.js', 'bench/*.js', 'test/helpers/*.mjs', 'deploy/compose/*.mjs'],
+          allowDefaultProject: ['eslint.config.js', 'bench/*.js', 'scripts/*.js', 'test/helpers/*.mjs', 'deploy/compose/*.mjs'],
           // The plain JS scripts above are few and small; the default cap of 8 is about speed only.
           maximumDefaultProjectFileMatchCount_THIS_WILL_SLOW_DOWN_LINTING: 20
         },

@@ -180,7 +180,9 @@ t.test('the database refuses invalid rows from any writer (CHECK constraints)', 
 })
 
 t.test('--help works on every command without a registry or valid config', async (t) => {
-  for (const command of COMMANDS) {
+  for (const entry of COMMANDS) {
+    const command = await entry.load()
+    t.equal(command.name, entry.name, 'the command table names each command as its module does')
     const r = await runCli([...command.name.split(' '), '--help'], { TENANT_PROXY_TRAFFIC_PORT: 'broken' })
     t.equal(r.code, 0, `${command.name} --help`)
     t.match(r.stdout, `Usage: ${command.usage.split(' [')[0] ?? ''}`)

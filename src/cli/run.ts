@@ -7,22 +7,10 @@ import { isTpError } from '../errors.js'
 import { redactUrls } from '../redact.js'
 import { openRegistry, type RegistryConnection } from '../registry/connect.js'
 import { assertMigrated } from '../registry/migrate.js'
-import { commandHelp, parseCommandArgs, str, type CliIo, type Command, type CommandContext } from './command.js'
-import { demoCommand } from './demo.js'
-import { descriptorDecode } from './descriptor.js'
-import { keysGenerate, keysRotate } from './keys.js'
-import { migrateCommand } from './migrate.js'
-import { registryStatus } from './registry.js'
-import { serveCommand } from './serve.js'
-import { registryExport, registryImport } from './transfer.js'
-import { domainsAdd, domainsRemove, tenantsAdd, tenantsList, tenantsRemove, tenantsShow, tenantsState, tenantsUpdate } from './tenants.js'
+import { commandHelp, parseCommandArgs, str, type CliIo, type CommandContext } from './command.js'
+import { COMMANDS, type CommandEntry } from './commands.js'
 
-export const COMMANDS: readonly Command[] = [
-  serveCommand, demoCommand, migrateCommand,
-  tenantsAdd, tenantsList, tenantsShow, tenantsUpdate, tenantsState, tenantsRemove,
-  domainsAdd, domainsRemove,
-  registryStatus, registryExport, registryImport, keysGenerate, keysRotate, descriptorDecode
-]
+export { COMMANDS }
 
 /**
  * Exit codes: 0 ok, 1 operation failed, 2 usage error, 75 a `--wait` that timed out after the
@@ -43,14 +31,14 @@ export interface CliEnvironment {
 export async function runCli (argv: readonly string[], environment: CliEnvironment): Promise<number> {
   const { io } = environment
   const words = argv.filter((a) => !a.startsWith('-'))
-  const command = findCommand(argv)
-  if (command === undefined) {
+  const entry = findCommand(argv)
+  if (entry === undefined) {
     const group = COMMANDS.filter((c) => c.name.split(' ')[0] === words[0])
     // Help for everything, or for one group (`tenants --help`); a word that names no command is
     // an error with or without --help, so a mistyped command line never passes for a valid one.
     const helpTopic = words.length === 0 || (words.length === 1 && group.length > 0)
     if (argv.length === 0 || (helpTopic && (argv.includes('--help') || argv.includes('-h')))) {
-      io.out(overview(words[0]))
+      io.out(await overview(words[0]))
       return argv.length === 0 ? EXIT.usage : EXIT.ok
     }
     io.err(group.length > 0
@@ -62,6 +50,7 @@ export async function runCli (argv: readonly string[], environment: CliEnvironme
   let registry: RegistryConnection | undefined
   let config: Config | undefined
   try {
+    const command = await entry.load()
     const args = parseCommandArgs(command, argv.slice(command.name.split(' ').length))
     if (args.values.help === true) {
       io.out(commandHelp(command))
@@ -92,7 +81,7 @@ export async function runCli (argv: readonly string[], environment: CliEnvironme
   }
 }
 
-function findCommand (argv: readonly string[]): Command | undefined {
+function findCommand (argv: readonly string[]): CommandEntry | undefined {
   return COMMANDS.find((c) => {
     const parts = c.name.split(' ')
     return parts.every((p, i) => argv[i] === p)
@@ -112,9 +101,10 @@ function reportError (io: CliIo, err: unknown): number {
   return EXIT.failed
 }
 
-function overview (group: string | undefined): string {
+async function overview (group: string | undefined): Promise<string> {
   const shown = COMMANDS.filter((c) => group === undefined || c.name.split(' ')[0] === group)
-  const list = shown.length > 0 ? shown : COMMANDS
+  // Only the overview needs every command's summary: load them here, never on a command's path.
+  const list = await Promise.all((shown.length > 0 ? shown : COMMANDS).map(async (c) => await c.load()))
   const width = Math.max(...list.map((c) => c.name.length))
   return [
     'tenant-proxy: routes each request to its tenant and hands the app a signed tenant database descriptor.',

@@ -9,6 +9,7 @@ import { clientErrorHandler } from '../proxy/client-error.js'
 import type { ProxyState } from '../proxy/state.js'
 import type { ProxyMetrics } from './metrics.js'
 import type { UpstreamPools } from '../proxy/upstream-pools.js'
+import { lazySchemaCompilers } from '../schema-compilers.js'
 import { probeOrigins, type OriginProbe } from './upstream-probe.js'
 
 /** What the ops app reads. */
@@ -27,7 +28,7 @@ export const JWKS_PATH = '/.well-known/tenant-proxy/jwks.json'
 export function buildOpsApp (deps: OpsDeps) {
   const logger = deps.logger.child({ listener: 'ops' })
   // Fastify's default logs the refused bytes (err.rawPacket); see client-error.ts.
-  const app = Fastify({ loggerInstance: logger, logController: new LogController({ disableRequestLogging: true }), clientErrorHandler: clientErrorHandler(logger) })
+  const app = Fastify({ loggerInstance: logger, logController: new LogController({ disableRequestLogging: true }), clientErrorHandler: clientErrorHandler(logger), schemaController: lazySchemaCompilers })
 
   app.get('/metrics', async (_request, reply) => {
     const body = await deps.metrics.registry.metrics()

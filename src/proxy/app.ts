@@ -21,6 +21,7 @@ import { tpError, type ErrorCode } from '../errors.js'
 import type { Outcome, ProxyMetrics, UpstreamErrorKind } from '../ops/metrics.js'
 import { accessLogWriter } from '../log.js'
 import { canonicalHost } from '../routing/host.js'
+import { lazySchemaCompilers } from '../schema-compilers.js'
 import { Resolver } from '../routing/resolve.js'
 import { clientErrorHandler } from './client-error.js'
 import { sendError } from './error-reply.js'
@@ -147,7 +148,8 @@ export function buildTrafficApp (deps: TrafficDeps) {
       // Uploads may be long; undici's body timeout bounds stalled ones on the upstream side.
       requestTimeout: 0
     }, handler),
-    routerOptions: { maxParamLength: 2048 }
+    routerOptions: { maxParamLength: 2048 },
+    schemaController: lazySchemaCompilers
   })
 
   app.decorateRequest('tp', null as unknown as Flow)

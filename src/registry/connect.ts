@@ -5,7 +5,7 @@ import pg from 'pg'
 import type { Config } from '../config/load.js'
 import { tpError } from '../errors.js'
 import { redactUrls } from '../redact.js'
-import { startEmbeddedRegistry, type EmbeddedRegistry } from './embedded.js'
+import type { EmbeddedRegistry } from './embedded.js'
 import { RegistryStore } from './store.js'
 
 /** A log sink the registry connection reports to (pino's logger fits). */
@@ -32,6 +32,8 @@ export async function openRegistry (config: Config, logger: RegistryLogger, opts
   let embedded: EmbeddedRegistry | null = null
   let url = registry.databaseUrl
   if (url === null) {
+    // Loaded only here: a proxy or CLI with a registry URL never needs the embedded server's code.
+    const { startEmbeddedRegistry } = await import('./embedded.js')
     embedded = await startEmbeddedRegistry({ dataDir: registry.embedded.dataDir, port: registry.embedded.port, logger })
     url = embedded.url
   }

@@ -20,8 +20,9 @@ import type { ProxyState } from '../proxy/state.js'
 import { collectGarbage } from '../gc.js'
 import { describeError } from './connect.js'
 import { feedApplicationName } from './feed-name.js'
-import { applyDelta, buildIndex, type DatabaseDefaults, type RegistryIndex } from './index.js'
-import { readSnapshotFile, SnapshotFileError, SnapshotFileMissing, SnapshotWriteAborted, writeSnapshotFile } from './snapshot-file.js'
+import { applyDelta, type DatabaseDefaults, type RegistryIndex } from './index.js'
+import { indexFromFile, indexFromRegistry } from './load-index.js'
+import { SnapshotFileError, SnapshotFileMissing, SnapshotWriteAborted, writeSnapshotFile } from './snapshot-file.js'
 import type { RegistryStore } from './store.js'
 
 /** Changes applied incrementally at most; a bigger backlog is cheaper as a full snapshot. */
@@ -217,8 +218,7 @@ export class RegistrySync {
   /** Full snapshot → new index swapped in; cached descriptors of vanished hosts dropped. */
   async #fullLoad (reason: string): Promise<void> {
     const started = performance.now()
-    const snapshot = await this.#o.store.snapshot()
-    const index = buildIndex(snapshot, this.#o.defaults, this.#o.state.index)
+    const index = await indexFromRegistry(this.#o.store, this.#o.defaults, this.#o.state.index)
     this.#install(index)
     this.#o.descriptors.retain((host) => index.byHost.has(host))
     this.#reportVersion()
@@ -396,19 +396,17 @@ export class RegistrySync {
     const o = this.#o
     if (o.snapshotFile === null) return 'none'
     try {
-      const content = await readSnapshotFile(o.snapshotFile, o.fingerprint)
+      const { index, writtenAt } = await indexFromFile(o.snapshotFile, o.fingerprint, o.defaults)
       if (o.state.index !== null) {
         this.#log.debug({ file: o.snapshotFile }, 'the registry answered while the snapshot file was read; the file is not used')
         return 'not-needed'
       }
-      // Rows in the file carry resolved database hosts and ports already.
-      const index = buildIndex({ version: content.version, registryId: content.registryId, tenants: content.tenants, domains: content.domains }, o.defaults, null, Date.parse(content.writtenAt))
       o.state.index = index
       o.state.stale = true
       o.state.synced = false
       o.metrics.observeRegistryLoad(index)
       o.metrics.registryStale.set(1)
-      this.#log.warn({ file: o.snapshotFile, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, writtenAt: content.writtenAt }, 'loaded the last-known-good snapshot file')
+      this.#log.warn({ file: o.snapshotFile, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, writtenAt }, 'loaded the last-known-good snapshot file')
       this.#collect()
       return 'loaded'
     } catch (err) {

@@ -22,10 +22,10 @@ export interface ServeProcess {
   stop (): Promise<number | null>
 }
 
-/** Spawns the proxy and resolves once it listens (or rejects with its output if it exits first). */
-export async function spawnServe (t: Test, env: Record<string, string>): Promise<ServeProcess> {
+/** Spawns the proxy and resolves once it listens (or rejects with its output if it exits first); `nodeArgs` go before the script. */
+export async function spawnServe (t: Test, env: Record<string, string>, opts: { nodeArgs?: readonly string[] } = {}): Promise<ServeProcess> {
   // The preload lets tests trigger a full GC; it changes nothing else in the process.
-  const child = spawn(process.execPath, ['--expose-gc', `--import=${GC_PRELOAD}`, CLI, 'serve'], {
+  const child = spawn(process.execPath, ['--expose-gc', `--import=${GC_PRELOAD}`, ...(opts.nodeArgs ?? []), CLI, 'serve'], {
     env: { PATH: process.env.PATH ?? '', TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1', TENANT_PROXY_TRAFFIC_PORT: '0', TENANT_PROXY_OPS_HOST: '127.0.0.1', TENANT_PROXY_OPS_PORT: '0', TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0', TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: '', ...env },
     stdio: ['ignore', 'pipe', 'pipe']
   })
