@@ -6,7 +6,8 @@ import type pg from 'pg'
 import { tpError } from '../errors.js'
 import type { TenantState } from './names.js'
 import { quoteIdent } from './sql.js'
-import { databaseLabel, formatProblems, type ImportEntry, type ImportProblem, type TransferTenant } from './transfer.js'
+import { databaseLabel, formatProblems, type ImportProblem } from './problems.js'
+import type { ImportEntry, TransferTenant } from './transfer.js'
 
 export type DomainKind = 'primary' | 'alias'
 

@@ -5,7 +5,10 @@
  */
 import { canonicalHost } from '../routing/host.js'
 import { checkDatabaseHost, checkDatabaseName, checkPort, checkSlug, checkState, checkUpstream } from './names.js'
+import { databaseLabel, type DatabaseLocation, type ImportProblem } from './problems.js'
 import type { DomainKind, TenantRecord } from './store.js'
+
+export { databaseLabel, formatProblems, type DatabaseLocation, type ImportProblem } from './problems.js'
 
 /** One tenant as exported and imported: the CLI's record without what the registry assigns. */
 export type TransferTenant = Omit<TenantRecord, 'epoch' | 'created_at' | 'updated_at'>
@@ -17,12 +20,6 @@ export function exportLine (t: TenantRecord): string {
   const { slug, state, database_name: dbName, database_host: dbHost, database_port: dbPort, upstream, epoch, settings, domains } = t
   return JSON.stringify({ slug, state, database_name: dbName, database_host: dbHost, database_port: dbPort, upstream, epoch, settings, domains }) + '\n'
 }
-
-/** A problem with the input, on a line (null: the input as a whole). */
-export interface ImportProblem { readonly line: number | null, readonly message: string }
-
-/** Where a tenant database lives, as the registry keys it (null host/port: the default server). */
-export interface DatabaseLocation { readonly name: string, readonly host: string | null, readonly port: number | null }
 
 /**
  * One input line: the tenant when the line is valid, and in any case whatever parts of it are
@@ -85,20 +82,6 @@ export function parseImport (text: string): { entries: ImportEntry[], problems: 
   }
   if (entries.length === 0 && problems.length === 0) problems.push({ line: null, message: 'no tenants in the input' })
   return { entries, problems }
-}
-
-/** Problems as the CLI prints them: by line, "line N: …". */
-export function formatProblems (problems: readonly ImportProblem[]): string {
-  return [...problems]
-    .sort((a, b) => (a.line ?? 0) - (b.line ?? 0))
-    .map((p) => p.line === null ? p.message : `line ${p.line}: ${p.message}`)
-    .join('\n')
-}
-
-/** "database acme", or "database acme on db2.internal:6432" when it is not on the default server. */
-export function databaseLabel (db: DatabaseLocation): string {
-  if (db.host === null && db.port === null) return `database ${db.name}`
-  return `database ${db.name} on ${db.host ?? 'the default host'}:${db.port ?? 'the default port'}`
 }
 
 /** The registry's uniqueness key of a database location (see tenants_database_location_key). */
