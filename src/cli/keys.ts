@@ -3,13 +3,11 @@
  * or printed) and what the app needs to verify it.
  * `tenant-proxy keys rotate`: the three rotation phases on a key file (src/descriptor/rotate.ts).
  */
-import { randomBytes } from 'node:crypto'
-import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs'
-import { basename, dirname, join } from 'node:path'
 import { generateKey } from '../descriptor/generate.js'
 import { HS256_PREFIX } from '../descriptor/key-text.js'
 import { inspectKeyFile, ROTATION_PHASES, rotateKeyFile, type RotationPhase } from '../descriptor/rotate.js'
 import { tpError } from '../errors.js'
+import { createExclusive, replaceAtomically } from '../file-write.js'
 import { flag, str, type Command } from './command.js'
 
 export const keysGenerate: Command = {
@@ -67,30 +65,18 @@ a warning says it is a secret.`,
 }
 
 /**
- * Writes a key file readable by its owner only. The file is created with mode 0600 by the open
- * itself (O_CREAT|O_EXCL: no moment with a wider mode, and never through a symlink or into an
- * existing file); with `force`, a temporary file made the same way is renamed over the old one.
+ * Writes a key file readable by its owner only (mode 0600 from the open on, see file-write.ts);
+ * with `force`, a new file is renamed over the old one, so the old file's mode is not kept.
  */
 function writeKeyFile (path: string, text: string, force: boolean): void {
-  const target = force ? join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`) : path
-  let fd: number
   try {
-    fd = openSync(target, 'wx', 0o600)
+    if (force) replaceAtomically(path, text, 0o600)
+    else createExclusive(path, text, 0o600)
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'error'
     if (code === 'EEXIST' && !force) throw tpError('TENANT_PROXY_ERR_CLI_CONFIRM', [`--out ${path} exists; keys generate replaces a key file only with --force`])
     throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`--out ${path}: cannot create it (${code})`], err)
   }
-  try {
-    writeSync(fd, text)
-    fsyncSync(fd)
-  } catch (err) {
-    closeSync(fd)
-    unlinkSync(target)
-    throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`--out ${path}: cannot write it (${(err as NodeJS.ErrnoException).code ?? 'error'})`], err)
-  }
-  closeSync(fd)
-  if (force) renameSync(target, path)
 }
 
 export const keysRotate: Command = {

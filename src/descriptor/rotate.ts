@@ -9,10 +9,10 @@
  * publish: steady → published (generates B), switch: published → switched (A's private key is
  * dropped: it can never sign again), retire: switched → steady. Any other order is refused.
  */
-import { createPublicKey, randomBytes } from 'node:crypto'
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs'
-import { basename, dirname, join } from 'node:path'
+import { createPublicKey } from 'node:crypto'
+import { readFileSync, statSync } from 'node:fs'
 import { tpError } from '../errors.js'
+import { replaceAtomically } from '../file-write.js'
 import { generateKey } from './generate.js'
 import { HS256_PREFIX, keysFromText } from './key-text.js'
 import { loadKeyring, type PublicJwk } from './keyring.js'
@@ -133,29 +133,9 @@ function readText (path: string): string {
   }
 }
 
-/** Write to a temporary file beside `path`, fsync, rename over it: readers see the old or the new file, never half of one. */
+/** Replaces the key file keeping its mode: readers see the old or the new file, never half of one. */
 function writeAtomic (path: string, text: string): void {
-  const mode = statSync(path).mode & 0o777
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`)
-  // wx: never follow or reuse an existing file; the key file's mode from the start, so the keys are never world-readable.
-  const fd = openSync(tmp, 'wx', mode)
-  try {
-    writeSync(fd, text)
-    fsyncSync(fd)
-  } catch (err) {
-    closeSync(fd)
-    unlinkSync(tmp)
-    throw err
-  }
-  closeSync(fd)
-  renameSync(tmp, path)
-  // The rename itself must reach the disk too.
-  const dir = openSync(dirname(path), 'r')
-  try {
-    fsyncSync(dir)
-  } finally {
-    closeSync(dir)
-  }
+  replaceAtomically(path, text, statSync(path).mode & 0o777)
 }
 
 function refuse (reason: string): never {
