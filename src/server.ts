@@ -11,7 +11,7 @@ import { DescriptorCache } from './descriptor/sign.js'
 import { buildOpsApp } from './ops/app.js'
 import { ProxyMetrics } from './ops/metrics.js'
 import { probeOrigins } from './ops/upstream-probe.js'
-import { buildTrafficApp, upstreamErrorKind } from './proxy/app.js'
+import { buildTrafficApp } from './proxy/app.js'
 import { createProxyState, type ProxyState } from './proxy/state.js'
 import { UpstreamAgent } from './proxy/upstream-agent.js'
 import { UpstreamHealth } from './proxy/upstream-health.js'
@@ -116,12 +116,7 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     // Runs after the traffic listener closed (graceful part done): whatever is still pending
     // upstream has no client left to answer.
     cleanups.push(async () => await dispatcher.destroy())
-    dispatcher.usePools(pools, {
-      onRetry: (_pool, _address, err) => {
-        const e = err as Error & { code?: string, cause?: { code?: string } }
-        metrics.observeRetry(upstreamErrorKind(e.cause?.code, e.code))
-      }
-    })
+    dispatcher.useEvents({ onRetry: (_pool, _address, failure) => { metrics.observeRetry(failure.kind) } })
     const check = config.upstream.healthCheck
     const upstreamHealth = check.path === ''
       ? null
@@ -134,7 +129,7 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     upstreamHealth?.start()
     cleanups.push(async () => { upstreamHealth?.stop() })
 
-    const traffic = buildTrafficApp({ config, state, descriptors, metrics, logger, dispatcher, pools, upstreamHealth: config.traffic.healthMode === 'upstream' ? upstreamHealth : null })
+    const traffic = buildTrafficApp({ config, state, descriptors, metrics, logger, agent: dispatcher, pools, upstreamHealth: config.traffic.healthMode === 'upstream' ? upstreamHealth : null })
     const ops = buildOpsApp({ state, metrics, keyring, pools, logger, probeTimeoutMs: Math.min(config.upstream.connectTimeoutMs, 1_000) })
     cleanups.push(async () => await ops.close())
     cleanups.push(async () => {

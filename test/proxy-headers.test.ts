@@ -1,5 +1,5 @@
 import t from 'tap'
-import { isDescriptorHeaderName, peerAddress, scrubOutbound, upstreamRequestHeaders, type ForwardingContext, type HeaderMap, type HeaderPolicy } from '../src/proxy/headers.js'
+import { clientResponseHeaders, isDescriptorHeaderName, peerAddress, upstreamRequestHeaders, type ForwardingContext, type HeaderMap, type HeaderPolicy } from '../src/proxy/headers.js'
 import { startTestProxy, testConfig, testRegistry } from './helpers/proxy.js'
 import { rawRequest } from './helpers/raw-http.js'
 import { startUpstream, type SeenRequest } from './helpers/upstream.js'
@@ -92,26 +92,25 @@ t.test('peerAddress unwraps IPv4-mapped IPv6 only', async (t) => {
   t.equal(peerAddress(undefined), '')
 })
 
-t.test('scrubOutbound returns the same object when nothing has to go, a copy otherwise', async (t) => {
-  const clean: HeaderMap = { host: 'a.example', accept: '*/*', 'content-length': '3' }
-  t.equal(scrubOutbound(clean, NAME), clean)
-  const dirty: HeaderMap = { 'content-type': 'text/plain', connection: 'keep-alive', 'keep-alive': 'timeout=5' }
-  const out = scrubOutbound(dirty, NAME)
-  t.not(out, dirty)
-  t.same(out, { 'content-type': 'text/plain' })
-})
+/** Raw response headers as undici hands them over: [name, value, …] buffers. */
+const raw = (...pairs: string[]): Buffer[] => pairs.map((p) => Buffer.from(p, 'latin1'))
 
-t.test('scrubOutbound removes hop-by-hop headers and descriptor spellings from responses', async (t) => {
-  t.same(scrubOutbound({
-    'x-tenant-descriptor': 'x',
-    x_tenant_descriptor: 'y',
-    'content-type': 'text/plain',
-    connection: 'keep-alive, x-upstream-private',
-    'keep-alive': 'timeout=5',
-    'x-upstream-private': '1',
-    'transfer-encoding': 'chunked',
-    'set-cookie': ['a=1', 'b=2']
-  }, NAME), { 'content-type': 'text/plain', 'set-cookie': ['a=1', 'b=2'] })
+t.test('clientResponseHeaders: hop-by-hop, nominated and descriptor spellings removed, the request id set', async (t) => {
+  t.same(clientResponseHeaders(raw(
+    'X-Tenant-Descriptor', 'x',
+    'x_tenant_descriptor', 'y',
+    'Content-Type', 'text/plain',
+    'Connection', 'keep-alive, X-Upstream-Private',
+    'Keep-Alive', 'timeout=5',
+    'X-Upstream-Private', '1',
+    'Transfer-Encoding', 'chunked',
+    'Set-Cookie', 'a=1',
+    'Set-Cookie', 'b=2',
+    'X-Request-Id', 'the-app-s-own'
+  ), NAME, 'r1', false), ['content-type', 'text/plain', 'set-cookie', 'a=1', 'set-cookie', 'b=2', 'x-request-id', 'r1'])
+  t.same(clientResponseHeaders(raw('Content-Length', '2'), NAME, 'r2', true), ['content-length', '2', 'x-request-id', 'r2', 'connection', 'close'], 'draining: Connection: close')
+  t.same(clientResponseHeaders(raw('Connection', 'x-a', 'Connection', 'x-b', 'X-A', '1', 'X-B', '2', 'X-C', '3'), NAME, 'r3', false), ['x-c', '3', 'x-request-id', 'r3'], 'several Connection fields nominate together')
+  t.same(clientResponseHeaders(raw('Location', 'http://caf\xe9.example/'), NAME, 'r4', false), ['location', 'http://caf\xe9.example/', 'x-request-id', 'r4'], 'obs-text bytes pass as latin1, unchanged')
 })
 
 t.test('spoofed descriptors never reach the upstream (real sockets)', async (t) => {

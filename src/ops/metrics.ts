@@ -5,6 +5,7 @@
  */
 import client from 'prom-client'
 import { IndexedCounter, IndexedHistogram } from './fast-metrics.js'
+import { UPSTREAM_ERROR_KINDS, type UpstreamErrorKind } from '../proxy/upstream-errors.js'
 
 /** How a request ended, as counted and logged. */
 export type Outcome = 'routed' | 'unknown_host' | 'suspended' | 'maintenance' | 'passthrough' | 'health' | 'bad_request' | 'registry_unavailable'
@@ -20,8 +21,6 @@ interface IndexView { version: number, byHost: { size: number }, bySlug: { size:
 interface PoolsView { all (): Array<{ name: string | null, addresses: ReadonlyArray<{ usable (now: number): boolean }> }> }
 
 /** Kinds of upstream failure. */
-export type UpstreamErrorKind = 'connect' | 'timeout' | 'reset' | 'other'
-const UPSTREAM_ERROR_KINDS: readonly UpstreamErrorKind[] = ['connect', 'timeout', 'reset', 'other']
 
 /** The proxy's metrics, with label children bound once so the hot path does no label hashing. */
 export class ProxyMetrics {

@@ -109,26 +109,31 @@ export function upstreamRequestHeaders (inbound: HeaderMap, policy: HeaderPolicy
 }
 
 /**
- * Cleans an upstream response for the client: hop-by-hop headers describe the proxy-upstream
- * connection only (RFC 9110 section 7.6.1; copying `Connection: keep-alive` would override a
- * client's `Connection: close`), Node frames the body itself, and the descriptor is never echoed.
- * Returns `headers` itself when nothing had to go, else a filtered copy.
+ * An upstream response's raw headers (undici's [name, value, …] buffers) as the client gets them,
+ * flat for ServerResponse.writeHead: without hop-by-hop headers, which describe the
+ * proxy-upstream connection only (RFC 9110 section 7.6.1; copying `Connection: keep-alive` would
+ * override a client's `Connection: close`), without Transfer-Encoding (Node frames the body
+ * itself), without any spelling of the descriptor header (never echoed), with the request id,
+ * and with `Connection: close` while draining.
  */
-export function scrubOutbound (headers: HeaderMap, descriptorHeader: string): HeaderMap {
-  // One pass to find out whether anything must go (usually: the upstream's Connection and
-  // Keep-Alive), then a copy without it. Copying beats `delete`, which turns the object into a
-  // slow dictionary for everything that iterates it afterwards (reply-from, Fastify).
-  const nominated = nominatedBy(headers.connection)
-  let drop = false
-  for (const name in headers) {
-    if (droppedFromResponse(name, descriptorHeader, nominated)) { drop = true; break }
+export function clientResponseHeaders (raw: readonly Buffer[], descriptorHeader: string, requestId: string, close: boolean): string[] {
+  const names: string[] = []
+  let connection: string | null = null
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = (raw[i] as Buffer).toString('latin1').toLowerCase()
+    names.push(name)
+    if (name === 'connection') connection = connection === null ? (raw[i + 1] as Buffer).toString('latin1') : `${connection}, ${(raw[i + 1] as Buffer).toString('latin1')}`
   }
-  if (!drop) return headers
-  const kept: HeaderMap = {}
-  for (const name in headers) {
-    if (!droppedFromResponse(name, descriptorHeader, nominated)) kept[name] = headers[name]
+  const nominated = nominatedBy(connection ?? undefined)
+  const out: string[] = []
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = names[i >> 1] as string
+    if (name === 'x-request-id' || droppedFromResponse(name, descriptorHeader, nominated)) continue
+    out.push(name, (raw[i + 1] as Buffer).toString('latin1'))
   }
-  return kept
+  out.push('x-request-id', requestId)
+  if (close) out.push('connection', 'close')
+  return out
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/
@@ -193,19 +198,21 @@ function nominatedBy (connection: HeaderMap[string]): ReadonlySet<string> | null
 
 /**
  * Hop-by-hop headers (RFC 9110 section 7.6.1) that never cross a proxy, plus the legacy
- * Proxy-Connection that some clients still send, and Expect on requests; switched on length so
- * most names cost one test.
+ * Proxy-Connection that some clients still send, Transfer-Encoding, and Expect on requests;
+ * switched on length so most names cost one test.
  */
-function isHopByHop (name: string, length: number, framing: boolean): boolean {
+function isHopByHop (name: string, length: number, response: boolean): boolean {
   switch (length) {
     case 2: return name === 'te'
     // Expect (requests only): Node already answered 100-continue to the client; forwarded, undici
     // refuses the request outright.
-    case 6: return !framing && name === 'expect'
+    case 6: return !response && name === 'expect'
     case 7: return name === 'trailer' || name === 'upgrade'
     case 10: return name === 'connection' || name === 'keep-alive'
     case 16: return name === 'proxy-connection'
-    case 17: return framing && name === 'transfer-encoding'
+    // Each side frames its own body: Node towards the client, undici towards the app (which
+    // refuses the header outright).
+    case 17: return name === 'transfer-encoding'
     case 19: return name === 'proxy-authorization'
     default: return false
   }

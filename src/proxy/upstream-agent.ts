@@ -1,135 +1,115 @@
 /**
- * The undici Agent the proxy forwards through. It turns a pool's stand-in origin into a real
- * address per attempt, retries on another address when nothing reached the app (any method) or
- * when an idempotent request without a body lost its connection before the answer, feeds
- * failures into passive ejection, and can cancel an upstream request whose client went away
- * (nginx's default): the app stops working for nobody.
+ * The undici Agent the proxy forwards through. `forward(pool, …)` picks a real address per
+ * attempt, retries on another address when nothing reached the app (any method) or when an
+ * idempotent request without a body lost its connection before the answer, feeds failures into
+ * passive ejection, and can be cancelled when the client goes away (nginx's default): the app
+ * stops working for nobody. Retrying is composed around the handler, undici's retry interceptor
+ * style (lib/interceptor/retry.js), not a subclass of undici's request machinery.
  */
 import { Agent, errors, type Dispatcher } from 'undici'
-import type { UpstreamAddress, UpstreamPool, UpstreamPools } from './upstream-pools.js'
+import { classifyUpstreamError, type UpstreamFailure } from './upstream-errors.js'
+import type { UpstreamAddress, UpstreamPool } from './upstream-pools.js'
 
-/** Symbol under which the traffic app puts a per-request hook on the upstream headers object. */
-export const kUpstreamHook = Symbol('tenant-proxy.upstreamHook')
-
-/** Filled by the agent when the request is dispatched; the traffic app calls `cancel`. */
-export interface UpstreamHook {
-  handler: CancellableHandler | null
-}
-
-/**
- * undici's request handler: `abort` arrives with onConnect; before that, a `reason` set on it
- * makes onConnect abort at once (undici's own signal handling does exactly this).
- */
-interface CancellableHandler {
-  abort?: ((reason: Error) => void) | null
-  reason?: unknown
-}
-
-/** Cancels the upstream request behind `hook`, whether or not it has a connection yet. */
-export function cancelUpstream (hook: UpstreamHook): void {
-  const handler = hook.handler
-  if (handler === null) return
-  hook.handler = null
-  const reason = new errors.RequestAbortedError('client closed the connection')
-  if (typeof handler.abort === 'function') handler.abort(reason)
-  else handler.reason = reason
-}
-
-/** undici's legacy handler interface (what Dispatcher.request hands to dispatch). */
-interface LegacyHandler {
-  onConnect?: (abort: (reason?: Error) => void, context?: object) => void
-  onHeaders?: (statusCode: number, headers: Buffer[], resume: () => void, statusText: string) => boolean
-  onData?: (chunk: Buffer) => boolean
-  onComplete?: (trailers: string[] | null) => void
-  onError?: (err: Error) => void
+/** undici's handler interface as its core calls it (undici 7 lib/core/request.js). */
+export interface UpstreamHandler {
+  onConnect (abort: (reason?: Error) => void, context?: object): void
+  onHeaders (statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean
+  onData (chunk: Buffer): boolean
+  onComplete (trailers: string[] | null): void
+  onError (err: Error): void
   onUpgrade?: (statusCode: number, headers: Buffer[] | string[] | null, socket: unknown) => void
-  onBodySent?: (chunk: unknown) => void
-  onRequestSent?: () => void
-  onResponseStarted?: () => void
 }
 
-/** Errors that mean the connection failed or broke (the address is suspect), by code. */
-const CONNECTION_ERRORS = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED'])
-const REPLAYABLE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
+/** The request to forward: undici's dispatch options without the origin (the pool picks it). */
+export type ForwardOptions = Omit<Dispatcher.DispatchOptions, 'origin'> & { origin?: string }
 
-function errorCode (err: Error): string {
-  const e = err as Error & { code?: string, cause?: { code?: string } }
-  return e.cause?.code ?? e.code ?? ''
-}
-
-/** What the agent reports about retries and failures. */
+/** What the agent reports about retries. */
 export interface AgentEvents {
-  onRetry?: (pool: UpstreamPool, address: UpstreamAddress, err: Error) => void
+  onRetry?: (pool: UpstreamPool, address: UpstreamAddress, failure: UpstreamFailure) => void
 }
+
+/** One forwarded request, to cancel it when its client leaves. */
+export interface ForwardedRequest {
+  /** Aborts the request (now, or as soon as undici connects it); no retry follows. */
+  cancel (): void
+}
+
+const REPLAYABLE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS'])
 
 /** An Agent over upstream pools (see the module comment). */
 export class UpstreamAgent extends Agent {
-  #pools: UpstreamPools | null = null
   #events: AgentEvents = {}
 
-  /** Connects the agent to the pools whose virtual origins it will see. */
-  usePools (pools: UpstreamPools, events: AgentEvents = {}): void {
-    this.#pools = pools
+  /** Sets where retries are reported. */
+  useEvents (events: AgentEvents): void {
     this.#events = events
   }
 
-  // reply-from copies the headers object with Object.assign, which keeps symbol keys, and undici
-  // reads only string keys: the hook travels with the request without becoming a header. An
-  // AbortSignal per request would do the same job but costs more CPU than the rest of the proxy.
-  override dispatch (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    const hook = (options.headers as Record<symbol, UpstreamHook | undefined> | null | undefined)?.[kUpstreamHook]
-    if (hook !== undefined) hook.handler = handler as unknown as CancellableHandler
-    const pool = this.#pools?.byVirtualOrigin(String(options.origin))
-    if (pool === undefined) return super.dispatch(options, handler)
-    new PooledRequest(pool, options, handler as unknown as LegacyHandler, hook, this.#events, (o, h) => super.dispatch(o, h)).attempt(null)
-    return true
+  /** Sends `options` to an address of `pool`, with retries; `handler` sees one attempt's answer. */
+  forward (pool: UpstreamPool, options: ForwardOptions, handler: UpstreamHandler): ForwardedRequest {
+    const request = new PooledRequest(pool, options, handler, this.#events, (o, h) => this.dispatch(o, h))
+    request.attempt(null)
+    return request
   }
 }
 
 /** One request over a pool: an attempt per address until one answers or retrying is unsafe. */
-class PooledRequest {
+class PooledRequest implements ForwardedRequest {
   /** Addresses tried so far; allocated only when a first attempt fails (rare). */
   #tried: Set<UpstreamAddress> | null = null
   #last: UpstreamAddress | null = null
+  #abort: ((reason?: Error) => void) | null = null
+  #cancelled = false
   readonly #replayable: boolean
 
   constructor (
     readonly pool: UpstreamPool,
-    readonly options: Dispatcher.DispatchOptions,
-    readonly handler: LegacyHandler,
-    readonly hook: UpstreamHook | undefined,
+    readonly options: ForwardOptions,
+    readonly handler: UpstreamHandler,
     readonly events: AgentEvents,
-    readonly send: (options: Dispatcher.DispatchOptions, handler: LegacyHandler) => boolean
+    readonly send: (options: Dispatcher.DispatchOptions, handler: UpstreamHandler) => boolean
   ) {
     const body = options.body
     this.#replayable = REPLAYABLE_METHODS.has(options.method) && (body === undefined || body === null || body === '')
+  }
+
+  cancel (): void {
+    if (this.#cancelled) return
+    this.#cancelled = true
+    this.#abort?.(new errors.RequestAbortedError('client closed the connection'))
   }
 
   attempt (lastError: Error | null): void {
     if (this.#last !== null) (this.#tried ??= new Set()).add(this.#last)
     const address = this.pool.pick(this.#tried ?? undefined)
     if (address === undefined) {
-      this.handler.onError?.(lastError ?? new errors.SocketError('no upstream address'))
+      this.handler.onError(lastError ?? new errors.SocketError('no upstream address'))
       return
     }
     this.#last = address
-    // The options object is this request's own (built per request by undici's request API):
-    // pointing it at the address saves a copy per request.
-    ;(this.options as { origin: string }).origin = address.origin
+    this.#abort = null
+    // The options object is this request's own: pointing it at the address saves a copy.
+    this.options.origin = address.origin
     this.send(this.options, new Attempt(this, address))
   }
 
+  /** An attempt got its abort function: keep it, and use it at once if the client already left. */
+  connected (abort: (reason?: Error) => void): boolean {
+    this.#abort = abort
+    if (this.#cancelled) abort(new errors.RequestAbortedError('client closed the connection'))
+    return !this.#cancelled
+  }
+
   /** Whether a failed attempt may be repeated on another address. */
-  retryable (err: Error, sent: boolean): boolean {
-    if (this.hook !== undefined && this.hook.handler === null) return false // the client left
-    if (!CONNECTION_ERRORS.has(errorCode(err))) return false
+  retryable (failure: UpstreamFailure, sent: boolean): boolean {
+    if (this.#cancelled || !failure.connection) return false
     // Nothing was written: any method is safe. Written: only a bodyless idempotent request.
     return !sent || this.#replayable
   }
 }
 
 /** The handler of one attempt: forwards to the request's handler, intercepting failures. */
-class Attempt implements LegacyHandler {
+class Attempt implements UpstreamHandler {
   #sent = false
   #answered = false
   /** The address's generation when the attempt began: its outcome counts for that incident only. */
@@ -141,21 +121,21 @@ class Attempt implements LegacyHandler {
 
   onConnect (abort: (reason?: Error) => void, context?: object): void {
     this.#sent = true
-    this.request.handler.onConnect?.(abort, context)
+    if (this.request.connected(abort)) this.request.handler.onConnect(abort, context)
   }
 
   onHeaders (statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
     this.#answered = true
     this.request.pool.succeeded(this.address, this.#generation)
-    return this.request.handler.onHeaders?.(statusCode, headers, resume, statusText) ?? true
+    return this.request.handler.onHeaders(statusCode, headers, resume, statusText)
   }
 
   onData (chunk: Buffer): boolean {
-    return this.request.handler.onData?.(chunk) ?? true
+    return this.request.handler.onData(chunk)
   }
 
   onComplete (trailers: string[] | null): void {
-    this.request.handler.onComplete?.(trailers)
+    this.request.handler.onComplete(trailers)
   }
 
   onUpgrade (statusCode: number, headers: Buffer[] | string[] | null, socket: unknown): void {
@@ -163,26 +143,17 @@ class Attempt implements LegacyHandler {
     this.request.handler.onUpgrade?.(statusCode, headers, socket)
   }
 
-  onBodySent (chunk: unknown): void {
-    this.request.handler.onBodySent?.(chunk)
-  }
-
-  onRequestSent (): void {
-    this.request.handler.onRequestSent?.()
-  }
-
-  onResponseStarted (): void {
-    this.request.handler.onResponseStarted?.()
-  }
-
   onError (err: Error): void {
     const r = this.request
-    if (!this.#answered && CONNECTION_ERRORS.has(errorCode(err))) r.pool.failed(this.address, this.#generation)
-    if (!this.#answered && r.retryable(err, this.#sent)) {
-      r.events.onRetry?.(r.pool, this.address, err)
-      r.attempt(err)
-      return
+    if (!this.#answered) {
+      const failure = classifyUpstreamError(err)
+      if (failure.connection) r.pool.failed(this.address, this.#generation)
+      if (r.retryable(failure, this.#sent)) {
+        r.events.onRetry?.(r.pool, this.address, failure)
+        r.attempt(err)
+        return
+      }
     }
-    r.handler.onError?.(err)
+    r.handler.onError(err)
   }
 }
