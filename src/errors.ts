@@ -4,41 +4,52 @@
  * operators can grep for it, and docs/errors.md lists each one (a test checks that).
  */
 
-/** One catalogue entry: HTTP status (for request errors) and a message template with %s slots. */
+/**
+ * One catalogue entry: the HTTP status a request handler answers with, the exit code of a CLI
+ * command that fails with it (1, a refused operation, unless given), and a message template with
+ * %s slots. The one place both are decided.
+ */
 export interface ErrorSpec {
   readonly status: number
+  readonly exit?: number
   readonly message: string
 }
 
+/**
+ * CLI exit codes: 0 ok, 1 a refused operation, 2 a usage error, 75 a `--wait` that timed out
+ * after its write committed (sysexits EX_TEMPFAIL), 78 a configuration error (sysexits EX_CONFIG).
+ */
+export const EXIT = { ok: 0, failed: 1, usage: 2, waitTimeout: 75, config: 78 } as const
+
 export const ERRORS = {
   // Configuration (startup): the process exits non-zero.
-  TENANT_PROXY_ERR_CONFIG_INVALID: { status: 500, message: 'invalid configuration: %s' },
-  TENANT_PROXY_ERR_CONFIG_FILE: { status: 500, message: 'cannot read config file %s: %s' },
+  TENANT_PROXY_ERR_CONFIG_INVALID: { status: 500, exit: EXIT.config, message: 'invalid configuration: %s' },
+  TENANT_PROXY_ERR_CONFIG_FILE: { status: 500, exit: EXIT.config, message: 'cannot read config file %s: %s' },
 
   // Registry (CLI and proxy).
   TENANT_PROXY_ERR_REGISTRY_UNREACHABLE: { status: 503, message: 'registry database unreachable: %s' },
   TENANT_PROXY_ERR_REGISTRY_NOT_MIGRATED: { status: 503, message: 'registry schema %s is not migrated; run `tenant-proxy migrate`' },
   TENANT_PROXY_ERR_REGISTRY_SCHEMA_NEWER: { status: 500, message: 'registry schema is at version %s but this tenant-proxy knows only up to %s; upgrade tenant-proxy' },
   TENANT_PROXY_ERR_REGISTRY_EMBEDDED: { status: 500, message: 'embedded registry failed: %s' },
-  TENANT_PROXY_ERR_IMPORT_INVALID: { status: 400, message: 'import refused, nothing changed:\n%s' },
+  TENANT_PROXY_ERR_IMPORT_INVALID: { status: 400, exit: EXIT.usage, message: 'import refused, nothing changed:\n%s' },
   TENANT_PROXY_ERR_TENANT_NOT_FOUND: { status: 404, message: 'no tenant %s' },
   TENANT_PROXY_ERR_TENANT_EXISTS: { status: 409, message: 'tenant %s already exists' },
   TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN: { status: 409, message: 'database %s is already used by tenant %s' },
-  TENANT_PROXY_ERR_TENANT_INVALID: { status: 400, message: '%s' },
+  TENANT_PROXY_ERR_TENANT_INVALID: { status: 400, exit: EXIT.usage, message: '%s' },
   TENANT_PROXY_ERR_DOMAIN_TAKEN: { status: 409, message: 'domain %s already belongs to tenant %s' },
   TENANT_PROXY_ERR_DOMAIN_NOT_FOUND: { status: 404, message: 'no domain %s' },
   TENANT_PROXY_ERR_DOMAIN_LAST: { status: 409, message: 'domain %s is the last domain of tenant %s; add another first or remove the tenant' },
-  TENANT_PROXY_ERR_WAIT_TIMEOUT: { status: 504, message: 'the change is committed (registry version %s), but after %s s %s of %s connected proxies had not applied it: %s' },
+  TENANT_PROXY_ERR_WAIT_TIMEOUT: { status: 504, exit: EXIT.waitTimeout, message: 'the change is committed (registry version %s), but after %s s %s of %s connected proxies had not applied it: %s' },
 
   // Host canonicalization.
-  TENANT_PROXY_ERR_HOST_INVALID: { status: 400, message: 'invalid host %s: %s' },
+  TENANT_PROXY_ERR_HOST_INVALID: { status: 400, exit: EXIT.usage, message: 'invalid host %s: %s' },
 
   // CLI usage.
-  TENANT_PROXY_ERR_CLI_USAGE: { status: 400, message: '%s' },
-  TENANT_PROXY_ERR_CLI_CONFIRM: { status: 400, message: '%s' },
+  TENANT_PROXY_ERR_CLI_USAGE: { status: 400, exit: EXIT.usage, message: '%s' },
+  TENANT_PROXY_ERR_CLI_CONFIRM: { status: 400, exit: EXIT.usage, message: '%s' },
 
   // Descriptor signing and verification.
-  TENANT_PROXY_ERR_KEY_INVALID: { status: 500, message: 'descriptor key %s: %s' },
+  TENANT_PROXY_ERR_KEY_INVALID: { status: 500, exit: EXIT.config, message: 'descriptor key %s: %s' },
   TENANT_PROXY_ERR_DESCRIPTOR_INVALID: { status: 400, message: 'descriptor rejected: %s' },
   TENANT_PROXY_ERR_DESCRIPTOR_MISSING: { status: 400, message: 'descriptor missing: %s' },
   TENANT_PROXY_ERR_JWKS_UNAVAILABLE: { status: 503, message: 'descriptor key set unavailable: %s' },
@@ -65,12 +76,16 @@ export type ErrorCode = keyof typeof ERRORS
 export class TenantProxyError extends Error {
   readonly code: ErrorCode
   readonly status: number
+  /** Exit code of a CLI command that fails with this error. */
+  readonly exit: number
 
   constructor (code: ErrorCode, args: readonly (string | number)[] = [], options?: { cause?: unknown }) {
     super(format(ERRORS[code].message, args), options)
     this.name = 'TenantProxyError'
     this.code = code
     this.status = ERRORS[code].status
+    const spec: ErrorSpec = ERRORS[code]
+    this.exit = spec.exit ?? EXIT.failed
   }
 }
 

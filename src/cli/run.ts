@@ -3,7 +3,7 @@
  * clear line and an exit code. Never touches `process`: main.ts passes env, streams and signals.
  */
 import { loadConfig, type Config } from '../config/load.js'
-import { isTpError } from '../errors.js'
+import { EXIT, isTpError } from '../errors.js'
 import { redactUrls } from '../redact.js'
 import { openRegistry, type RegistryConnection } from '../registry/connect.js'
 import { assertMigrated } from '../registry/migrate.js'
@@ -11,13 +11,6 @@ import { commandHelp, parseCommandArgs, str, type CliIo, type CommandContext } f
 import { COMMANDS, type CommandEntry } from './commands.js'
 
 export { COMMANDS }
-
-/**
- * Exit codes: 0 ok, 1 operation failed, 2 usage error, 75 a `--wait` that timed out after the
- * write committed (sysexits EX_TEMPFAIL: the change is in, a proxy has not confirmed it yet),
- * 78 configuration error (sysexits EX_CONFIG).
- */
-export const EXIT = { ok: 0, failed: 1, usage: 2, waitTimeout: 75, config: 78 } as const
 
 /** What the process gives the CLI. */
 export interface CliEnvironment {
@@ -92,10 +85,7 @@ function reportError (io: CliIo, err: unknown): number {
   if (isTpError(err)) {
     // Catalogue messages are built without credentials; redacting again costs nothing.
     io.err(`tenant-proxy: ${redactUrls(err.message)} (${err.code})\n`)
-    if (err.code === 'TENANT_PROXY_ERR_CONFIG_INVALID' || err.code === 'TENANT_PROXY_ERR_CONFIG_FILE' || err.code === 'TENANT_PROXY_ERR_KEY_INVALID') return EXIT.config
-    if (err.code === 'TENANT_PROXY_ERR_WAIT_TIMEOUT') return EXIT.waitTimeout
-    if (err.code === 'TENANT_PROXY_ERR_CLI_USAGE' || err.code === 'TENANT_PROXY_ERR_CLI_CONFIRM' || err.code === 'TENANT_PROXY_ERR_TENANT_INVALID' || err.code === 'TENANT_PROXY_ERR_HOST_INVALID' || err.code === 'TENANT_PROXY_ERR_IMPORT_INVALID') return EXIT.usage
-    return EXIT.failed
+    return err.exit
   }
   io.err(`tenant-proxy: unexpected error: ${redactUrls(err instanceof Error ? err.stack ?? err.message : String(err))}\n`)
   return EXIT.failed

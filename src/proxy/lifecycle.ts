@@ -115,8 +115,10 @@ export class RequestLifecycle {
     // The client left before the answer was complete: stop the app's work for it too, whether it
     // is still computing the answer or streaming it (a paused stream would otherwise hold the
     // upstream connection until upstream.bodyTimeoutMs).
-    request.tp.upstream?.cancel()
+    // Counted first: the cancelled request's failure then finds it done and stays quiet.
+    const upstream = request.tp.upstream
     this.finish(request, CLIENT_CLOSED)
+    upstream?.cancel()
   }
 }
 
