@@ -286,7 +286,7 @@ t.test('pool rules: round-robin, one ejection per incident, doubling while it ke
   let now = 1_000_000
   const ejected: string[] = []
   let answer = [{ address: '10.0.0.1', family: 4 }, { address: '10.0.0.2', family: 4 }]
-  const pool = new UpstreamPool(null, ['http://app.internal:3000', 'http://127.0.0.1:4000'], 0, {
+  const pool = new UpstreamPool(null, ['http://app.internal:3000', 'http://127.0.0.1:4000'], {
     dnsRefreshMs: 0,
     ejectAfterFailures: 2,
     ejectMinMs: 100,
@@ -345,7 +345,7 @@ t.test('pool rules: round-robin, one ejection per incident, doubling while it ke
   pool.failed(first)
   t.ok(first.usable(now), 'failures must be consecutive')
 
-  const fresh = new UpstreamPool(null, ['http://127.0.0.1:1', 'http://127.0.0.1:2'], 0, { dnsRefreshMs: 0, ejectAfterFailures: 1, ejectMinMs: 1000, ejectMaxMs: 1000, now: () => now })
+  const fresh = new UpstreamPool(null, ['http://127.0.0.1:1', 'http://127.0.0.1:2'], { dnsRefreshMs: 0, ejectAfterFailures: 1, ejectMinMs: 1000, ejectMaxMs: 1000, now: () => now })
   const [x, y] = fresh.addresses
   if (x === undefined || y === undefined) throw new Error('no address')
   fresh.failed(x)

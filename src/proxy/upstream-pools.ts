@@ -80,8 +80,6 @@ export interface PoolOptions {
 
 /** One pool: the default one (name null) or a named one. */
 export class UpstreamPool {
-  /** A stand-in origin that names this pool to the agent (never connected to). */
-  readonly virtualOrigin: string
   #addresses: UpstreamAddress[] = []
   #cursor = 0
   readonly #opts: PoolOptions
@@ -89,8 +87,7 @@ export class UpstreamPool {
   readonly #probes = new Set<NodeJS.Timeout>()
   #stopped = false
 
-  constructor (readonly name: string | null, readonly targets: readonly string[], index: number, opts: PoolOptions) {
-    this.virtualOrigin = `http://pool-${index}.tenant-proxy.invalid`
+  constructor (readonly name: string | null, readonly targets: readonly string[], opts: PoolOptions) {
     this.#opts = opts
     for (const target of targets) this.#byTarget.set(target, [new UpstreamAddress(target, target)])
     this.#rebuild()
@@ -228,34 +225,22 @@ export class UpstreamPool {
   }
 }
 
-/** The default pool plus named ones, with DNS refresh and lookup by virtual origin. */
+/** The default pool plus named ones, with DNS refresh. */
 export class UpstreamPools {
   readonly default: UpstreamPool
   readonly #named = new Map<string, UpstreamPool>()
-  readonly #byVirtual = new Map<string, UpstreamPool>()
   readonly #opts: PoolOptions
   #timer: NodeJS.Timeout | null = null
 
   constructor (upstream: { urls: readonly string[], pools: Readonly<Record<string, readonly string[]>> }, opts: PoolOptions) {
     this.#opts = opts
-    this.default = new UpstreamPool(null, upstream.urls, 0, opts)
-    this.#byVirtual.set(this.default.virtualOrigin, this.default)
-    let i = 1
-    for (const [name, urls] of Object.entries(upstream.pools)) {
-      const pool = new UpstreamPool(name, urls, i++, opts)
-      this.#named.set(name, pool)
-      this.#byVirtual.set(pool.virtualOrigin, pool)
-    }
+    this.default = new UpstreamPool(null, upstream.urls, opts)
+    for (const [name, urls] of Object.entries(upstream.pools)) this.#named.set(name, new UpstreamPool(name, urls, opts))
   }
 
   /** The pool of a tenant (null = default); undefined when the name is not configured. */
   get (name: string | null): UpstreamPool | undefined {
     return name === null ? this.default : this.#named.get(name)
-  }
-
-  /** The pool a virtual origin stands for. */
-  byVirtualOrigin (origin: string): UpstreamPool | undefined {
-    return this.#byVirtual.get(origin)
   }
 
   /** Every pool, default first. */
