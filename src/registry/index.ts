@@ -3,7 +3,8 @@
  * A full load builds a new index that is swapped in with one assignment; a live change is applied
  * to the current index synchronously, in one turn of the event loop, so a request sees the
  * registry before or after a write, never half of it. Memory matters at a million tenants: one
- * flat object per tenant, interned state strings, and no map beyond the two lookups.
+ * flat object per tenant, interned state strings, and no map beyond the two lookups (plus, once
+ * the ops descriptor API lists tenants, one array of the slugs in order).
  */
 import type { DescriptorTarget } from '../descriptor/sign.js'
 import { TENANT_STATES, type TenantState } from './names.js'
@@ -19,7 +20,9 @@ export class Route implements DescriptorTarget {
     readonly epoch: number,
     readonly dbName: string,
     readonly dbHost: string,
-    readonly dbPort: number
+    readonly dbPort: number,
+    /** The primary domain (the same string as its key in byHost), or null when the tenant has none. */
+    readonly primaryHost: string | null
   ) {
     Object.freeze(this)
   }
@@ -40,6 +43,11 @@ export interface RegistryIndex {
   readonly loadedAt: number
   readonly byHost: Map<string, Route>
   readonly bySlug: Map<string, Route>
+  /**
+   * bySlug's keys in code-unit (for slugs: byte) order, built on first use by sortedSlugs() and
+   * kept in order by applyDelta; null until then, and after a delta too big to patch it cheaply.
+   */
+  sortedSlugs: string[] | null
 }
 
 /** Where tenants with a null database host/port live. */
@@ -61,10 +69,48 @@ export function buildIndex (snapshot: Pick<RegistrySnapshot, 'version' | 'regist
   const byHost = new Map<string, Route>()
   for (const d of snapshot.domains) {
     const route = byId.get(d.tenantId)
-    if (route !== undefined) byHost.set(d.hostname, route)
+    // The primary domain's key is the route's own string: one copy of it per tenant, not two.
+    if (route !== undefined) byHost.set(d.hostname === route.primaryHost ? route.primaryHost : d.hostname, route)
   }
-  return { version: snapshot.version, registryId: snapshot.registryId, loadedAt: now, byHost, bySlug }
+  return { version: snapshot.version, registryId: snapshot.registryId, loadedAt: now, byHost, bySlug, sortedSlugs: null }
 }
+
+/**
+ * The tenant's primary domain as the index routes it now, or null. A domain moved to another
+ * tenant by a writer other than the CLI (an UPDATE of domains.tenant_id) logs only its new
+ * tenant, so the old tenant's route may still name it: it counts only while it routes here.
+ */
+export function primaryHostOf (index: RegistryIndex, route: Route): string | null {
+  const host = route.primaryHost
+  return host !== null && index.byHost.get(host) === route ? host : null
+}
+
+/** Every slug of the index in code-unit order (see RegistryIndex.sortedSlugs); do not modify. */
+export function sortedSlugs (index: RegistryIndex): readonly string[] {
+  // The default sort compares UTF-16 code units, which is byte order for slugs (ASCII). It takes
+  // ~45 ms for 100,000 slugs and ~400 ms for 1,000,000 (a comparator function is 3-8 times slower),
+  // once per full load; deltas patch the array in place.
+  index.sortedSlugs ??= [...index.bySlug.keys()].sort()
+  return index.sortedSlugs
+}
+
+/** The first position in `sorted` whose slug is not below `slug` (binary search). */
+export function lowerBound (sorted: readonly string[], slug: string): number {
+  let lo = 0
+  let hi = sorted.length
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if ((sorted[mid] as string) < slug) lo = mid + 1
+    else hi = mid
+  }
+  return lo
+}
+
+/**
+ * Slugs added or removed by one delta above which the sorted array is dropped (rebuilt on next
+ * use) rather than patched: each patch moves the array's tail, about a millisecond at 1,000,000.
+ */
+const MAX_ORDER_EDITS = 64
 
 /** What applying a delta did. */
 export interface DeltaResult {
@@ -83,6 +129,10 @@ export interface DeltaResult {
  * only moves between tenants that were both written.
  */
 export function applyDelta (index: RegistryIndex, delta: Extract<RegistryDelta, { complete: true }>, defaults: DatabaseDefaults): DeltaResult {
+  // Only slugs the delta names can appear or vanish; note which were there before.
+  const order = index.sortedSlugs
+  const named = order === null ? [] : [...new Set([...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)])]
+  const had = named.map((slug) => index.bySlug.has(slug))
   const old = new Map<number, Route>()
   for (const slug of delta.tenantSlugs) {
     const route = index.bySlug.get(slug)
@@ -109,7 +159,26 @@ export function applyDelta (index: RegistryIndex, delta: Extract<RegistryDelta, 
     if (!present.has(hostname) && index.byHost.delete(hostname)) removedHosts.push(hostname)
   }
   index.version = delta.version
+  if (order !== null) patchOrder(index, order, named, had)
   return { removedHosts, consistent }
+}
+
+/** Inserts the slugs that appeared into the sorted array and removes those that vanished. */
+function patchOrder (index: RegistryIndex, order: string[], named: readonly string[], had: readonly boolean[]): void {
+  const edits: Array<[string, boolean]> = []
+  for (const [i, slug] of named.entries()) {
+    const has = index.bySlug.has(slug)
+    if (has !== had[i]) edits.push([slug, has])
+  }
+  if (edits.length > MAX_ORDER_EDITS) {
+    index.sortedSlugs = null
+    return
+  }
+  for (const [slug, add] of edits) {
+    const at = lowerBound(order, slug)
+    if (add) order.splice(at, 0, slug)
+    else if (order[at] === slug) order.splice(at, 1)
+  }
 }
 
 /** The route of a tenant row, reusing `old` when nothing the data path reads changed. */
@@ -117,8 +186,8 @@ function routeFor (t: TenantRow, defaults: DatabaseDefaults, old: Route | undefi
   const dbHost = t.databaseHost ?? defaults.defaultHost
   const dbPort = t.databasePort ?? defaults.defaultPort
   if (old !== undefined && old.id === t.id && old.slug === t.slug && old.state === t.state && old.upstream === t.upstream && old.epoch === t.epoch &&
-    old.dbName === t.databaseName && old.dbHost === dbHost && old.dbPort === dbPort) return old
+    old.dbName === t.databaseName && old.dbHost === dbHost && old.dbPort === dbPort && old.primaryHost === t.primaryHost) return old
   // One copy of each state string, not one per tenant row read from PostgreSQL.
   const state = TENANT_STATES.find((s) => s === t.state) ?? t.state
-  return new Route(t.id, t.slug, state, t.upstream, t.epoch, t.databaseName, dbHost, dbPort)
+  return new Route(t.id, t.slug, state, t.upstream, t.epoch, t.databaseName, dbHost, dbPort, t.primaryHost)
 }
