@@ -17,8 +17,9 @@ import type { DescriptorCache } from '../descriptor/sign.js'
 import type { ErrorCode } from '../errors.js'
 import { sendError } from '../proxy/error-reply.js'
 import type { ProxyState } from '../proxy/state.js'
-import { lowerBound, primaryHostOf, sortedSlugs, type RegistryIndex } from '../registry/index.js'
+import { primaryHostOf, type RegistryIndex } from '../registry/index.js'
 import { isSlug, TENANT_STATES, type TenantState } from '../registry/names.js'
+import { lowerBound } from '../registry/slug-order.js'
 import { FailureLimiter } from './failure-limiter.js'
 import type { OpsApiEndpoint, OpsApiResult, ProxyMetrics } from './metrics.js'
 
@@ -138,9 +139,16 @@ export function registerDescriptorApi (app: FastifyInstance<RawServerDefault, Ra
     if (gate(request, reply, 'tenants') === null) return reply
     const query = parseListQuery(request.query)
     if (typeof query === 'string') return refuse(request, reply, 'tenants', 'bad_request', 'TENANT_PROXY_ERR_BAD_REQUEST', { detail: query })
-    const index = deps.state.index
+    let index = deps.state.index
     if (index === null) return refuse(request, reply, 'tenants', 'unavailable', 'TENANT_PROXY_ERR_REGISTRY_NOT_LOADED', { retryAfterS: deps.retryAfterS })
-    const page = pageOfTenants(index, query)
+    let slugs = await index.slugOrder.sorted()
+    // A full load may have replaced the index while its order was being built: page the current
+    // one (twice more at most; the order of a replaced index is still consistent with it).
+    for (let tries = 0; tries < 2 && deps.state.index !== null && deps.state.index !== index; tries++) {
+      index = deps.state.index
+      slugs = await index.slugOrder.sorted()
+    }
+    const page = pageOfTenants(index, slugs, query)
     count('tenants', 'ok')
     return reply.code(200).header('cache-control', 'no-store').type('application/json; charset=utf-8').send(JSON.stringify(page))
   })
@@ -157,12 +165,11 @@ export interface TenantPage {
 }
 
 /**
- * The tenants after `query.after` in slug order: a binary search in the index's sorted slugs,
- * then at most `limit` tenants from at most MAX_SCAN slugs. Costs O(log n + scanned), whatever
- * the registry size, once the sorted array exists.
+ * The tenants after `query.after` in slug order: a binary search in the index's sorted slugs
+ * (`slugs`, from index.slugOrder), then at most `limit` tenants from at most MAX_SCAN slugs.
+ * Costs O(log n + scanned), whatever the registry size.
  */
-export function pageOfTenants (index: RegistryIndex, query: ListQuery): TenantPage {
-  const slugs = sortedSlugs(index)
+export function pageOfTenants (index: RegistryIndex, slugs: readonly string[], query: ListQuery): TenantPage {
   let i = query.after === null ? 0 : lowerBound(slugs, query.after)
   if (query.after !== null && slugs[i] === query.after) i++
   const end = Math.min(slugs.length, i + MAX_SCAN)

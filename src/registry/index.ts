@@ -8,6 +8,7 @@
  */
 import type { DescriptorTarget } from '../descriptor/sign.js'
 import { TENANT_STATES, type TenantState } from './names.js'
+import { SlugOrder, type SlugEdit } from './slug-order.js'
 import type { RegistryDelta, RegistrySnapshot, TenantRow } from './store.js'
 
 /** Everything the data path needs about one tenant; immutable, replaced when the tenant changes. */
@@ -43,11 +44,8 @@ export interface RegistryIndex {
   readonly loadedAt: number
   readonly byHost: Map<string, Route>
   readonly bySlug: Map<string, Route>
-  /**
-   * bySlug's keys in code-unit (for slugs: byte) order, built on first use by sortedSlugs() and
-   * kept in order by applyDelta; null until then, and after a delta too big to patch it cheaply.
-   */
-  sortedSlugs: string[] | null
+  /** bySlug's keys in order, built on first use (the tenant list) and kept in order by applyDelta. */
+  readonly slugOrder: SlugOrder
 }
 
 /** Where tenants with a null database host/port live. */
@@ -72,7 +70,7 @@ export function buildIndex (snapshot: Pick<RegistrySnapshot, 'version' | 'regist
     // The primary domain's key is the route's own string: one copy of it per tenant, not two.
     if (route !== undefined) byHost.set(d.hostname === route.primaryHost ? route.primaryHost : d.hostname, route)
   }
-  return { version: snapshot.version, registryId: snapshot.registryId, loadedAt: now, byHost, bySlug, sortedSlugs: null }
+  return { version: snapshot.version, registryId: snapshot.registryId, loadedAt: now, byHost, bySlug, slugOrder: new SlugOrder(() => bySlug.keys()) }
 }
 
 /**
@@ -85,32 +83,6 @@ export function primaryHostOf (index: RegistryIndex, route: Route): string | nul
   return host !== null && index.byHost.get(host) === route ? host : null
 }
 
-/** Every slug of the index in code-unit order (see RegistryIndex.sortedSlugs); do not modify. */
-export function sortedSlugs (index: RegistryIndex): readonly string[] {
-  // The default sort compares UTF-16 code units, which is byte order for slugs (ASCII). It takes
-  // ~45 ms for 100,000 slugs and ~400 ms for 1,000,000 (a comparator function is 3-8 times slower),
-  // once per full load; deltas patch the array in place.
-  index.sortedSlugs ??= [...index.bySlug.keys()].sort()
-  return index.sortedSlugs
-}
-
-/** The first position in `sorted` whose slug is not below `slug` (binary search). */
-export function lowerBound (sorted: readonly string[], slug: string): number {
-  let lo = 0
-  let hi = sorted.length
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1
-    if ((sorted[mid] as string) < slug) lo = mid + 1
-    else hi = mid
-  }
-  return lo
-}
-
-/**
- * Slugs added or removed by one delta above which the sorted array is dropped (rebuilt on next
- * use) rather than patched: each patch moves the array's tail, about a millisecond at 1,000,000.
- */
-const MAX_ORDER_EDITS = 64
 
 /** What applying a delta did. */
 export interface DeltaResult {
@@ -130,8 +102,7 @@ export interface DeltaResult {
  */
 export function applyDelta (index: RegistryIndex, delta: Extract<RegistryDelta, { complete: true }>, defaults: DatabaseDefaults): DeltaResult {
   // Only slugs the delta names can appear or vanish; note which were there before.
-  const order = index.sortedSlugs
-  const named = order === null ? [] : [...new Set([...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)])]
+  const named = index.slugOrder.tracking ? [...new Set([...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)])] : []
   const had = named.map((slug) => index.bySlug.has(slug))
   const old = new Map<number, Route>()
   for (const slug of delta.tenantSlugs) {
@@ -159,26 +130,13 @@ export function applyDelta (index: RegistryIndex, delta: Extract<RegistryDelta, 
     if (!present.has(hostname) && index.byHost.delete(hostname)) removedHosts.push(hostname)
   }
   index.version = delta.version
-  if (order !== null) patchOrder(index, order, named, had)
-  return { removedHosts, consistent }
-}
-
-/** Inserts the slugs that appeared into the sorted array and removes those that vanished. */
-function patchOrder (index: RegistryIndex, order: string[], named: readonly string[], had: readonly boolean[]): void {
-  const edits: Array<[string, boolean]> = []
+  const edits: SlugEdit[] = []
   for (const [i, slug] of named.entries()) {
     const has = index.bySlug.has(slug)
     if (has !== had[i]) edits.push([slug, has])
   }
-  if (edits.length > MAX_ORDER_EDITS) {
-    index.sortedSlugs = null
-    return
-  }
-  for (const [slug, add] of edits) {
-    const at = lowerBound(order, slug)
-    if (add) order.splice(at, 0, slug)
-    else if (order[at] === slug) order.splice(at, 1)
-  }
+  index.slugOrder.apply(edits)
+  return { removedHosts, consistent }
 }
 
 /** The route of a tenant row, reusing `old` when nothing the data path reads changed. */
