@@ -23,7 +23,8 @@ import { Client } from 'undici'
 const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const TENANTS = Number(process.env.BENCH_TENANTS ?? 100_000)
 const DESCRIPTORS = 1_000
-const CLI = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../dist/src/main.js')
+// BENCH_CLI: another build of the CLI (to compare two versions).
+const CLI = process.env.BENCH_CLI ?? path.resolve(path.dirname(new URL(import.meta.url).pathname), '../dist/src/main.js')
 if (!Number.isInteger(TENANTS) || TENANTS < 1_000) throw new Error('BENCH_TENANTS must be an integer ≥ 1000')
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'tp-bench-ops-api-'))
