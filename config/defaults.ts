@@ -114,7 +114,16 @@ export const DEFAULTS = {
     /** Address the ops listener (metrics, readiness, key set) binds. IP address. */
     host: '0.0.0.0',
     /** Port of the ops listener. Port number (0 picks a free one). */
-    port: 9394
+    port: 9394,
+    descriptorApi: {
+      /**
+       * (secret) Bearer tokens of the ops descriptor API (/v1/tenants…, docs/operations.md,
+       * "Descriptors outside a request"); any one of them is accepted. Empty disables the API
+       * (404). List of texts, each 32-512 characters of A-Z a-z 0-9 - . _ ~ + / and trailing =
+       * (RFC 6750's b64token), e.g. `openssl rand -hex 32`.
+       */
+      tokens: [] as string[]
+    }
   },
 
   routing: {

@@ -67,7 +67,13 @@ export const ERRORS = {
   TENANT_PROXY_ERR_UPSTREAM_TIMEOUT: { status: 504, message: 'The upstream application did not answer in time' },
   TENANT_PROXY_ERR_UPSTREAM_FAILED: { status: 502, message: 'The upstream application failed to answer' },
   TENANT_PROXY_ERR_UPSTREAM_POOL_UNKNOWN: { status: 502, message: 'This tenant names an upstream pool this proxy does not know' },
-  TENANT_PROXY_ERR_INTERNAL: { status: 500, message: 'Internal proxy error' }
+  TENANT_PROXY_ERR_INTERNAL: { status: 500, message: 'Internal proxy error' },
+
+  // The ops descriptor API (ops listener, src/ops/descriptor-api.ts).
+  TENANT_PROXY_ERR_OPS_API_DISABLED: { status: 404, message: 'The ops descriptor API is disabled: no token is configured (ops.descriptorApi.tokens)' },
+  TENANT_PROXY_ERR_OPS_UNAUTHORIZED: { status: 401, message: 'Bearer token required: %s' },
+  TENANT_PROXY_ERR_OPS_RATE_LIMITED: { status: 429, message: 'Too many refused tokens from this address; retry later' },
+  TENANT_PROXY_ERR_OPS_NO_PRIMARY_DOMAIN: { status: 503, message: 'Tenant %s has no primary domain in the loaded registry index, so no descriptor host; retry later, or give it a primary domain' }
 } as const satisfies Record<string, ErrorSpec>
 
 export type ErrorCode = keyof typeof ERRORS

@@ -130,7 +130,15 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     cleanups.push(async () => { upstreamHealth?.stop() })
 
     const traffic = buildTrafficApp({ config, state, descriptors, metrics, logger, agent: dispatcher, pools, upstreamHealth: config.traffic.healthMode === 'upstream' ? upstreamHealth : null })
-    const ops = buildOpsApp({ state, metrics, keyring, pools, logger, probeTimeoutMs: Math.min(config.upstream.connectTimeoutMs, 1_000) })
+    const ops = buildOpsApp({
+      state,
+      metrics,
+      keyring,
+      pools,
+      logger,
+      probeTimeoutMs: Math.min(config.upstream.connectTimeoutMs, 1_000),
+      descriptorApi: { tokens: config.ops.descriptorApi.tokens, descriptors, retryAfterS: config.registry.unavailableRetryAfterS }
+    })
     cleanups.push(async () => await ops.close())
     cleanups.push(async () => {
       // Close code 1001 "going away": Action Cable and other clients reconnect (to another instance).

@@ -155,3 +155,25 @@ t.test('a PEM whose newlines arrive escaped (Docker env files, Kamal secrets) is
   // An hs256: secret is taken as written, backslashes included.
   t.same(loadConfig({ env: { TENANT_PROXY_DESCRIPTOR_KEYS: 'hs256:a\\nsecret-that-is-long-enough-for-hs256-0123456789' } }).descriptor.keys[0], { kid: null, alg: 'HS256', key: 'a\\nsecret-that-is-long-enough-for-hs256-0123456789' })
 })
+
+t.test('ops.descriptorApi.tokens: a comma list, a JSON list or a file; bad tokens refused without being shown', async (t) => {
+  const a = 'a'.repeat(32)
+  const b = `${'B0-._~+/'.repeat(5)}==`
+  t.same(loadConfig({ env: {} }).ops.descriptorApi.tokens, [], 'off by default')
+  t.same(loadConfig({ env: { TENANT_PROXY_OPS_DESCRIPTOR_API_TOKENS: `${a}, ${b}` } }).ops.descriptorApi.tokens, [a, b], 'comma list')
+  t.same(loadConfig({ env: { TENANT_PROXY_OPS_DESCRIPTOR_API_TOKENS: JSON.stringify([b]) } }).ops.descriptorApi.tokens, [b], 'JSON list')
+  t.same(loadConfig({ env: { TENANT_PROXY_OPS_DESCRIPTOR_API_TOKENS_FILE: '/run/secrets/tokens' }, readFile: () => `${a}\n` }).ops.descriptorApi.tokens, [a], 'a secret file, its newline dropped')
+  t.equal(envName('ops.descriptorApi.tokens'), 'TENANT_PROXY_OPS_DESCRIPTOR_API_TOKENS')
+  const short = 'hunter2-too-short-0123456789'
+  const spaced = 'hunter3 has a space in it 0123456789'
+  for (const [what, value, reason] of [['too short', short, /item \[0\] must be 32-512 characters/], ['not a bearer token', JSON.stringify([spaced]), /item \[0\] must be 32-512 characters/], ['not a string', '[1]', /item \[0\] must be a string/], ['too long', 'x'.repeat(513), /item \[0\] must be 32-512/]] as const) {
+    const message = problems({ TENANT_PROXY_OPS_DESCRIPTOR_API_TOKENS: value })
+    t.match(message, /ops\.descriptorApi\.tokens: /, `${what}: names the key`)
+    t.match(message, reason, `${what}: the reason`)
+    t.match(message, /from TENANT_PROXY_OPS_DESCRIPTOR_API_TOKENS\)/, `${what}: the source`)
+    t.notMatch(message, /hunter|xxxxxxxx/, `${what}: never the value`)
+  }
+  const e = await runCli(['tenants', 'list'], { TENANT_PROXY_OPS_DESCRIPTOR_API_TOKENS: short })
+  t.equal(e.code, 78, 'a bad token stops the start with exit code 78')
+  t.notMatch(e.stderr, /hunter2/)
+})

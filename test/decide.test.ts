@@ -10,7 +10,7 @@ import type { TenantRow } from '../src/registry/store.js'
 import { Resolver } from '../src/routing/resolve.js'
 
 const row = (id: number, slug: string, extra: Partial<TenantRow> = {}): TenantRow =>
-  ({ id, slug, databaseName: `${slug}_db`, databaseHost: null, databasePort: null, state: 'active', upstream: null, epoch: 1, ...extra })
+  ({ id, slug, databaseName: `${slug}_db`, databaseHost: null, databasePort: null, state: 'active', upstream: null, epoch: 1, primaryHost: null, ...extra })
 
 const index = buildIndex({
   version: 7,

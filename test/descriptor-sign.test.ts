@@ -104,3 +104,29 @@ t.test('the cache refuses a refresh margin that would sign every request; hooks 
   const cache = new DescriptorCache({ keyring, issuer: 'i', audience: 'a', ttlS: 60, refreshMarginS: 20, now: undefined, onSign: undefined })
   t.match(cache.get(target(), 'x.test'), /^ey/, 'explicitly undefined hooks fall back to the defaults')
 })
+
+t.test('issue: the cached token with its exp when one is fresh, else a new one that is not cached', async (t) => {
+  let now = NOW
+  let signed = 0
+  const ring = loadKeyring([{ key: 'x'.repeat(40), alg: 'HS256' }])
+  const cache = new DescriptorCache({ keyring: ring, issuer: 'i', audience: 'a', ttlS: 60, refreshMarginS: 20, now: () => now, onSign: () => { signed++ } })
+  const acme = target()
+  const claimsOf = (token: string): DescriptorClaims => JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString()) as DescriptorClaims
+  const fresh = cache.issue(acme, 'acme.test')
+  t.equal(fresh.exp, NOW / 1000 + 60, 'full lifetime')
+  t.equal(claimsOf(fresh.token).exp, fresh.exp)
+  t.equal(cache.size, 0, 'not cached')
+  t.equal(signed, 1)
+  const carried = cache.get(acme, 'acme.test')
+  now += 30_000
+  t.same(cache.issue(acme, 'acme.test'), { token: carried, exp: NOW / 1000 + 60 }, 'the token requests carry, with its exp')
+  t.equal(signed, 2, 'nothing signed for it')
+  now += 10_000
+  const renewed = cache.issue(acme, 'acme.test')
+  t.equal(signed, 3, 'inside the refresh margin: signed anew, as get would')
+  t.equal(renewed.exp, NOW / 1000 + 100)
+  cache.get(acme, 'acme.test')
+  t.equal(signed, 4, 'without replacing the cached entry: get signs its own')
+  const moved = { ...acme, epoch: 4 }
+  t.equal(claimsOf(cache.issue(moved, 'acme.test').token).epoch, 4, 'a changed target is never served the old token')
+})

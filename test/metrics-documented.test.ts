@@ -14,7 +14,8 @@ import { startUpstream } from './helpers/upstream.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 
-interface DocumentedMetric { name: string, type: string, labels: string[] }
+/** `values`: the label values listed in the metric's own row (they win over the same label's values listed elsewhere). */
+interface DocumentedMetric { name: string, type: string, labels: string[], values: Map<string, string[]> }
 
 /** The rows of the Metrics table: names (several may share a row), type, label names; plus each label's documented values. */
 function parseMetricsTable (markdown: string): { metrics: DocumentedMetric[], values: Map<string, string[]> } {
@@ -27,15 +28,19 @@ function parseMetricsTable (markdown: string): { metrics: DocumentedMetric[], va
     const [names, type, labels] = cells
     if (cells.length !== 3 || names === undefined || type === undefined || labels === undefined || !names.startsWith('`')) continue
     const labelNames: string[] = []
+    const own = new Map<string, string[]>()
     // `label` optionally followed by (value, value, …); items that are not bare words are prose.
     for (const m of labels.matchAll(/`([a-z_]+)`(?:\s*\(([^)]*)\))?/g)) {
       const [, label, list] = m
       if (label === undefined) continue
       labelNames.push(label)
       const listed = (list ?? '').split(',').map((v) => v.trim()).filter((v) => /^[a-z0-9_]+$/i.test(v))
-      if (listed.length > 0) values.set(label, [...new Set([...(values.get(label) ?? []), ...listed])])
+      if (listed.length > 0) {
+        own.set(label, listed)
+        values.set(label, [...new Set([...(values.get(label) ?? []), ...listed])])
+      }
     }
-    for (const n of names.matchAll(/`([a-z_:][a-z0-9_:]*)`/g)) metrics.push({ name: n[1] as string, type, labels: labelNames })
+    for (const n of names.matchAll(/`([a-z_:][a-z0-9_:]*)`/g)) metrics.push({ name: n[1] as string, type, labels: labelNames, values: own })
   }
   return { metrics, values }
 }
@@ -70,8 +75,12 @@ t.test('parseMetricsTable reads names, types, labels and their values', async (t
     '| `a_total` | counter | `kind` (x, y): prose after, `other` (default, or a name from `some.key`) |',
     '| `b`, `c` | gauge | — (prose with `not_a_label_list`) |', '', '## Next', '| `d` | gauge | — |'].join('\n')
   const { metrics, values } = parseMetricsTable(doc)
-  t.same(metrics, [{ name: 'a_total', type: 'counter', labels: ['kind', 'other'] }, { name: 'b', type: 'gauge', labels: ['not_a_label_list'] }, { name: 'c', type: 'gauge', labels: ['not_a_label_list'] }])
+  t.same(metrics.map(({ values: _v, ...m }) => m), [{ name: 'a_total', type: 'counter', labels: ['kind', 'other'] }, { name: 'b', type: 'gauge', labels: ['not_a_label_list'] }, { name: 'c', type: 'gauge', labels: ['not_a_label_list'] }])
   t.same(Object.fromEntries(values), { kind: ['x', 'y'], other: ['default'] })
+  t.same(Object.fromEntries(metrics[0]?.values ?? []), { kind: ['x', 'y'], other: ['default'] }, 'a row keeps the values it lists')
+  // Two rows listing different values of one label (`result` of two counters): each keeps its own.
+  const two = parseMetricsTable(['## Metrics', '| `a_total` | counter | `result` (ok, error) |', '| `b_total` | counter | `result` (ok, refused) |'].join('\n'))
+  t.same(two.metrics.map((m) => m.values.get('result')), [['ok', 'error'], ['ok', 'refused']])
 })
 
 t.test('every series of the Metrics table exists in the first scrape, and every exported tenant_proxy_* metric is in the table', async (t) => {
@@ -89,7 +98,7 @@ t.test('every series of the Metrics table exists in the first scrape, and every 
     // A label whose values the table does not list cannot be checked, so it must list them
     // (`pool`: "default", the only pool configured here; named pools are prose).
     for (const label of m.labels) t.ok(values.has(label), `${m.name}: the values of label ${label} are documented`)
-    const expected = combinations(m.labels, values)
+    const expected = combinations(m.labels, new Map([...values, ...m.values]))
     t.equal(types.get(m.name), m.type, `${m.name} is a ${m.type}`)
     const seriesName = m.type === 'histogram' ? `${m.name}_count` : m.name
     const seen = series.get(seriesName) ?? new Set<string>()

@@ -8,18 +8,19 @@ import os from 'node:os'
 import path from 'node:path'
 import type pg from 'pg'
 import t from 'tap'
-import { applyDelta, buildIndex, type RegistryIndex } from '../src/registry/index.js'
+import { applyDelta, buildIndex, primaryHostOf, type RegistryIndex, type Route } from '../src/registry/index.js'
 import { runCli } from './helpers/cli.js'
 import { testRegistry } from './helpers/proxy.js'
 
 const DEFAULTS = { defaultHost: 'db.internal', defaultPort: 5432 }
 
-/** The index as plain data: host → slug/state/db, slug → epoch. */
-function shape (index: RegistryIndex): unknown {
+/** The index as plain data: host → slug/state/db, slug → id and primary domain, the slugs in order. */
+async function shape (index: RegistryIndex): Promise<unknown> {
   return {
     version: index.version,
     hosts: [...index.byHost].map(([h, r]) => [h, r.slug, r.state, r.db.name, r.db.host, r.db.port, r.epoch, r.upstream]).sort(),
-    slugs: [...index.bySlug].map(([s, r]) => [s, r.id]).sort()
+    slugs: [...index.bySlug].map(([s, r]) => [s, r.id, primaryHostOf(index, r)]).sort(),
+    order: [...await index.slugOrder.sorted()]
   }
 }
 
@@ -93,9 +94,11 @@ t.test('registry export | import round-trips, and import refuses bad input witho
 })
 
 t.test('applying deltas after any sequence of writes equals a full snapshot', async (t) => {
-  const registry = await testRegistry(t, [{ slug: 'a', domains: ['a.example'] }, { slug: 'b', domains: ['b.example', 'shared.example'] }])
+  const registry = await testRegistry(t, [{ slug: 'a', domains: ['a.example'] }, { slug: 'b', domains: ['b.example', 'shared.example'] }, { slug: 'p', domains: ['p.example', 'p2.example'] }])
   const { store, pool } = registry
   const live = buildIndex(await store.snapshot(), DEFAULTS)
+  // The sorted slugs exist before the writes, so every step patches them (an unbuilt order is built fresh).
+  t.same(await live.slugOrder.sorted(), ['a', 'b', 'p'])
   const step = async (what: string, write: (c: pg.PoolClient) => Promise<unknown>): Promise<void> => {
     const c = await pool.connect()
     try {
@@ -109,7 +112,7 @@ t.test('applying deltas after any sequence of writes equals a full snapshot', as
     if (!delta.complete) throw new Error('delta unexpectedly incomplete')
     const result = applyDelta(live, delta, DEFAULTS)
     t.ok(result.consistent, `${what}: consistent`)
-    t.same(shape(live), shape(buildIndex(await store.snapshot(), DEFAULTS)), `${what}: the live index equals a fresh snapshot`)
+    t.same(await shape(live), await shape(buildIndex(await store.snapshot(), DEFAULTS)), `${what}: the live index equals a fresh snapshot`)
   }
   const q = (sql: string, values: unknown[] = []) => async (c: pg.PoolClient) => await c.query(sql, values)
   await step('tenant added with domains', async (c) => {
@@ -134,6 +137,17 @@ t.test('applying deltas after any sequence of writes equals a full snapshot', as
     await c.query("DELETE FROM tenant_proxy.domains WHERE hostname = 'renamed.example'")
     await c.query("UPDATE tenant_proxy.tenants SET upstream = 'canary' WHERE slug = 'a'")
   })
+  await step('primary domain switched', async (c) => {
+    await c.query("UPDATE tenant_proxy.domains SET kind = 'alias' WHERE hostname = 'p.example'")
+    await c.query("UPDATE tenant_proxy.domains SET kind = 'primary' WHERE hostname = 'p2.example'")
+  })
+  t.equal(primaryHostOf(live, live.bySlug.get('p') as Route), 'p2.example', 'the new primary')
+  // Moved by a writer other than the CLI: the change log names only the new tenant (a), so p's
+  // route still names the domain, which no longer routes to p: p has no primary domain now.
+  await step('primary domain moved to another tenant as an alias', q("UPDATE tenant_proxy.domains SET tenant_id = (SELECT id FROM tenant_proxy.tenants WHERE slug = 'a'), kind = 'alias' WHERE hostname = 'p2.example'"))
+  t.equal(primaryHostOf(live, live.bySlug.get('p') as Route), null, 'p has no primary domain')
+  await step('many tenants in one transaction (merged into the sorted slugs in one pass, not spliced one by one)', q("INSERT INTO tenant_proxy.tenants (slug, database_name) SELECT 'bulk-' || i, 'bulk_' || i FROM generate_series(1, 100) AS i"))
+  await step('a tenant added after that', q("INSERT INTO tenant_proxy.tenants (slug, database_name) VALUES ('0first', 'zero_first')"))
   const unchanged = live.bySlug.get('b')
   await step('no-op update', q("UPDATE tenant_proxy.tenants SET settings = '{\"x\":1}' WHERE slug = 'b'"))
   t.equal(live.bySlug.get('b'), unchanged, 'a change the data path does not read keeps the route object (cached descriptors stay valid)')

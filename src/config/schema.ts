@@ -55,7 +55,12 @@ export const SCHEMA = {
   },
   ops: {
     host: ipAddress(),
-    port: port()
+    port: port(),
+    descriptorApi: {
+      // RFC 6750 section 2.1's b64token, so every token can be sent as `Authorization: Bearer <token>`
+      // (and no token contains the comma that separates a list in the environment).
+      tokens: list(text({ secret: true, pattern: /^(?=.{32,512}$)[A-Za-z0-9._~+/-]+=*$/, describe: '32-512 characters of A-Z a-z 0-9 - . _ ~ + / with optional trailing = (a bearer token such as the output of `openssl rand -hex 32`)' }))
+    }
   },
   routing: {
     wwwFallback: boolean(),

@@ -76,6 +76,32 @@ export class DescriptorCache {
     const entry = this.#entries.get(host)
     // The hit path reads one map entry and allocates nothing: it runs on every proxied request.
     if (entry !== undefined && entry.target === target && now < entry.refreshAt) return entry.token
+    const { token, exp } = this.#sign(target, host, now)
+    if (entry !== undefined) {
+      entry.target = target
+      entry.token = token
+      entry.refreshAt = (exp - this.#opts.refreshMarginS) * 1000
+    } else {
+      this.#entries.set(host, { target, token, refreshAt: (exp - this.#opts.refreshMarginS) * 1000 })
+    }
+    return token
+  }
+
+  /**
+   * The descriptor a request for `host` would carry now, with its `exp` (seconds), for a caller
+   * outside a request (the ops descriptor API). A cached token is reused as `get` would reuse it;
+   * a new one is not cached, so a loop over every tenant (a migration) leaves no token per tenant
+   * behind in memory: the cache holds the hosts that get traffic, as before.
+   */
+  issue (target: DescriptorTarget, host: string): { token: string, exp: number } {
+    const now = this.#opts.now()
+    const entry = this.#entries.get(host)
+    // refreshAt is (exp - margin) in ms, both whole seconds: exp is recovered exactly.
+    if (entry !== undefined && entry.target === target && now < entry.refreshAt) return { token: entry.token, exp: entry.refreshAt / 1000 + this.#opts.refreshMarginS }
+    return this.#sign(target, host, now)
+  }
+
+  #sign (target: DescriptorTarget, host: string, now: number): { token: string, exp: number } {
     const iat = Math.floor(now / 1000)
     const exp = iat + this.#opts.ttlS
     const token = signDescriptor({
@@ -91,14 +117,7 @@ export class DescriptorCache {
       exp
     }, this.#opts.keyring.signer)
     this.#opts.onSign()
-    if (entry !== undefined) {
-      entry.target = target
-      entry.token = token
-      entry.refreshAt = (exp - this.#opts.refreshMarginS) * 1000
-    } else {
-      this.#entries.set(host, { target, token, refreshAt: (exp - this.#opts.refreshMarginS) * 1000 })
-    }
-    return token
+    return { token, exp }
   }
 
   /** Forgets one host's token. */

@@ -1,15 +1,17 @@
 /**
- * The ops listener: metrics, readiness and the descriptor key set. It is a separate listener so
- * none of this is reachable through a tenant's host on the traffic port.
+ * The ops listener: metrics, readiness, the descriptor key set and the descriptor API. It is a
+ * separate listener so none of this is reachable through a tenant's host on the traffic port.
  */
 import Fastify, { LogController } from 'fastify'
 import type { Logger } from 'pino'
 import type { Keyring } from '../descriptor/keyring.js'
+import type { DescriptorCache } from '../descriptor/sign.js'
 import { clientErrorHandler } from '../proxy/client-error.js'
 import type { ProxyState } from '../proxy/state.js'
 import type { ProxyMetrics } from './metrics.js'
 import type { UpstreamPools } from '../proxy/upstream-pools.js'
 import { lazySchemaCompilers } from '../schema-compilers.js'
+import { registerDescriptorApi } from './descriptor-api.js'
 import { probeOrigins, type OriginProbe } from './upstream-probe.js'
 
 /** What the ops app reads. */
@@ -20,6 +22,8 @@ export interface OpsDeps {
   readonly pools: UpstreamPools
   readonly logger: Logger
   readonly probeTimeoutMs: number
+  /** The descriptor API (src/ops/descriptor-api.ts): its tokens (none: disabled) and what it signs with. */
+  readonly descriptorApi: { readonly tokens: readonly string[], readonly descriptors: DescriptorCache, readonly retryAfterS: number }
 }
 
 export const JWKS_PATH = '/.well-known/tenant-proxy/jwks.json'
@@ -87,6 +91,8 @@ export function buildOpsApp (deps: OpsDeps) {
     // Short cache: rotation publishes the next key ahead of use, so verifiers refetch in time.
     return reply.header('cache-control', 'public, max-age=60').send(deps.keyring.jwks())
   })
+
+  registerDescriptorApi(app, { ...deps.descriptorApi, state: deps.state, metrics: deps.metrics, logger })
 
   return app
 }

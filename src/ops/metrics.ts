@@ -20,6 +20,12 @@ interface IndexView { version: number, byHost: { size: number }, bySlug: { size:
 /** What the address gauge reads from the upstream pools. */
 interface PoolsView { all (): Array<{ name: string | null, addresses: ReadonlyArray<{ usable (now: number): boolean }> }> }
 
+/** Endpoints of the ops descriptor API (src/ops/descriptor-api.ts) and how a call to one ended. */
+export type OpsApiEndpoint = 'descriptor' | 'tenants'
+export type OpsApiResult = 'ok' | 'unauthorized' | 'rate_limited' | 'not_found' | 'disabled' | 'bad_request' | 'unavailable'
+const OPS_API_ENDPOINTS: readonly OpsApiEndpoint[] = ['descriptor', 'tenants']
+const OPS_API_RESULTS: readonly OpsApiResult[] = ['ok', 'unauthorized', 'rate_limited', 'not_found', 'disabled', 'bad_request', 'unavailable']
+
 /** Kinds of upstream failure. */
 
 /** The proxy's metrics, with label children bound once so the hot path does no label hashing. */
@@ -44,6 +50,7 @@ export class ProxyMetrics {
   readonly upstreamAttemptErrors: client.Counter<'kind'>
   readonly upstreamRetries: client.Counter
   readonly upstreamEjections: client.Counter
+  readonly opsApiRequests: client.Counter<'endpoint' | 'result'>
   #pools: PoolsView | null = null
   readonly draining: client.Gauge
 
@@ -96,6 +103,7 @@ export class ProxyMetrics {
       }
     })
     this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
+    this.opsApiRequests = new client.Counter({ name: 'tenant_proxy_ops_api_requests_total', help: 'Calls of the ops descriptor API by endpoint and result.', labelNames: ['endpoint', 'result'], registers })
 
     // prom-client prints a labelled series only once it has a value (labels() alone creates
     // nothing): without these zeros, dashboards show "no data" and rate() misses the first error.
@@ -104,6 +112,7 @@ export class ProxyMetrics {
       this.upstreamAttemptErrors.labels(kind).inc(0)
     }
     for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result).inc(0)
+    for (const endpoint of OPS_API_ENDPOINTS) for (const result of OPS_API_RESULTS) this.opsApiRequests.labels(endpoint, result).inc(0)
   }
 
   /** Makes the address gauge read these pools at scrape time. */

@@ -3,10 +3,12 @@
  * A full load builds a new index that is swapped in with one assignment; a live change is applied
  * to the current index synchronously, in one turn of the event loop, so a request sees the
  * registry before or after a write, never half of it. Memory matters at a million tenants: one
- * flat object per tenant, interned state strings, and no map beyond the two lookups.
+ * flat object per tenant, interned state strings, and no map beyond the two lookups (plus, once
+ * the ops descriptor API lists tenants, one array of the slugs in order).
  */
 import type { DescriptorTarget } from '../descriptor/sign.js'
 import { TENANT_STATES, type TenantState } from './names.js'
+import { SlugOrder, type SlugEdit } from './slug-order.js'
 import type { RegistryDelta, RegistrySnapshot, TenantRow } from './store.js'
 
 /** Everything the data path needs about one tenant; immutable, replaced when the tenant changes. */
@@ -19,7 +21,9 @@ export class Route implements DescriptorTarget {
     readonly epoch: number,
     readonly dbName: string,
     readonly dbHost: string,
-    readonly dbPort: number
+    readonly dbPort: number,
+    /** The primary domain (the same string as its key in byHost), or null when the tenant has none. */
+    readonly primaryHost: string | null
   ) {
     Object.freeze(this)
   }
@@ -40,6 +44,8 @@ export interface RegistryIndex {
   readonly loadedAt: number
   readonly byHost: Map<string, Route>
   readonly bySlug: Map<string, Route>
+  /** bySlug's keys in order, built on first use (the tenant list) and kept in order by applyDelta. */
+  readonly slugOrder: SlugOrder
 }
 
 /** Where tenants with a null database host/port live. */
@@ -61,10 +67,22 @@ export function buildIndex (snapshot: Pick<RegistrySnapshot, 'version' | 'regist
   const byHost = new Map<string, Route>()
   for (const d of snapshot.domains) {
     const route = byId.get(d.tenantId)
-    if (route !== undefined) byHost.set(d.hostname, route)
+    // The primary domain's key is the route's own string: one copy of it per tenant, not two.
+    if (route !== undefined) byHost.set(d.hostname === route.primaryHost ? route.primaryHost : d.hostname, route)
   }
-  return { version: snapshot.version, registryId: snapshot.registryId, loadedAt: now, byHost, bySlug }
+  return { version: snapshot.version, registryId: snapshot.registryId, loadedAt: now, byHost, bySlug, slugOrder: new SlugOrder(() => bySlug.keys()) }
 }
+
+/**
+ * The tenant's primary domain as the index routes it now, or null. A domain moved to another
+ * tenant by a writer other than the CLI (an UPDATE of domains.tenant_id) logs only its new
+ * tenant, so the old tenant's route may still name it: it counts only while it routes here.
+ */
+export function primaryHostOf (index: RegistryIndex, route: Route): string | null {
+  const host = route.primaryHost
+  return host !== null && index.byHost.get(host) === route ? host : null
+}
+
 
 /** What applying a delta did. */
 export interface DeltaResult {
@@ -83,6 +101,9 @@ export interface DeltaResult {
  * only moves between tenants that were both written.
  */
 export function applyDelta (index: RegistryIndex, delta: Extract<RegistryDelta, { complete: true }>, defaults: DatabaseDefaults): DeltaResult {
+  // Only slugs the delta names can appear or vanish; note which were there before.
+  const named = index.slugOrder.tracking ? [...new Set([...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)])] : []
+  const had = named.map((slug) => index.bySlug.has(slug))
   const old = new Map<number, Route>()
   for (const slug of delta.tenantSlugs) {
     const route = index.bySlug.get(slug)
@@ -109,6 +130,12 @@ export function applyDelta (index: RegistryIndex, delta: Extract<RegistryDelta, 
     if (!present.has(hostname) && index.byHost.delete(hostname)) removedHosts.push(hostname)
   }
   index.version = delta.version
+  const edits: SlugEdit[] = []
+  for (const [i, slug] of named.entries()) {
+    const has = index.bySlug.has(slug)
+    if (has !== had[i]) edits.push([slug, has])
+  }
+  index.slugOrder.apply(edits)
   return { removedHosts, consistent }
 }
 
@@ -117,8 +144,8 @@ function routeFor (t: TenantRow, defaults: DatabaseDefaults, old: Route | undefi
   const dbHost = t.databaseHost ?? defaults.defaultHost
   const dbPort = t.databasePort ?? defaults.defaultPort
   if (old !== undefined && old.id === t.id && old.slug === t.slug && old.state === t.state && old.upstream === t.upstream && old.epoch === t.epoch &&
-    old.dbName === t.databaseName && old.dbHost === dbHost && old.dbPort === dbPort) return old
+    old.dbName === t.databaseName && old.dbHost === dbHost && old.dbPort === dbPort && old.primaryHost === t.primaryHost) return old
   // One copy of each state string, not one per tenant row read from PostgreSQL.
   const state = TENANT_STATES.find((s) => s === t.state) ?? t.state
-  return new Route(t.id, t.slug, state, t.upstream, t.epoch, t.databaseName, dbHost, dbPort)
+  return new Route(t.id, t.slug, state, t.upstream, t.epoch, t.databaseName, dbHost, dbPort, t.primaryHost)
 }

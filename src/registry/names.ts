@@ -13,6 +13,11 @@ const DATABASE_NAME = /^[a-z_][a-z0-9_]{0,62}$/
 const DATABASE_HOST = /^[a-z0-9]([a-z0-9.:-]{0,251}[a-z0-9])?$/
 const UPSTREAM = /^[a-z0-9][a-z0-9_-]{0,62}$/
 
+/** True for a well-formed tenant slug (see checkSlug). */
+export function isSlug (value: string): boolean {
+  return SLUG.test(value)
+}
+
 /** A tenant slug: 1-63 lower-case letters, digits and inner hyphens (usable as a DNS label). */
 export function checkSlug (value: string): string {
   if (!SLUG.test(value)) invalid(`invalid tenant slug ${JSON.stringify(value)}: use 1-63 lower-case letters, digits and hyphens, not starting or ending with a hyphen`)

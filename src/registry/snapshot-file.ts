@@ -5,8 +5,9 @@
  * is refused whole, never half-loaded.
  *
  * Layout, three lines: a JSON header, a JSON body of row arrays, a JSON trailer with the SHA-256
- * of the first two lines. Tenants are [id, slug, dbName, dbHost, dbPort, state, upstream, epoch]
- * (database host/port already resolved against the defaults), domains [hostname, tenantId].
+ * of the first two lines. Tenants are [id, slug, dbName, dbHost, dbPort, state, upstream, epoch,
+ * primaryHost] (database host/port already resolved against the defaults; primaryHost since format
+ * version 2), domains [hostname, tenantId].
  */
 import { createHash } from 'node:crypto'
 import fs from 'node:fs/promises'
@@ -16,7 +17,13 @@ import type { RegistryIndex } from './index.js'
 import type { DomainRow, TenantRow } from './store.js'
 
 const FORMAT = 'tenant-proxy/last-known-good'
-const FORMAT_VERSION = 1
+/**
+ * 2 added each tenant's primary domain. Version 1 files (written before) are still read, their
+ * tenants without a primary domain until the registry answers; a proxy older than version 2
+ * refuses a version 2 file and waits for the registry, as without a file.
+ */
+const FORMAT_VERSION = 2
+const READABLE_VERSIONS: readonly unknown[] = [1, 2]
 /** Rows serialised between two yields to the event loop (about a millisecond of work). */
 const SLICE = 2_000
 
@@ -102,7 +109,7 @@ export async function writeSnapshotFile (file: string, index: RegistryIndex, fin
       await write(text)
     }
     for (const r of index.bySlug.values()) {
-      parts.push(JSON.stringify([r.id, r.slug, r.dbName, r.dbHost, r.dbPort, r.state, r.upstream, r.epoch]))
+      parts.push(JSON.stringify([r.id, r.slug, r.dbName, r.dbHost, r.dbPort, r.state, r.upstream, r.epoch, r.primaryHost]))
       if (parts.length === SLICE) await flush()
     }
     await flush()
@@ -151,7 +158,7 @@ export async function readSnapshotFile (file: string, fingerprint: string): Prom
   if (first === -1 || last <= first || !text.endsWith('\n')) throw new SnapshotFileError('not a tenant-proxy snapshot file (layout)')
   const header = parseJson(text.slice(0, first), 'header') as Partial<Header>
   if (header.format !== FORMAT) throw new SnapshotFileError('not a tenant-proxy snapshot file (format)')
-  if (header.formatVersion !== FORMAT_VERSION) throw new SnapshotFileError(`snapshot format version ${String(header.formatVersion)} is not ${FORMAT_VERSION}`)
+  if (!READABLE_VERSIONS.includes(header.formatVersion)) throw new SnapshotFileError(`snapshot format version ${String(header.formatVersion)} is not one of ${READABLE_VERSIONS.join(', ')}`)
   if (header.registry !== fingerprint) throw new SnapshotFileError('written for another registry (database location or schema differ)')
   const trailer = parseJson(text.slice(last + 1), 'trailer') as { sha256?: unknown }
   const digest = createHash('sha256').update(text.slice(0, last + 1)).digest('hex')
@@ -160,7 +167,8 @@ export async function readSnapshotFile (file: string, fingerprint: string): Prom
   if (!Array.isArray(body.tenants) || !Array.isArray(body.domains)) throw new SnapshotFileError('body lacks tenants or domains')
   if (body.tenants.length !== header.tenants || body.domains.length !== header.domains) throw new SnapshotFileError('row counts differ from the header')
   if (typeof header.version !== 'number' || typeof header.registryId !== 'string' || typeof header.writtenAt !== 'string') throw new SnapshotFileError('header fields missing')
-  const tenants = body.tenants.map((r: unknown, i) => tenantRow(r, i))
+  const width = header.formatVersion === 1 ? 8 : 9
+  const tenants = body.tenants.map((r: unknown, i) => tenantRow(r, i, width))
   const domains = body.domains.map((r: unknown, i) => domainRow(r, i))
   return { registryId: header.registryId, version: header.version, writtenAt: header.writtenAt, tenants, domains }
 }
@@ -175,14 +183,15 @@ function parseJson (s: string, part: string): unknown {
   }
 }
 
-function tenantRow (r: unknown, i: number): TenantRow {
-  if (!Array.isArray(r) || r.length !== 8) throw new SnapshotFileError(`tenant row ${i} malformed`)
-  const [id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch] = r as unknown[]
+function tenantRow (r: unknown, i: number, width: number): TenantRow {
+  if (!Array.isArray(r) || r.length !== width) throw new SnapshotFileError(`tenant row ${i} malformed`)
+  const [id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch, primaryHost = null] = r as unknown[]
   if (typeof id !== 'number' || typeof slug !== 'string' || typeof databaseName !== 'string' || typeof databaseHost !== 'string' ||
-    typeof databasePort !== 'number' || !TENANT_STATES.includes(state as TenantState) || !(upstream === null || typeof upstream === 'string') || typeof epoch !== 'number') {
+    typeof databasePort !== 'number' || !TENANT_STATES.includes(state as TenantState) || !(upstream === null || typeof upstream === 'string') || typeof epoch !== 'number' ||
+    !(primaryHost === null || typeof primaryHost === 'string')) {
     throw new SnapshotFileError(`tenant row ${i} malformed`)
   }
-  return { id, slug, databaseName, databaseHost, databasePort, state: state as TenantState, upstream, epoch }
+  return { id, slug, databaseName, databaseHost, databasePort, state: state as TenantState, upstream, epoch, primaryHost }
 }
 
 function domainRow (r: unknown, i: number): DomainRow {

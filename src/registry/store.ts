@@ -67,8 +67,12 @@ export interface RegistrySnapshot {
   domains: DomainRow[]
 }
 
-/** A tenant as the index needs it. */
-export interface TenantRow { id: number, slug: string, databaseName: string, databaseHost: string | null, databasePort: number | null, state: TenantState, upstream: string | null, epoch: number }
+/**
+ * A tenant as the index needs it. `primaryHost` is its primary domain (the host of descriptors
+ * issued outside a request, src/ops/descriptor-api.ts); null when the tenant has none, which only
+ * a writer other than the CLI can leave behind.
+ */
+export interface TenantRow { id: number, slug: string, databaseName: string, databaseHost: string | null, databasePort: number | null, state: TenantState, upstream: string | null, epoch: number, primaryHost: string | null }
 
 /** A domain as the index needs it. */
 export interface DomainRow { hostname: string, tenantId: number }
@@ -83,11 +87,20 @@ export type RegistryDelta =
   | { complete: true, since: number, version: number, registryId: string, changes: number, tenantSlugs: string[], tenants: TenantRow[], hostnames: string[], domains: Array<{ hostname: string, slug: string }> }
   | { complete: false, since: number, version: number, registryId: string, reason: string }
 
-type TenantTuple = [string, string, string, string | null, number | null, TenantState, string | null, string]
-const TENANT_COLUMNS = 'id, slug, database_name, database_host, database_port, state, upstream, epoch'
+type TenantTuple = [string, string, string, string | null, number | null, TenantState, string | null, string, string | null]
 
-function tenantRow ([id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch]: TenantTuple): TenantRow {
-  return { id: Number(id), slug, databaseName, databaseHost, databasePort, state, upstream, epoch: Number(epoch) }
+/**
+ * The tenant columns the index reads, with the primary domain joined in (the partial unique index
+ * domains_one_primary_key allows at most one per tenant, so the join never duplicates a tenant).
+ * Callers append WHERE clauses on `t`.
+ */
+function tenantSelect (s: string): string {
+  return `SELECT t.id, t.slug, t.database_name, t.database_host, t.database_port, t.state, t.upstream, t.epoch, p.hostname
+    FROM ${s}.tenants t LEFT JOIN ${s}.domains p ON p.tenant_id = t.id AND p.kind = 'primary'`
+}
+
+function tenantRow ([id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch, primaryHost]: TenantTuple): TenantRow {
+  return { id: Number(id), slug, databaseName, databaseHost, databasePort, state, upstream, epoch: Number(epoch), primaryHost }
 }
 
 /** What a write is about, for naming it in constraint errors. */
@@ -202,7 +215,7 @@ export class RegistryStore {
   async snapshot (): Promise<RegistrySnapshot> {
     return await this.#readOnly(async (c) => {
       const v = await c.query<{ version: string, registry_id: string }>(`SELECT version, registry_id FROM ${this.#s}.registry_state`)
-      const t = await c.query<TenantTuple>({ text: `SELECT ${TENANT_COLUMNS} FROM ${this.#s}.tenants`, rowMode: 'array' })
+      const t = await c.query<TenantTuple>({ text: tenantSelect(this.#s), rowMode: 'array' })
       const d = await c.query<[string, string]>({ text: `SELECT hostname, tenant_id FROM ${this.#s}.domains`, rowMode: 'array' })
       return {
         version: Number(v.rows[0]?.version ?? 0),
@@ -236,7 +249,7 @@ export class RegistryStore {
       }
       const ids = [...tenantIds]
       const hosts = [...hostnames]
-      const t = await c.query<TenantTuple>({ text: `SELECT ${TENANT_COLUMNS} FROM ${this.#s}.tenants WHERE id = ANY($1::bigint[])`, values: [ids], rowMode: 'array' })
+      const t = await c.query<TenantTuple>({ text: `${tenantSelect(this.#s)} WHERE t.id = ANY($1::bigint[])`, values: [ids], rowMode: 'array' })
       // Every domain of a touched tenant (its route object changes) and every touched hostname.
       const d = await c.query<[string, string]>({
         text: `SELECT d.hostname, t.slug FROM ${this.#s}.domains d JOIN ${this.#s}.tenants t ON t.id = d.tenant_id

@@ -3,7 +3,8 @@
  * with a password in REGISTRY_DATABASE_URL (a throwaway role; pg_hba may be trust, the password
  * is in the URL all the same), an ES256 key file and an HS256 key, takes normal, refused, forged
  * and failing-upstream requests and requests Node's HTTP parser refuses (carrying the client's
- * Authorization, Cookie and a replayed descriptor) on both listeners, stops; then fails to start
+ * Authorization, Cookie and a replayed descriptor) on both listeners, calls the ops descriptor API
+ * with its token, with a wrong one and with none, stops; then fails to start
  * three times (unreachable registry, bad key, bad URL). Every byte of stdout and stderr is
  * scanned for the password, the key material, the descriptors it issued and the client's
  * credentials, also inside every byte array, serialized Buffer and base64 or hex run it holds.
@@ -11,7 +12,8 @@
  * Guards: src/log.ts (redact paths, error serializer without bytes or URL credentials, no config
  * or URL logged), src/proxy/client-error.ts (parser errors logged without err.rawPacket),
  * src/registry/connect.ts (messages without the URL's password), src/descriptor/keyring.ts (key
- * errors never quote the key) and the proxy never logging the descriptor header. Log the config,
+ * errors never quote the key), src/ops/descriptor-api.ts (a token's fingerprint, never the token
+ * or the Authorization header) and the proxy never logging the descriptor header. Log the config,
  * the URL or the received bytes and this fails.
  */
 import { spawn } from 'node:child_process'
@@ -97,14 +99,24 @@ t.test('no secret in any log line, at trace level, in normal, refused, failing a
   const upstream = await startUpstream(t)
   const bearer = `Bearer-${randomBytes(16).toString('hex')}`
   const cookie = `session-${randomBytes(16).toString('hex')}`
+  const apiToken = randomBytes(32).toString('hex')
+  const wrongApiToken = randomBytes(32).toString('hex')
+  const apiDescriptors: string[] = []
 
   const refused: Array<{ listener: string, status: number, body: string }> = []
   const run = await serve({
     REGISTRY_DATABASE_URL: registryUrl,
     TENANT_PROXY_DESCRIPTOR_KEYS_FILE: keyFile,
     TENANT_PROXY_UPSTREAM_URLS: upstream.origin,
-    TENANT_PROXY_UPSTREAM_POOLS: JSON.stringify({ dead: ['http://127.0.0.1:1'] })
+    TENANT_PROXY_UPSTREAM_POOLS: JSON.stringify({ dead: ['http://127.0.0.1:1'] }),
+    TENANT_PROXY_OPS_DESCRIPTOR_API_TOKENS: apiToken
   }, async ({ traffic, ops }) => {
+    // The ops descriptor API: accepted (descriptor and list), refused (wrong token, none).
+    for (const [path, authorization] of [['/v1/tenants/acme/descriptor', `Bearer ${apiToken}`], ['/v1/tenants?limit=10', `Bearer ${apiToken}`], ['/v1/tenants/acme/descriptor', `Bearer ${wrongApiToken}`], ['/v1/tenants/acme/descriptor', undefined]] as const) {
+      const r = await request(`http://127.0.0.1:${ops}${path}`, { headers: authorization === undefined ? {} : { authorization } })
+      const body = await r.body.json() as { descriptor?: string }
+      if (typeof body.descriptor === 'string') apiDescriptors.push(body.descriptor)
+    }
     const send = async (path: string, headers: Record<string, string>): Promise<void> => {
       const r = await request(`http://127.0.0.1:${traffic}${path}`, { headers })
       await r.body.dump()
@@ -146,6 +158,9 @@ t.test('no secret in any log line, at trace level, in normal, refused, failing a
   t.equal(run.code, 0, 'serve stopped cleanly on SIGTERM')
   const tokens = upstream.seen.map((s) => String(s.headers['x-tenant-descriptor']))
   t.ok(tokens.length >= 2 && tokens.every((x) => x.split('.').length === 3), 'descriptors were issued')
+  t.equal(apiDescriptors.length, 1, 'the descriptor API issued one')
+  t.match(run.stdout, /issued a descriptor outside a request/, 'and logged it')
+  t.equal(run.stdout.split('\n').filter((l) => l.includes('ops API call refused')).length, 2, 'and logged the two refusals')
   t.same(refused.map((r) => `${r.listener} ${r.status}`), ['traffic 400', 'traffic 431', 'traffic 400', 'traffic 400', 'ops 400', 'ops 431', 'ops 400'], 'the parser\'s refusals are answered like Node does (400, 431)')
   for (const r of refused) {
     t.match(JSON.parse(r.body), { error: { code: 'TENANT_PROXY_ERR_BAD_REQUEST', status: r.status } }, `${r.listener} ${r.status}: the catalogue's JSON error body`)
@@ -177,7 +192,11 @@ t.test('no secret in any log line, at trace level, in normal, refused, failing a
     ...pemLines.map((l, i): [string, string] => [`corrupt PEM line ${i}`, corrupt.split('\n').filter((x) => x !== '' && !x.startsWith('-----'))[i] ?? l]),
     ...tokens.map((x, i): [string, string] => [`descriptor ${i}`, x]),
     ['client Authorization', bearer],
-    ['client Cookie', cookie]
+    ['client Cookie', cookie],
+    ['ops API token', apiToken],
+    ['ops API token, first half', apiToken.slice(0, 32)],
+    ['refused ops API token', wrongApiToken],
+    ...apiDescriptors.map((x, i): [string, string] => [`API descriptor ${i}`, x])
   ]
   const all = [run, failedRegistry, failedKey, failedUrl].map((r) => r.stdout + r.stderr).join('\n')
   t.ok(all.split('\n').length > 20, `scanned ${all.split('\n').length} lines`)
