@@ -13,6 +13,7 @@ import { ProxyMetrics } from './ops/metrics.js'
 import { probeOrigins } from './ops/upstream-probe.js'
 import { buildTrafficApp } from './proxy/app.js'
 import { createProxyState, type ProxyState } from './proxy/state.js'
+import { tlsAskHandler } from './proxy/tls-ask.js'
 import { UpstreamAgent } from './proxy/upstream-agent.js'
 import { UpstreamHealth } from './proxy/upstream-health.js'
 import { UpstreamPools } from './proxy/upstream-pools.js'
@@ -130,7 +131,7 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     cleanups.push(async () => { upstreamHealth?.stop() })
 
     const traffic = buildTrafficApp({ config, state, descriptors, metrics, logger, agent: dispatcher, pools, upstreamHealth: config.traffic.healthMode === 'upstream' ? upstreamHealth : null })
-    const ops = buildOpsApp({ state, metrics, keyring, pools, logger, probeTimeoutMs: Math.min(config.upstream.connectTimeoutMs, 1_000) })
+    const ops = buildOpsApp({ state, metrics, keyring, pools, logger, probeTimeoutMs: Math.min(config.upstream.connectTimeoutMs, 1_000), tlsAsk: tlsAskHandler({ config, state, metrics }) })
     cleanups.push(async () => await ops.close())
     cleanups.push(async () => {
       // Close code 1001 "going away": Action Cable and other clients reconnect (to another instance).

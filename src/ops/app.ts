@@ -7,6 +7,7 @@ import type { Logger } from 'pino'
 import type { Keyring } from '../descriptor/keyring.js'
 import { clientErrorHandler } from '../proxy/client-error.js'
 import type { ProxyState } from '../proxy/state.js'
+import { TLS_ASK_PATH, type TlsAskHandler } from '../proxy/tls-ask.js'
 import type { ProxyMetrics } from './metrics.js'
 import type { UpstreamPools } from '../proxy/upstream-pools.js'
 import { lazySchemaCompilers } from '../schema-compilers.js'
@@ -20,6 +21,8 @@ export interface OpsDeps {
   readonly pools: UpstreamPools
   readonly logger: Logger
   readonly probeTimeoutMs: number
+  /** The on-demand TLS ask (src/proxy/tls-ask.ts). */
+  readonly tlsAsk: TlsAskHandler
 }
 
 export const JWKS_PATH = '/.well-known/tenant-proxy/jwks.json'
@@ -82,6 +85,8 @@ export function buildOpsApp (deps: OpsDeps) {
     const up = deps.state.index !== null && !deps.state.draining
     return reply.code(up ? 200 : 503).send({ status: up ? 'ok' : deps.state.draining ? 'draining' : 'starting' })
   })
+
+  app.get(TLS_ASK_PATH, deps.tlsAsk)
 
   app.get(JWKS_PATH, async (_request, reply) => {
     // Short cache: rotation publishes the next key ahead of use, so verifiers refetch in time.
