@@ -69,6 +69,13 @@ export const DEFAULTS = {
     /** Health path answered for any Host before tenant resolution. URL path. */
     healthPath: '/up',
     /**
+     * Path answering the on-demand TLS ask on the traffic listener, for any Host, before tenant
+     * resolution (kamal-proxy's --tls-on-demand-url given as a path, which it sends through its
+     * route to the app); the ops listener always answers it at /.well-known/tenant-proxy/tls-ask.
+     * Empty turns it off, so no path of the apps is taken unless asked. URL path, or empty.
+     */
+    tlsAskPath: '',
+    /**
      * Peers whose forwarding headers (traffic.trustedForwardedHeaders) and X-Request-Id are
      * believed: the proxy in front of this one. IPs or CIDRs. List of text.
      */

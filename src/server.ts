@@ -13,6 +13,7 @@ import { ProxyMetrics } from './ops/metrics.js'
 import { probeOrigins } from './ops/upstream-probe.js'
 import { buildTrafficApp } from './proxy/app.js'
 import { createProxyState, type ProxyState } from './proxy/state.js'
+import { tlsAskHandler } from './proxy/tls-ask.js'
 import { UpstreamAgent } from './proxy/upstream-agent.js'
 import { UpstreamHealth } from './proxy/upstream-health.js'
 import { UpstreamPools } from './proxy/upstream-pools.js'
@@ -137,7 +138,8 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
       pools,
       logger,
       probeTimeoutMs: Math.min(config.upstream.connectTimeoutMs, 1_000),
-      descriptorApi: { tokens: config.ops.descriptorApi.tokens, descriptors, retryAfterS: config.registry.unavailableRetryAfterS }
+      descriptorApi: { tokens: config.ops.descriptorApi.tokens, descriptors, retryAfterS: config.registry.unavailableRetryAfterS },
+      tlsAsk: tlsAskHandler({ config, state, metrics })
     })
     cleanups.push(async () => await ops.close())
     cleanups.push(async () => {

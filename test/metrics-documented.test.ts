@@ -14,10 +14,14 @@ import { startUpstream } from './helpers/upstream.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 
-/** `values`: the label values listed in the metric's own row (they win over the same label's values listed elsewhere). */
 interface DocumentedMetric { name: string, type: string, labels: string[], values: Map<string, string[]> }
 
-/** The rows of the Metrics table: names (several may share a row), type, label names; plus each label's documented values. */
+/**
+ * The rows of the Metrics table: names (several may share a row), type, label names and the values
+ * the row lists for them; plus each label's values over all rows, for a row that names a label
+ * without listing its values (`outcome` of the duration histogram). Values listed in a row are
+ * that row's own: `result` is (ok, error) for registry loads and something else for TLS asks.
+ */
 function parseMetricsTable (markdown: string): { metrics: DocumentedMetric[], values: Map<string, string[]> } {
   const section = markdown.split(/^## /m).find((s) => s.startsWith('Metrics\n'))
   if (section === undefined) throw new Error('no "## Metrics" section')
@@ -28,7 +32,7 @@ function parseMetricsTable (markdown: string): { metrics: DocumentedMetric[], va
     const [names, type, labels] = cells
     if (cells.length !== 3 || names === undefined || type === undefined || labels === undefined || !names.startsWith('`')) continue
     const labelNames: string[] = []
-    const own = new Map<string, string[]>()
+    const rowValues = new Map<string, string[]>()
     // `label` optionally followed by (value, value, …); items that are not bare words are prose.
     for (const m of labels.matchAll(/`([a-z_]+)`(?:\s*\(([^)]*)\))?/g)) {
       const [, label, list] = m
@@ -36,11 +40,11 @@ function parseMetricsTable (markdown: string): { metrics: DocumentedMetric[], va
       labelNames.push(label)
       const listed = (list ?? '').split(',').map((v) => v.trim()).filter((v) => /^[a-z0-9_]+$/i.test(v))
       if (listed.length > 0) {
-        own.set(label, listed)
+        rowValues.set(label, listed)
         values.set(label, [...new Set([...(values.get(label) ?? []), ...listed])])
       }
     }
-    for (const n of names.matchAll(/`([a-z_:][a-z0-9_:]*)`/g)) metrics.push({ name: n[1] as string, type, labels: labelNames, values: own })
+    for (const n of names.matchAll(/`([a-z_:][a-z0-9_:]*)`/g)) metrics.push({ name: n[1] as string, type, labels: labelNames, values: rowValues })
   }
   return { metrics, values }
 }
@@ -63,24 +67,31 @@ function parseExposition (text: string): { series: Map<string, Set<string>>, typ
   return { series, types }
 }
 
-/** Every combination of the label values, as sorted `k="v"` strings. */
-function combinations (labels: readonly string[], values: ReadonlyMap<string, readonly string[]>): string[] {
+/** Every combination of the label values (the row's own, else all rows'), as sorted `k="v"` strings. */
+function combinations (labels: readonly string[], own: ReadonlyMap<string, readonly string[]>, values: ReadonlyMap<string, readonly string[]>): string[] {
   let sets: Array<Array<[string, string]>> = [[]]
-  for (const label of labels) sets = sets.flatMap((set) => (values.get(label) ?? []).map((v): Array<[string, string]> => [...set, [label, v]]))
+  for (const label of labels) sets = sets.flatMap((set) => (own.get(label) ?? values.get(label) ?? []).map((v): Array<[string, string]> => [...set, [label, v]]))
   return sets.map((set) => set.map(([k, v]) => `${k}="${v}"`).sort().join(','))
 }
 
 t.test('parseMetricsTable reads names, types, labels and their values', async (t) => {
   const doc = ['## Metrics', '', '| Metric | Type | Labels |', '|---|---|---|',
     '| `a_total` | counter | `kind` (x, y): prose after, `other` (default, or a name from `some.key`) |',
-    '| `b`, `c` | gauge | — (prose with `not_a_label_list`) |', '', '## Next', '| `d` | gauge | — |'].join('\n')
+    '| `b`, `c` | gauge | — (prose with `not_a_label_list`) |',
+    '| `e_total` | counter | `kind` (z) |', '| `f` | histogram | `kind` |', '', '## Next', '| `d` | gauge | — |'].join('\n')
   const { metrics, values } = parseMetricsTable(doc)
-  t.same(metrics.map(({ values: _v, ...m }) => m), [{ name: 'a_total', type: 'counter', labels: ['kind', 'other'] }, { name: 'b', type: 'gauge', labels: ['not_a_label_list'] }, { name: 'c', type: 'gauge', labels: ['not_a_label_list'] }])
-  t.same(Object.fromEntries(values), { kind: ['x', 'y'], other: ['default'] })
-  t.same(Object.fromEntries(metrics[0]?.values ?? []), { kind: ['x', 'y'], other: ['default'] }, 'a row keeps the values it lists')
-  // Two rows listing different values of one label (`result` of two counters): each keeps its own.
-  const two = parseMetricsTable(['## Metrics', '| `a_total` | counter | `result` (ok, error) |', '| `b_total` | counter | `result` (ok, refused) |'].join('\n'))
-  t.same(two.metrics.map((m) => m.values.get('result')), [['ok', 'error'], ['ok', 'refused']])
+  t.same(metrics.map((m) => ({ ...m, values: Object.fromEntries(m.values) })), [
+    { name: 'a_total', type: 'counter', labels: ['kind', 'other'], values: { kind: ['x', 'y'], other: ['default'] } },
+    { name: 'b', type: 'gauge', labels: ['not_a_label_list'], values: {} },
+    { name: 'c', type: 'gauge', labels: ['not_a_label_list'], values: {} },
+    { name: 'e_total', type: 'counter', labels: ['kind'], values: { kind: ['z'] } },
+    { name: 'f', type: 'histogram', labels: ['kind'], values: {} }
+  ])
+  t.same(Object.fromEntries(values), { kind: ['x', 'y', 'z'], other: ['default'] })
+  const [a, , , e, f] = metrics
+  t.same(combinations(e?.labels ?? [], e?.values ?? new Map(), values), ['kind="z"'], 'a row\'s own values')
+  t.same(combinations(a?.labels ?? [], a?.values ?? new Map(), values).length, 2)
+  t.same(combinations(f?.labels ?? [], f?.values ?? new Map(), values), ['kind="x"', 'kind="y"', 'kind="z"'], 'all rows\' values for a row that lists none')
 })
 
 t.test('every series of the Metrics table exists in the first scrape, and every exported tenant_proxy_* metric is in the table', async (t) => {
@@ -98,7 +109,7 @@ t.test('every series of the Metrics table exists in the first scrape, and every 
     // A label whose values the table does not list cannot be checked, so it must list them
     // (`pool`: "default", the only pool configured here; named pools are prose).
     for (const label of m.labels) t.ok(values.has(label), `${m.name}: the values of label ${label} are documented`)
-    const expected = combinations(m.labels, new Map([...values, ...m.values]))
+    const expected = combinations(m.labels, m.values, values)
     t.equal(types.get(m.name), m.type, `${m.name} is a ${m.type}`)
     const seriesName = m.type === 'histogram' ? `${m.name}_count` : m.name
     const seen = series.get(seriesName) ?? new Set<string>()

@@ -44,6 +44,8 @@ export const SCHEMA = {
     host: ipAddress(),
     port: port(),
     healthPath: text({ pattern: /^\/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$/, describe: 'an absolute URL path such as /up' }),
+    // No ':' or '*': the router reads them as a parameter and a wildcard.
+    tlsAskPath: text({ allowEmpty: true, pattern: /^(\/[A-Za-z0-9._~!$&'()+,;=@/-]*)?$/, describe: 'an absolute URL path such as /.well-known/tenant-proxy/tls-ask (without ":" or "*"), or empty' }),
     trustedProxies: list(ipOrCidr()),
     trustedForwardedHeaders: list(forwardingHeader()),
     hostFromForwardedHost: boolean(),
@@ -128,6 +130,11 @@ export function crossChecks (config: Config): Array<[string, string]> {
   if (healthPath.includes('//') || healthPath.split('/').some((s) => s === '.' || s === '..')) {
     problems.push(['traffic.healthPath', 'must not contain empty, "." or ".." segments'])
   }
+  const tlsAskPath = config.traffic.tlsAskPath
+  if (tlsAskPath !== '' && (tlsAskPath.includes('//') || tlsAskPath.split('/').some((s) => s === '.' || s === '..'))) {
+    problems.push(['traffic.tlsAskPath', 'must not contain empty, "." or ".." segments'])
+  }
+  if (tlsAskPath !== '' && tlsAskPath === healthPath) problems.push(['traffic.tlsAskPath', 'must differ from traffic.healthPath'])
   if (config.traffic.healthMode === 'upstream' && config.upstream.healthCheck.path === '') {
     problems.push(['traffic.healthMode', 'is "upstream", which needs upstream.healthCheck.path (the app\'s own health path, e.g. /up)'])
   }

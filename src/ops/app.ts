@@ -8,6 +8,7 @@ import type { Keyring } from '../descriptor/keyring.js'
 import type { DescriptorCache } from '../descriptor/sign.js'
 import { clientErrorHandler } from '../proxy/client-error.js'
 import type { ProxyState } from '../proxy/state.js'
+import { TLS_ASK_PATH, type TlsAskHandler } from '../proxy/tls-ask.js'
 import type { ProxyMetrics } from './metrics.js'
 import type { UpstreamPools } from '../proxy/upstream-pools.js'
 import { lazySchemaCompilers } from '../schema-compilers.js'
@@ -24,6 +25,8 @@ export interface OpsDeps {
   readonly probeTimeoutMs: number
   /** The descriptor API (src/ops/descriptor-api.ts): its tokens (none: disabled) and what it signs with. */
   readonly descriptorApi: { readonly tokens: readonly string[], readonly descriptors: DescriptorCache, readonly retryAfterS: number }
+  /** The on-demand TLS ask (src/proxy/tls-ask.ts). */
+  readonly tlsAsk: TlsAskHandler
 }
 
 export const JWKS_PATH = '/.well-known/tenant-proxy/jwks.json'
@@ -86,6 +89,8 @@ export function buildOpsApp (deps: OpsDeps) {
     const up = deps.state.index !== null && !deps.state.draining
     return reply.code(up ? 200 : 503).send({ status: up ? 'ok' : deps.state.draining ? 'draining' : 'starting' })
   })
+
+  app.get(TLS_ASK_PATH, deps.tlsAsk)
 
   app.get(JWKS_PATH, async (_request, reply) => {
     // Short cache: rotation publishes the next key ahead of use, so verifiers refetch in time.

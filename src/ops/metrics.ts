@@ -6,6 +6,7 @@
 import client from 'prom-client'
 import { IndexedCounter, IndexedHistogram } from './fast-metrics.js'
 import { UPSTREAM_ERROR_KINDS, type UpstreamErrorKind } from '../proxy/upstream-errors.js'
+import { TLS_ASK_RESULTS, type TlsAskResult } from '../proxy/tls-ask.js'
 
 /** How a request ended, as counted and logged. */
 export type Outcome = 'routed' | 'unknown_host' | 'suspended' | 'maintenance' | 'passthrough' | 'health' | 'bad_request' | 'registry_unavailable'
@@ -53,6 +54,7 @@ export class ProxyMetrics {
   readonly opsApiRequests: client.Counter<'endpoint' | 'result'>
   #pools: PoolsView | null = null
   readonly draining: client.Gauge
+  readonly tlsAsks: client.Counter<'result'>
 
   constructor () {
     const registers = [this.registry]
@@ -104,6 +106,7 @@ export class ProxyMetrics {
     })
     this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
     this.opsApiRequests = new client.Counter({ name: 'tenant_proxy_ops_api_requests_total', help: 'Calls of the ops descriptor API by endpoint and result.', labelNames: ['endpoint', 'result'], registers })
+    this.tlsAsks = new client.Counter({ name: 'tenant_proxy_tls_ask_total', help: 'On-demand TLS asks answered (ops and traffic listeners), by result.', labelNames: ['result'], registers })
 
     // prom-client prints a labelled series only once it has a value (labels() alone creates
     // nothing): without these zeros, dashboards show "no data" and rate() misses the first error.
@@ -113,6 +116,7 @@ export class ProxyMetrics {
     }
     for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result).inc(0)
     for (const endpoint of OPS_API_ENDPOINTS) for (const result of OPS_API_RESULTS) this.opsApiRequests.labels(endpoint, result).inc(0)
+    for (const result of TLS_ASK_RESULTS) this.tlsAsks.labels(result).inc(0)
   }
 
   /** Makes the address gauge read these pools at scrape time. */
@@ -150,6 +154,11 @@ export class ProxyMetrics {
   observeUpstreamError (kind: UpstreamErrorKind): void {
     this.upstreamErrors.labels(kind).inc()
     this.upstreamAttemptErrors.labels(kind).inc()
+  }
+
+  /** Counts one on-demand TLS ask. */
+  observeTlsAsk (result: TlsAskResult): void {
+    this.tlsAsks.labels(result).inc()
   }
 
   /** Records a registry index being loaded. */

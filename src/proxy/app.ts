@@ -1,7 +1,8 @@
 /**
  * The traffic listener's Fastify app. One request, top to bottom (serve() below):
  *   1. request-target.ts: an absolute-form target gives the authority (Fastify's rewriteUrl)
- *   2. health.ts: the health path, answered for any Host before anything else
+ *   2. health.ts: the health path, answered for any Host before anything else (and
+ *      tls-ask.ts: the on-demand TLS ask at traffic.tlsAskPath, when set)
  *   3. lifecycle.ts: the request's id, start, and its end counted once (metrics, access log, 499)
  *   4. decide.ts: host → tenant or pass-through → pool, or a refusal answered right here
  *   5. websocket.ts for upgrades, forward.ts for everything else: headers filtered and the
@@ -26,6 +27,7 @@ import { healthHandler } from './health.js'
 import { CLIENT_CLOSED, RequestLifecycle, requestIdGenerator, type Flow } from './lifecycle.js'
 import { originFormTarget, requestFacts } from './request-target.js'
 import type { ProxyState } from './state.js'
+import { tlsAskHandler } from './tls-ask.js'
 import { TrustedPeers } from './trusted-peers.js'
 import type { UpstreamAgent } from './upstream-agent.js'
 import type { UpstreamHealth } from './upstream-health.js'
@@ -155,6 +157,8 @@ export function buildTrafficApp (deps: TrafficDeps) {
     flow.host = request.headers.host ?? ''
     return await health(request, reply)
   })
+  // kamal-proxy's --tls-on-demand-url as a path arrives here with Host = the name it checks.
+  if (config.traffic.tlsAskPath !== '') app.get(config.traffic.tlsAskPath, tlsAskHandler(deps))
   app.route({ method: METHODS, url: '/*', handler: serve })
   app.route({ method: METHODS, url: '/', handler: serve })
   app.setNotFoundHandler((request, reply) => {
