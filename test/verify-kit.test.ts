@@ -303,3 +303,17 @@ function jwkToPem (jwk: unknown): string {
   const { kty, crv, x, y } = jwk as { kty: string, crv: string, x: string, y: string }
   return createPublicKey({ key: { kty, crv, x, y }, format: 'jwk' }).export({ type: 'spki', format: 'pem' }).toString()
 }
+
+t.test('the package canonicalizes request hosts exactly as the proxy does (property)', async (t) => {
+  const fc = (await import('fast-check')).default
+  const { canonicalHost: proxyCanonical } = await import('../src/routing/host.js')
+  const proxy = (h: string): string | null => { const r = proxyCanonical(h); return r.ok ? r.host : null }
+  // Pieces that exercise every branch: case, ports, dots, IPv4/IPv6 shapes, IDN, UTS #46 mappings, A-labels, junk.
+  const piece = fc.constantFrom('a', 'Z', '0', '9', '-', '.', ':', '[', ']', '@', ' ', '\t', 'xn--', 'xn--bcher-kva', 'xn--zz', 'ü', 'Ü', 'ß', '\u3002', '\uff41', '\u2603', '\u200d', 'example', 'com', '123', '65535', '65536', '::1', '127.0.0.1', 'a'.repeat(63))
+  const host = fc.array(piece, { maxLength: 12 }).map((parts) => parts.join(''))
+  fc.assert(fc.property(host, (h) => kit.canonicalHost(h) === proxy(h)), { numRuns: 20_000, seed: 11 })
+  t.pass('20 000 generated hosts canonicalize the same')
+  for (const h of ['BÜCHER.example:8443', 'acme.example.com.', 'a'.repeat(64) + '.example', `${'a.'.repeat(126)}aa`, '日本.example', '1.2.3.4', 'example.123']) {
+    t.equal(kit.canonicalHost(h), proxy(h), JSON.stringify(h))
+  }
+})
