@@ -1,6 +1,7 @@
 /**
- * Descriptor verification, for Node apps behind the proxy (through tenant-proxy/verify, kit.ts)
- * and for `tenant-proxy descriptor decode`. It applies every rule of docs/descriptor.md, in its
+ * Descriptor verification inside the proxy's own package: `tenant-proxy descriptor decode` and the
+ * demo app. Apps use @tenant-proxy/verify (clients/node), which implements the same specification
+ * on jose; both run the shared vectors. It applies every rule of docs/descriptor.md, in its
  * order: no comma-joined duplicates, size cap, typ, no header naming its own key, pinned algorithm
  * per key, signature, v, iss, aud, claim types, time window with leeway, host. Each refusal
  * carries the reason code of test/fixtures/descriptor-vectors.json.

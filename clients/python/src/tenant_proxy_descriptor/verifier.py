@@ -237,7 +237,7 @@ class Verifier:
         common = dict(clock=clock, max_age=jwks_max_age, cooldown=jwks_cooldown, wait_timeout=fetch_timeout + 1.0, on_error=on_key_set_error)
         if jwks_url is not None:
             url = jwks_url
-            if urllib_scheme(url) not in ("http", "https"):
+            if _scheme(url) not in ("http", "https"):
                 raise ConfigurationError("jwks_url must be an http(s) URL")
             get = fetch if fetch is not None else (lambda u: keyset.http_get(u, fetch_timeout))
             self._remote = keyset.RemoteKeySet(_describe_url(url), lambda: get(url), keys_from_jwks, **common)  # type: ignore[arg-type]
@@ -426,7 +426,7 @@ class EnvVerifier:
         return self._get().verify(token, request_host)
 
 
-def urllib_scheme(url: str) -> str:
+def _scheme(url: str) -> str:
     return url.split(":", 1)[0].lower() if ":" in url else ""
 
 
