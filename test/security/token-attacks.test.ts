@@ -1,5 +1,5 @@
 /**
- * Token attacks against the Node verifier (tenant-proxy/verify) with live tokens from running
+ * Token attacks against the Node verifier (@tenant-proxy/verify) with live tokens from running
  * proxies. (The same attacks as fixed tokens are in test/fixtures/descriptor-vectors.json, which
  * the Node, Ruby and Python suites all run.) Two proxies share one signing key but serve two apps
  * (audiences billing and shop): the ALBeast shape, a token for app A replayed to app B.
@@ -11,7 +11,7 @@
 import { createHmac, createPublicKey } from 'node:crypto'
 import t from 'tap'
 import { request } from 'undici'
-import { createVerifier, isDescriptorError, type DescriptorVerifier } from '../../src/descriptor/kit.js'
+import { createVerifier, isDescriptorError, type DescriptorVerifier } from '@tenant-proxy/verify'
 import { loadKeyring } from '../../src/descriptor/keyring.js'
 import { signDescriptor, type DescriptorClaims } from '../../src/descriptor/sign.js'
 import { es256Pem, startTestProxy, testConfig, testRegistry } from '../helpers/proxy.js'

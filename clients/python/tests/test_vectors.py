@@ -69,7 +69,8 @@ class VectorsTest(unittest.TestCase):
     def test_canonical_host(self):
         self.assertEqual(canonical_host("ACME.Example.COM.:8443"), "acme.example.com")
         self.assertEqual(canonical_host("acme.example.com"), "acme.example.com")
-        self.assertEqual(canonical_host("[::1]:8080"), "[::1]")
+        self.assertIsNone(canonical_host("[::1]:8080"), "an IP literal has no canonical form: it matches no claim")
+        self.assertEqual(canonical_host("BÜCHER.example:8443"), "xn--bcher-kva.example")
 
 
 if __name__ == "__main__":

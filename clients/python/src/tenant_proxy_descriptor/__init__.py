@@ -7,17 +7,20 @@
 """
 
 from .middleware import ASGIMiddleware, ENVIRON_KEY, STATE_KEY, WSGIMiddleware
+from .host import canonical_host
 from .verifier import (
     MAX_TOKEN_BYTES,
+    ConfigurationError,
     Database,
     Descriptor,
     DescriptorError,
+    EnvVerifier,
     InvalidDescriptor,
     KeySetUnavailable,
     Verifier,
-    canonical_host,
     hs256_kid,
     keys_from_jwks,
+    keys_from_text,
 )
 
 __all__ = [
@@ -26,13 +29,16 @@ __all__ = [
     "STATE_KEY",
     "WSGIMiddleware",
     "MAX_TOKEN_BYTES",
+    "ConfigurationError",
     "Database",
     "Descriptor",
     "DescriptorError",
+    "EnvVerifier",
     "InvalidDescriptor",
     "KeySetUnavailable",
     "Verifier",
     "canonical_host",
     "hs256_kid",
     "keys_from_jwks",
+    "keys_from_text",
 ]

@@ -3,11 +3,12 @@ missing or invalid, and hand the verified :class:`Descriptor` to the app."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any, Awaitable, Callable, Dict, Iterable, List, MutableMapping, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, MutableMapping, Optional, Tuple, Union
 
-from .verifier import Descriptor, DescriptorError, InvalidDescriptor, Verifier
+from .verifier import Descriptor, DescriptorError, EnvVerifier, InvalidDescriptor, Verifier
 
 #: Where the WSGI middleware puts the descriptor (``environ[ENVIRON_KEY]``) and the ASGI one
 #: (``scope[ENVIRON_KEY]``, and ``scope["state"]["tenant_descriptor"]`` for Starlette's ``request.state``).
@@ -42,7 +43,7 @@ class WSGIMiddleware:
     def __init__(
         self,
         app: Callable[..., Iterable[bytes]],
-        verifier: Verifier,
+        verifier: Union[Verifier, EnvVerifier],
         *,
         header: str = DEFAULT_HEADER,
         skip_paths: Iterable[str] = ("/up",),
@@ -81,13 +82,14 @@ class ASGIMiddleware:
     """``app = ASGIMiddleware(app, verifier)`` for HTTP and WebSocket scopes; the app reads
     ``scope["tenant_proxy.descriptor"]`` or, with Starlette/FastAPI, ``request.state.tenant_descriptor``.
 
-    Verification is synchronous: it only blocks when the JWKS URL is (re)fetched, bounded by the
-    fetch timeout."""
+    The event loop is never blocked by the key set: refreshes run in a background thread, and the
+    one wait there is (the very first fetch, while no key set is held) runs in the loop's default
+    executor, so other requests and coroutines go on meanwhile."""
 
     def __init__(
         self,
         app: Callable[[Scope, Receive, Send], Awaitable[None]],
-        verifier: Verifier,
+        verifier: Union[Verifier, EnvVerifier],
         *,
         header: str = DEFAULT_HEADER,
         skip_paths: Iterable[str] = ("/up",),
@@ -107,8 +109,14 @@ class ASGIMiddleware:
         # ASGI keeps repeated headers apart; join them as HTTP/1.1 intermediaries do, so a duplicate
         # is refused like a comma-joined value.
         token = b", ".join(values).decode("latin-1") if values else None
+        host = self.host(scope)
         try:
-            descriptor: Descriptor = self.verifier.verify(token, self.host(scope))
+            if self.verifier.has_keys:
+                # Verification is CPU work of well under a millisecond; with keys held it never waits.
+                descriptor: Descriptor = self.verifier.verify(token, host)
+            else:
+                # No key set yet: the first fetch may wait up to its timeout, so not on the loop.
+                descriptor = await asyncio.get_running_loop().run_in_executor(None, self.verifier.verify, token, host)
         except DescriptorError as err:
             status, body = _refusal(err)
             if scope["type"] == "websocket":
