@@ -1,0 +1,1 @@
+// Sprockets manifest: this app has no assets, but assets:precompile must run without settings.
