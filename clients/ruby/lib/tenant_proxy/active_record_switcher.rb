@@ -32,6 +32,10 @@ module TenantProxy
       end
     end
 
+    def stale?(descriptor)
+      pools.stale?(descriptor)
+    end
+
     def checkout(descriptor)
       pools.checkout(descriptor)
     end

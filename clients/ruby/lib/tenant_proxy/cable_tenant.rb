@@ -16,9 +16,12 @@ module TenantProxy
       descriptor = env && env[ENV_KEY]
       return TenantProxy.global { inner.call } unless descriptor
 
-      # The upgrade's descriptor names the database while it is valid; a connection lives longer,
-      # so after that the tenant bound at the upgrade gets fresh coordinates from the ops API.
-      if Time.now.to_f < descriptor.expires_at
+      # The upgrade's descriptor names the database while it is valid and current; a connection
+      # lives longer (and the tenant may move meanwhile), so after that the tenant bound at the
+      # upgrade gets fresh coordinates from the ops API.
+      switcher = TenantProxy.switcher
+      stale = switcher.respond_to?(:stale?) && switcher.stale?(descriptor)
+      if Time.now.to_f < descriptor.expires_at && !stale
         TenantProxy.with_descriptor(descriptor) { inner.call }
       else
         TenantProxy.with_tenant(descriptor.tenant) { inner.call }

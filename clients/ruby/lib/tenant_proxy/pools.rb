@@ -62,6 +62,14 @@ module TenantProxy
       end
     end
 
+    # True when a descriptor with a higher epoch was seen for the descriptor's tenant.
+    def stale?(descriptor)
+      @mutex.synchronize do
+        seen = @epochs[descriptor.tenant]
+        !seen.nil? && descriptor.epoch < seen
+      end
+    end
+
     # Number of pools open now.
     def size
       @mutex.synchronize { @leases.size }

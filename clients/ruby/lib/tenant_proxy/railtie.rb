@@ -68,17 +68,21 @@ module TenantProxy
       end
     end
 
+    # Active Storage's tables in the tenant databases: config.tenant_proxy.models lists its base
+    # class, which becomes a tenant model class when it loads (and reloads).
+    initializer "tenant_proxy.active_storage_tables" do |app|
+      ActiveSupport.on_load(:active_storage_record) do
+        tenanted = Array(app.config.tenant_proxy.models).include?("ActiveStorage::Record")
+        include TenantProxy::TenantModel if tenanted && !(self <= TenantProxy::TenantModel)
+      end
+    end
+
     initializer "tenant_proxy.active_storage" do |app|
       next if app.config.tenant_proxy.active_storage == false
 
       # Runs again for each reloaded ActiveStorage::Blob class.
       ActiveSupport.on_load(:active_storage_blob) do
         singleton_class.prepend(TenantProxy::StorageKey) unless singleton_class <= TenantProxy::StorageKey
-      end
-      # Active Storage's tables in the tenant databases: config.tenant_proxy.models lists its base.
-      ActiveSupport.on_load(:active_storage_record) do
-        tenanted = Array(app.config.tenant_proxy.models).include?("ActiveStorage::Record")
-        include TenantProxy::TenantModel if tenanted && !(self <= TenantProxy::TenantModel)
       end
     end
 

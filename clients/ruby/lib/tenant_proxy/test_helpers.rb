@@ -82,15 +82,34 @@ module TenantProxy
         JWT.encode(payload, key, "ES256", { "typ" => Descriptor::TYP, "kid" => kid })
       end
 
-      # Creates slug's test database unless it exists, and runs the tenant migrations on it.
+      # Creates slug's test database unless it exists, and runs the tenant migrations on it. Call it
+      # once per test process (test_helper.rb), outside the tests' transactions.
       def prepare_tenant(slug, out: File.open(File::NULL, "w"))
         t = tenant(slug)
-        config = TenantProxy.switcher.config_for(Struct.new(:db).new(Descriptor::Database.new(name: t.database, host: t.db_host, port: t.db_port)))
-        ::ActiveRecord::Tasks::DatabaseTasks.create(::ActiveRecord::DatabaseConfigurations::HashConfig.new(::Rails.env, "tenant_proxy_#{slug}", config))
+        descriptor = Struct.new(:db).new(Descriptor::Database.new(name: t.database, host: t.db_host, port: Integer(t.db_port)))
+        create_database(TenantProxy.switcher.config_for(descriptor))
         paths = Array(TenantProxy.settings[:migrations_paths]).map { |p| ::Rails.root.join(p).to_s }
         migrator = Migrator.new(resolver: TenantProxy.resolver, config_for: ->(d) { TenantProxy.switcher.config_for(d) }, paths: paths,
                                 concurrency: 1, out: out)
         migrator.run(:migrate, tenants: [t.slug]) || raise(Error, "tenant_proxy: migrating #{t.slug}'s test database failed")
+      end
+
+      private
+
+      # Through a pool of its own on the server's maintenance database: Rails' DatabaseTasks.create
+      # would repoint ActiveRecord::Base (the app's own database) at the tenant's.
+      def create_database(config)
+        maintenance = config.merge(database: config[:adapter].to_s.start_with?("postgres") ? "postgres" : nil).compact
+        ActiveRecordAdapter.with_base_connection(:tenant_proxy_create_database, maintenance) do
+          connection = ActiveRecordAdapter.base.connection
+          connection.create_database(config[:database]) unless database_exists?(connection, config[:database])
+        end
+      end
+
+      def database_exists?(connection, name)
+        return false unless connection.adapter_name.downcase.start_with?("postg")
+
+        !connection.select_value("SELECT 1 FROM pg_database WHERE datname = #{connection.quote(name)}").nil?
       end
     end
 

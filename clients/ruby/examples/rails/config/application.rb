@@ -24,5 +24,7 @@ module Notes
     # Active Storage's tables live in each tenant's database too (db/tenant_migrate), so blobs
     # are switched with the notes; their keys start with the tenant's slug either way.
     config.tenant_proxy.models = %w[TenantRecord ActiveStorage::Record]
+    # Open tenant connection pools per process (the least recently used idle one closes beyond).
+    config.tenant_proxy.max_pools = Integer(ENV.fetch("NOTES_MAX_POOLS", "20"))
   end
 end

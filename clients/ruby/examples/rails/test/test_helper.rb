@@ -7,5 +7,7 @@ require "tenant_proxy/test_helpers"
 
 # Signed descriptors from a fixture key: request tests run without a proxy.
 TenantProxy::TestHelpers.install!
-TenantProxy::TestHelpers.register_tenant("acme")
-TenantProxy::TestHelpers.register_tenant("globex")
+%w[acme globex].each do |slug|
+  TenantProxy::TestHelpers.register_tenant(slug) # database "<the app's test database>_<slug>"
+  TenantProxy::TestHelpers.prepare_tenant(slug)  # created if missing, tenant migrations run
+end

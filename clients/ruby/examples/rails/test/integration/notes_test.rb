@@ -6,10 +6,7 @@ class NotesTest < ActionDispatch::IntegrationTest
   include TenantProxy::TestHelpers
 
   setup do
-    %w[acme globex].each do |slug|
-      TenantProxy::TestHelpers.prepare_tenant(slug)
-      TenantProxy.with_tenant(slug) { Note.delete_all }
-    end
+    %w[acme globex].each { |slug| TenantProxy.with_tenant(slug) { Note.delete_all } }
   end
 
   test "each tenant sees its own notes" do
