@@ -138,8 +138,10 @@ module TenantProxy
       raise ArgumentError, "not an http(s) URL: #{url}" unless %w[http https].include?(uri.scheme)
 
       deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + (2 * timeout)
+      # max_retries 0: Net::HTTP retries an idempotent request once after a read timeout, which
+      # would double the bound and send a second request to a port that already hangs.
       Net::HTTP.start(uri.host, uri.port, use_ssl: uri.scheme == "https", open_timeout: timeout, read_timeout: timeout,
-                                          write_timeout: timeout, ssl_timeout: timeout) do |http|
+                                          write_timeout: timeout, ssl_timeout: timeout, max_retries: 0) do |http|
         request = Net::HTTP::Get.new(uri.request_uri, { "accept" => "application/json" }.merge(headers))
         http.request(request) do |response|
           return yield(response, read_body(response, deadline)) if block_given?
