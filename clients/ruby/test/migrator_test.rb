@@ -65,6 +65,10 @@ class MigratorTest < Minitest::Test
           self.current_version = 20_240_101_000_001
         end
 
+        def rollback(step)
+          self.current_version = 20_240_101_000_001 - step
+        end
+
         def migrations_status
           [["up", "1", "x"], ["down", "2", "y"]]
         end
@@ -108,6 +112,12 @@ class MigratorTest < Minitest::Test
   def test_an_unknown_named_tenant_fails
     refute migrator(Resolver.new([], broken: %w[ghost]), Adapter.new).run(:migrate, tenants: %w[ghost])
     assert_match(/ghost +FAILED +TenantProxy::UnknownTenant/, @out.string)
+  end
+
+  def test_rollback
+    assert migrator(Resolver.new(%w[a]), Adapter.new).run(:rollback, step: 1)
+    assert_match(/^  a +ok +0 -> 20240101000000/, @out.string)
+    assert_match(/tenant_proxy:rollback: 1 tenant, 1 ok, 0 failed/, @out.string)
   end
 
   def test_status
