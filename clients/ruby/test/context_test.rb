@@ -107,6 +107,20 @@ class ContextTest < Minitest::Test
     end
   end
 
+  def test_a_copied_execution_state_does_not_share_the_tenant
+    TenantProxy.with_tenant("acme") do
+      store = TenantProxy::Context.state
+      copied = store[TenantProxy::Context::KEY] # what Rails copies into a thread it starts
+      seen = Thread.new do
+        store[TenantProxy::Context::KEY] = copied
+        TenantProxy.with_tenant("globex") { nil }
+        TenantProxy.current_tenant
+      end.value
+      assert_nil seen, "the other thread starts with no tenant"
+      assert_equal "acme", TenantProxy.current_tenant, "and cannot unwind this thread's frames"
+    end
+  end
+
   def test_an_error_unwinds
     assert_raises(RuntimeError) { TenantProxy.with_tenant("acme") { raise "boom" } }
     assert_nil TenantProxy.current_tenant
