@@ -133,13 +133,15 @@ module TenantProxy
     end
 
     def build_verifier
+      issuer = fetch(:issuer)
+      audience = fetch(:audience)
       sources = { jwks: option(:jwks), jwks_url: self[:jwks_url], keys_file: self[:keys_file], secrets: option(:secrets) }.compact
       if sources.empty?
         raise ConfigurationError, "tenant_proxy: no key source: set config.tenant_proxy.jwks_url or TENANT_DESCRIPTOR_JWKS_URL " \
                                   "(#{MEANING[:jwks_url]}), or config.tenant_proxy.keys_file or TENANT_DESCRIPTOR_KEYS_FILE"
       end
 
-      Descriptor::Verifier.new(issuer: fetch(:issuer), audience: fetch(:audience), leeway: self[:leeway],
+      Descriptor::Verifier.new(issuer: issuer, audience: audience, leeway: self[:leeway],
                                jwks_max_age: self[:jwks_max_age], jwks_cooldown: self[:jwks_cooldown],
                                jwks_timeout: self[:jwks_timeout], **sources)
     rescue ArgumentError => e
