@@ -64,12 +64,34 @@ class RackMiddlewareTest < Minitest::Test
     assert_equal [401, "host_mismatch"], [status, reason(text)]
   end
 
-  def test_x_forwarded_host_is_the_host_rack_and_rails_report
-    # tenant-proxy sets X-Forwarded-Host to the host it resolved; Rack::Request#host follows it.
+  def test_the_host_is_the_x_forwarded_host_the_proxy_set
+    # tenant-proxy sets X-Forwarded-Host to the host it chose the tenant for (Host may be rewritten).
     status, = call(host: "app.internal:3000", "HTTP_X_FORWARDED_HOST" => "acme.example.com")
     assert_equal 200, status
     status, _, text, = call(host: "acme.example.com", "HTTP_X_FORWARDED_HOST" => "globex.example.com")
     assert_equal [401, "host_mismatch"], [status, reason(text)]
+  end
+
+  def test_forwarded_is_never_the_host
+    # Rack 3 (Rails 7.1+) derives the request host from Forwarded first; the claim is compared with
+    # the header the proxy signed for, whatever Forwarded says.
+    status, = call(host: "app.internal:3000", "HTTP_X_FORWARDED_HOST" => "acme.example.com", "HTTP_FORWARDED" => "host=globex.example.com")
+    assert_equal 200, status
+    status, _, text, = call(host: "app.internal:3000", "HTTP_X_FORWARDED_HOST" => "globex.example.com", "HTTP_FORWARDED" => "host=acme.example.com")
+    assert_equal [401, "host_mismatch"], [status, reason(text)]
+  end
+
+  def test_a_list_in_x_forwarded_host_matches_nothing
+    status, _, text, = call("HTTP_X_FORWARDED_HOST" => "acme.example.com, globex.example.com")
+    assert_equal [401, "host_mismatch"], [status, reason(text)]
+  end
+
+  def test_the_verifier_can_be_built_on_first_use
+    built = 0
+    app = TenantProxy::Descriptor::Middleware.new(APP, verifier: -> { built += 1; Vectors.verifier })
+    assert_equal 0, built
+    status, = call(app: app)
+    assert_equal [200, 1], [status, built]
   end
 
   def test_custom_host_lookup
@@ -85,7 +107,7 @@ class RackMiddlewareTest < Minitest::Test
   end
 
   def test_unreachable_key_set_is_503
-    verifier = TenantProxy::Descriptor::Verifier.new(jwks_url: "http://tenant-proxy.invalid/jwks.json", fetch: ->(_url) { raise Errno::ECONNREFUSED },
+    verifier = TenantProxy::Descriptor::Verifier.new(jwks_url: "http://tenant-proxy.invalid/jwks.json", fetch: ->(_url) { raise Errno::ECONNREFUSED }, jwks_timeout: 1,
                                                      issuer: Vectors["issuer"], audience: Vectors["audience"], clock: -> { Vectors["now"] })
     app = TenantProxy::Descriptor::Middleware.new(APP, verifier: verifier)
     status, _, text, = call(app: app)

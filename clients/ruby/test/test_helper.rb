@@ -4,7 +4,10 @@
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
 require "json"
 require "minitest/autorun"
-require "tenant_proxy/descriptor"
+require "tmpdir"
+require "tenant_proxy"
+require "tenant_proxy/active_record_switcher"
+require "tenant_proxy/migrator"
 
 module Vectors
   PATH = ENV.fetch("TENANT_PROXY_VECTORS", File.expand_path("../../../test/fixtures/descriptor-vectors.json", __dir__))

@@ -61,8 +61,27 @@ class VectorsTest < Minitest::Test
   end
 
   def test_canonical_host
-    assert_equal "acme.example.com", Descriptor.canonical_host("ACME.Example.COM.:8443")
-    assert_equal "acme.example.com", Descriptor.canonical_host("acme.example.com")
-    assert_equal "[::1]", Descriptor.canonical_host("[::1]:8080")
+    {
+      "ACME.Example.COM.:8443" => "acme.example.com", "acme.example.com" => "acme.example.com",
+      "acme.example.com:" => "acme.example.com", "BÜCHER.example:443" => "xn--bcher-kva.example",
+      "straße.example" => "xn--strae-oqa.example", "ẞ.de" => "ss.de", "ｅｘａｍｐｌｅ．ｃｏｍ" => "example.com",
+      "例え。テスト" => "xn--r8jz45g.xn--zckzah", "☃.net" => "xn--n3h.net", "a\u00ADb.example" => "ab.example",
+      # Nothing that is not a host name matches any claim.
+      "[::1]:8080" => nil, "127.0.0.1" => nil, "acme.123" => nil, "" => nil, "acme.example.com:65536" => nil,
+      "user@acme.example.com" => nil, "a_b.example" => nil, "-a.example" => nil, "a..b" => nil,
+      "xn--zz.example" => nil, "a\u200Cb.example" => nil, "a b.example" => nil, "acme.example.com, globex.example.com" => nil,
+      "#{'a' * 64}.example" => nil, "#{'a.' * 127}a" => nil
+    }.each do |input, expected|
+      actual = Descriptor.canonical_host(input)
+      expected.nil? ? assert_nil(actual, input.inspect) : assert_equal(expected, actual, input.inspect)
+    end
+  end
+
+  def test_punycode_round_trips
+    %w[bücher straße 例え ☃ münchen ελληνικά].each do |label|
+      encoded = Descriptor::Punycode.encode(label)
+      assert_equal label, Descriptor::Punycode.decode(encoded), label
+    end
+    assert_equal "bcher-kva", Descriptor::Punycode.encode("bücher") # RFC 3492 example style
   end
 end

@@ -2,11 +2,11 @@
 
 require "base64"
 require "json"
-require "net/http"
 require "openssl"
-require "uri"
 require "jwt"
-require_relative "descriptor/version"
+require_relative "version"
+require_relative "descriptor/host"
+require_relative "descriptor/key_set"
 
 module TenantProxy
   # Verification of tenant-proxy's descriptor (docs/descriptor.md, version 1) on top of ruby-jwt.
@@ -14,7 +14,7 @@ module TenantProxy
   #   verifier = TenantProxy::Descriptor::Verifier.new(
   #     jwks_url: "http://tenant-proxy:9394/.well-known/tenant-proxy/jwks.json",
   #     issuer: "shop-production", audience: "shop")
-  #   d = verifier.verify(token, request_host: request.host)
+  #   d = verifier.verify(token, request_host: request.headers["X-Forwarded-Host"] || request.headers["Host"])
   #   d.tenant   # => "acme"
   #   d.db.name  # => "acme_prod"
   #
@@ -26,9 +26,11 @@ module TenantProxy
     MAX_TOKEN_BYTES = 8192
     # The specification allows at most this much clock skew, in seconds.
     MAX_LEEWAY = 5
+    # Largest time a claim may carry: 2^53 - 1, the largest integer every JSON parser keeps exactly.
+    MAX_TIME = (2**53) - 1
     # JOSE header parameters that would let a token name its own key, or demand extensions.
     FORBIDDEN_HEADERS = %w[crit jwk jku x5u x5c].freeze
-    # Reasons that describe a malformed request rather than a failed verification (HTTP 400).
+    # Reasons answered with 400 (the request is malformed); every other refusal is a 401.
     BAD_REQUEST_REASONS = %w[missing malformed comma too_large].freeze
     B64URL = /\A[A-Za-z0-9_-]+\z/.freeze
 
@@ -51,7 +53,7 @@ module TenantProxy
     # The descriptor is missing, malformed, forged, expired, or for another app or host.
     class InvalidDescriptor < Error; end
 
-    # The JWKS URL could not be fetched and no keys are cached (reason "jwks_unavailable").
+    # The key set could not be fetched and none is held (reason "jwks_unavailable").
     class KeySetUnavailable < Error; end
 
     # The tenant's database server and name.
@@ -59,7 +61,7 @@ module TenantProxy
 
     # A verified descriptor (frozen).
     Result = Struct.new(:tenant, :host, :db, :epoch, :issuer, :audience, :issued_at, :expires_at, keyword_init: true) do
-      # "host:port/name": the key to cache one connection pool per tenant database under.
+      # "host:port/name": the tenant's database, whatever its epoch.
       def connection_key
         "#{db.host}:#{db.port}/#{db.name}"
       end
@@ -70,22 +72,30 @@ module TenantProxy
 
     module_function
 
-    # The request host as the proxy writes the host claim: lower case, no port, no trailing dot.
+    # The request host as the proxy writes the host claim (see Host), or nil when it is invalid.
     def canonical_host(value)
-      host = value.to_s.downcase
-      if host.start_with?("[")
-        close = host.index("]")
-        host = host[0..close] if close
-      elsif host.count(":") == 1
-        host = host.split(":", 2).first
-      end
-      host.end_with?(".") ? host.chomp(".") : host
+      Host.canonical(value)
     end
 
     # RFC 7638 thumbprint of the secret's oct JWK: the kid tenant-proxy gives an HS256 key.
     def hs256_kid(secret)
       k = Base64.urlsafe_encode64(secret.b, padding: false)
       Base64.urlsafe_encode64(OpenSSL::Digest::SHA256.digest(JSON.generate({ "k" => k, "kty" => "oct" })), padding: false)
+    end
+
+    # RFC 7638 thumbprint of an EC public JWK: the kid tenant-proxy gives an ES256 key by default.
+    def ec_kid(jwk)
+      members = { "crv" => jwk["crv"], "kty" => "EC", "x" => jwk["x"], "y" => jwk["y"] }
+      Base64.urlsafe_encode64(OpenSSL::Digest::SHA256.digest(JSON.generate(members)), padding: false)
+    end
+
+    # The public JWK (crv, kty, x, y) of a P-256 key (public or private).
+    def ec_public_jwk(pkey)
+      raise ArgumentError, "only P-256 EC keys are accepted" unless pkey.is_a?(OpenSSL::PKey::EC) && pkey.group.curve_name == "prime256v1"
+
+      point = pkey.public_key.to_octet_string(:uncompressed)
+      b64 = ->(bytes) { Base64.urlsafe_encode64(bytes, padding: false) }
+      { "kty" => "EC", "crv" => "P-256", "x" => b64.call(point[1, 32]), "y" => b64.call(point[33, 32]) }
     end
 
     # ES256 verification keys by kid from a JWKS (a Hash or JSON text); other keys are skipped.
@@ -103,6 +113,37 @@ module TenantProxy
         imported = JWT::JWK.import(jwk.slice("kty", "crv", "x", "y"))
         out[jwk["kid"]] = Key.new("ES256", imported.respond_to?(:verify_key) ? imported.verify_key : imported.keypair)
       end
+    end
+
+    # ES256 keys by kid (the RFC 7638 thumbprint, as the proxy names them) from PEM text: public
+    # keys, or private keys of which only the public half is kept. A proxy key given an explicit
+    # kid in descriptor.keys is not found this way: give the app the key set (JWKS) instead.
+    def keys_from_pem(text)
+      blocks = text.to_enum(:scan, /-----BEGIN ([A-Z ]+)-----.+?-----END \1-----/m).map { Regexp.last_match(0) }
+      blocks.reject! { |b| b.start_with?("-----BEGIN EC PARAMETERS-----") }
+      raise ArgumentError, "no PEM key found" if blocks.empty?
+
+      blocks.each_with_object({}) do |pem, out|
+        jwk = ec_public_jwk(OpenSSL::PKey.read(pem))
+        public_key = JWT::JWK.import(jwk)
+        out[ec_kid(jwk)] = Key.new("ES256", public_key.respond_to?(:verify_key) ? public_key.verify_key : public_key.keypair)
+      end
+    rescue OpenSSL::PKey::PKeyError => e
+      raise ArgumentError, "unreadable PEM key (#{e.class})"
+    end
+
+    # Keys from a file: a JWKS (JSON), PEM keys, or one HS256 secret written "hs256:<secret>" (the
+    # forms tenant-proxy itself reads; "#" comment lines are skipped before a secret).
+    def keys_from_file(path)
+      text = File.read(path)
+      stripped = text.strip
+      return keys_from_jwks(stripped) if stripped.start_with?("{")
+      return keys_from_pem(text) if text.include?("-----BEGIN ")
+
+      secret = stripped.lines.map(&:strip).reject { |l| l.empty? || l.start_with?("#") }
+      raise ArgumentError, "#{path}: neither a JWKS, PEM keys nor an hs256:<secret> line" unless secret.length == 1 && secret[0].start_with?("hs256:")
+
+      keys_from_secrets(secret[0].delete_prefix("hs256:"))
     end
 
     # HS256 keys by kid: a secret, a list of secrets (kid = thumbprint), or { kid => secret }.
@@ -129,7 +170,12 @@ module TenantProxy
     end
 
     def json_part(part, what)
-      value = JSON.parse(b64decode(part, what).force_encoding(Encoding::UTF_8))
+      text = b64decode(part, what).force_encoding(Encoding::UTF_8)
+      # Invalid UTF-8 is malformed in every verifier (never repaired); NaN and Infinity are not
+      # JSON (RFC 8259 section 6), which Ruby's parser refuses by default.
+      raise InvalidDescriptor.new("malformed", "#{what} is not UTF-8") unless text.valid_encoding?
+
+      value = JSON.parse(text)
       raise InvalidDescriptor.new("malformed", "#{what} is not a JSON object") unless value.is_a?(Hash)
 
       value
@@ -137,76 +183,37 @@ module TenantProxy
       raise InvalidDescriptor.new("malformed", "#{what} is not JSON")
     end
 
-    # A JWKS URL: fetched on first use, again after max_age seconds, and on an unknown kid at most
-    # once per cooldown seconds (so a flood of forged kids cannot hammer the proxy).
-    class RemoteKeySet
-      attr_reader :fetches
+    # A numeric claim as the specification allows it: a JSON number with an integer value from min
+    # to max (exp, nbf, iat, epoch: 0 to 2^53 - 1; db.port: 1 to 65535). 1e400 parses to Infinity,
+    # which must neither raise (a 500) nor mean "never expires"; a fraction, a negative number, a
+    # string or true is refused the same way. 1.8e9 is an integer value, as in every JSON parser.
+    def integer_claim?(value, min = 0, max = MAX_TIME)
+      return value.between?(min, max) if value.is_a?(Integer)
 
-      def initialize(url, fetch:, clock:, max_age:, cooldown:)
-        @url = url
-        @fetch = fetch
-        @clock = clock
-        @max_age = max_age
-        @cooldown = cooldown
-        @mutex = Mutex.new
-        @keys = nil
-        @fetched_at = 0
-        @attempted_at = nil
-        @fetches = 0
-      end
-
-      def [](kid)
-        @mutex.synchronize do
-          now = @clock.call
-          refresh(now, keep_stale: !@keys.nil?) if @keys.nil? || now - @fetched_at >= @max_age
-          key = @keys[kid]
-          if key.nil? && now - @attempted_at >= @cooldown
-            refresh(now, keep_stale: true)
-            key = @keys[kid]
-          end
-          key
-        end
-      end
-
-      private
-
-      def refresh(now, keep_stale:)
-        @attempted_at = now
-        @fetches += 1
-        @keys = Descriptor.keys_from_jwks(@fetch.call(@url))
-        @fetched_at = now
-      rescue StandardError => e # network, HTTP or JSON error: keep what we had, if anything
-        raise KeySetUnavailable.new("jwks_unavailable", "cannot fetch #{@url}: #{e.class}") unless keep_stale
-      end
+      value.is_a?(Float) && value.finite? && value == value.floor && value.between?(min, max)
     end
 
-    # GET with short timeouts; the body of a 2xx answer.
-    HTTP_GET = lambda do |url|
-      uri = URI(url)
-      Net::HTTP.start(uri.host, uri.port, use_ssl: uri.scheme == "https", open_timeout: 2, read_timeout: 2) do |http|
-        response = http.get(uri.request_uri)
-        raise "HTTP #{response.code}" unless response.is_a?(Net::HTTPSuccess)
-
-        response.body
-      end
-    end
+    # HTTP GET for key sets (see Descriptor.http_get): no redirects, bounded in time and size.
+    HTTP_GET = ->(url) { Descriptor.http_get(url) }
 
     # Verifies descriptors for one app.
     #
     # jwks:      a JWKS (Hash or JSON text) with the proxy's ES256 public keys
     # jwks_url:  the proxy's key set, e.g. http://tenant-proxy:9394/.well-known/tenant-proxy/jwks.json
+    # keys_file: a file with a JWKS, PEM keys or "hs256:<secret>"
     # secrets:   HS256 secret(s), for proxies configured with HS256
     # issuer:    the proxy's deploymentId; audience: this app's descriptor.audience
     # leeway:    clock skew allowed on exp and nbf, 0 to 5 seconds
     # clock:     returns the current time in seconds (tests inject a fixed one)
+    # jwks_timeout: bound of one key-set fetch, seconds (see RemoteKeySet)
     class Verifier
-      attr_reader :issuer, :audience, :leeway
+      attr_reader :issuer, :audience, :leeway, :remote
 
-      def initialize(issuer:, audience:, jwks: nil, jwks_url: nil, secrets: nil, leeway: 5, clock: -> { Time.now.to_f },
-                     jwks_max_age: 60, jwks_cooldown: 30, fetch: HTTP_GET)
+      def initialize(issuer:, audience:, jwks: nil, jwks_url: nil, keys_file: nil, secrets: nil, leeway: 5, clock: -> { Time.now.to_f },
+                     jwks_max_age: 60, jwks_cooldown: 30, jwks_timeout: 2, fetch: nil)
         raise ArgumentError, "issuer and audience are required" if issuer.to_s.empty? || audience.to_s.empty?
         raise ArgumentError, "leeway must be between 0 and #{MAX_LEEWAY} seconds" unless leeway.between?(0, MAX_LEEWAY)
-        raise ArgumentError, "give jwks:, jwks_url: or secrets:" if jwks.nil? && jwks_url.nil? && secrets.nil?
+        raise ArgumentError, "give jwks:, jwks_url:, keys_file: or secrets:" if [jwks, jwks_url, keys_file, secrets].all?(&:nil?)
 
         @issuer = issuer
         @audience = audience
@@ -214,16 +221,20 @@ module TenantProxy
         @clock = clock
         @static = {}
         @static.merge!(Descriptor.keys_from_jwks(jwks)) if jwks
+        @static.merge!(Descriptor.keys_from_file(keys_file)) if keys_file
         @static.merge!(Descriptor.keys_from_secrets(secrets)) if secrets
-        @remote = jwks_url && RemoteKeySet.new(jwks_url, fetch: fetch, clock: clock, max_age: jwks_max_age, cooldown: jwks_cooldown)
+        fetch ||= ->(url) { Descriptor.http_get(url, timeout: jwks_timeout) }
+        @remote = jwks_url && RemoteKeySet.new(jwks_url, fetch: fetch, clock: clock, max_age: jwks_max_age,
+                                                         cooldown: jwks_cooldown, timeout: jwks_timeout)
       end
 
-      # How many times the JWKS URL was fetched.
+      # How many times the key set URL was fetched.
       def jwks_fetches
         @remote ? @remote.fetches : 0
       end
 
-      # Verifies token for a request to request_host (Host header, port allowed); returns a frozen Result.
+      # Verifies token for a request to request_host (the Host the proxy forwarded for, port
+      # allowed); returns a frozen Result.
       def verify(token, request_host:)
         raise InvalidDescriptor.new("missing", "no descriptor") if token.nil?
         raise InvalidDescriptor.new("malformed", "empty value") unless token.is_a?(String) && !token.empty?
@@ -282,13 +293,14 @@ module TenantProxy
         # aud is one string in descriptor v1: an array is refused rather than searched.
         raise InvalidDescriptor.new("audience", "wrong audience") unless c["aud"].is_a?(String) && c["aud"] == audience
 
-        unless %w[exp nbf iat epoch].all? { |name| c[name].is_a?(Numeric) }
-          raise InvalidDescriptor.new("claims", "exp, nbf, iat and epoch must be numbers")
+        bad = %w[exp nbf iat].find { |name| !Descriptor.integer_claim?(c[name]) }
+        raise InvalidDescriptor.new("claims", "#{bad} must be an integer from 0 to 2^53-1") if bad
+        unless c["sub"].is_a?(String) && c["host"].is_a?(String) && Descriptor.integer_claim?(c["epoch"])
+          raise InvalidDescriptor.new("claims", "sub and host must be strings, epoch an integer from 0 to 2^53-1")
         end
-        raise InvalidDescriptor.new("claims", "sub and host are required") unless c["sub"].is_a?(String) && c["host"].is_a?(String)
 
         db = c["db"]
-        unless db.is_a?(Hash) && db["name"].is_a?(String) && db["host"].is_a?(String) && db["port"].is_a?(Numeric)
+        unless db.is_a?(Hash) && db["name"].is_a?(String) && db["host"].is_a?(String) && Descriptor.integer_claim?(db["port"], 1, 65_535)
           raise InvalidDescriptor.new("claims", "malformed db claim")
         end
 

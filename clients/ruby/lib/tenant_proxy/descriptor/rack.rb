@@ -1,7 +1,6 @@
 # frozen_string_literal: true
 
 require "json"
-require "rack"
 require "set"
 require_relative "../descriptor"
 
@@ -14,9 +13,14 @@ module TenantProxy
     #
     #   use TenantProxy::Descriptor::Middleware, verifier: verifier, skip_paths: ["/up"]
     #
-    # host: picks the request host from env. The default is Rack::Request#host, the host Rails'
-    # request.host also reports (it follows X-Forwarded-Host, which tenant-proxy always sets to the
-    # host it resolved).
+    # The host the descriptor's host claim is compared with is the X-Forwarded-Host header the
+    # proxy sets (to the host it chose the tenant for, after dropping any a client sent), or Host
+    # when there is none: exactly the header the proxy signed for. Never what a framework derives:
+    # Rack 3 (Rails 7.1+) prefers a Forwarded header, which another hop may have written.
+    # host: ->(env) { ... } replaces this choice.
+    #
+    # verifier: a Verifier, or anything answering #call returning one (read on each request, so
+    # it can be built lazily).
     class Middleware
       ENV_KEY = "tenant_proxy.descriptor"
       MESSAGES = {
@@ -24,9 +28,9 @@ module TenantProxy
         401 => "tenant descriptor rejected",
         503 => "tenant descriptor keys unavailable"
       }.freeze
+      PROXY_HOST = ->(env) { env["HTTP_X_FORWARDED_HOST"] || env["HTTP_HOST"] }
 
-      def initialize(app, verifier:, header: "X-Tenant-Descriptor", skip_paths: ["/up"],
-                     host: ->(env) { ::Rack::Request.new(env).host }, logger: nil)
+      def initialize(app, verifier:, header: "X-Tenant-Descriptor", skip_paths: ["/up"], host: PROXY_HOST, logger: nil)
         @app = app
         @verifier = verifier
         @env_header = "HTTP_#{header.upcase.tr('-', '_')}"
@@ -36,23 +40,33 @@ module TenantProxy
       end
 
       def call(env)
-        return @app.call(env) if @skip_paths.include?(env["PATH_INFO"])
+        return @app.call(env) if skip?(env)
 
         begin
-          env[ENV_KEY] = @verifier.verify(env[@env_header], request_host: @host.call(env))
+          verifier = @verifier.respond_to?(:verify) ? @verifier : @verifier.call
+          env[ENV_KEY] = verifier.verify(env[@env_header], request_host: @host.call(env))
         rescue Error => e
-          return refuse(e)
+          return refuse(env, e)
         end
         @app.call(env)
       end
 
       private
 
-      def refuse(error)
+      def skip?(env)
+        @skip_paths.include?(env["PATH_INFO"])
+      end
+
+      def refuse(env, error)
         # The reason code only: never the token, never key material.
-        @logger&.info("tenant descriptor refused: #{error.reason}")
+        log(env, error)
         body = JSON.generate({ error: MESSAGES.fetch(error.status), reason: error.reason })
         [error.status, { "content-type" => "application/json", "content-length" => body.bytesize.to_s, "cache-control" => "no-store" }, [body]]
+      end
+
+      def log(env, error)
+        id = env["action_dispatch.request_id"] || env["HTTP_X_REQUEST_ID"]
+        @logger&.info("tenant descriptor refused: reason=#{error.reason}#{id ? " request_id=#{id}" : ''}")
       end
     end
   end

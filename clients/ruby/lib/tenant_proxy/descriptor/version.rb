@@ -1,7 +1,10 @@
 # frozen_string_literal: true
 
+require_relative "../version"
+
 module TenantProxy
   module Descriptor
-    VERSION = "0.1.0"
+    # The gem's version (kept for code that read it here before the gem was renamed tenant_proxy).
+    VERSION = TenantProxy::VERSION
   end
 end

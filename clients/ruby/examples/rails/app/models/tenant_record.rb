@@ -1,14 +1,13 @@
 # frozen_string_literal: true
 
-# Base class of every model stored in the tenant's own database:
+# Base class of the models stored in each tenant's own database:
 #
-#   class Order < TenantRecord; end
+#   class Note < TenantRecord; end
 #
-# The default shard uses the database.yml entry "tenant" (adapter, username, password; see
-# config/database.yml in this directory); TenantPools adds one shard per tenant database at run
-# time, and TenantDatabase (the controller concern) switches to it for each request.
+# Their table lives in every tenant database (migrations in db/tenant_migrate, run with
+# `bin/rails tenant_proxy:migrate`). Outside a request, reach them inside
+# TenantProxy.with_tenant("acme") { ... }; with no tenant they raise TenantProxy::NoTenant.
 class TenantRecord < ApplicationRecord
   self.abstract_class = true
-
-  connects_to shards: { default: { writing: :tenant } }
+  include TenantProxy::TenantModel
 end
