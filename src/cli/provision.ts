@@ -231,11 +231,8 @@ ${WAIT_HELP}`,
       stop.check()
       await steps.run('wait for every connected proxy to stop routing it', async () => {
         const version = (await store.version()).version
-        const waited = await waitForProxies(registry.pool, config.registry.applicationName, version, waitMs ?? DEFAULT_WAIT_TIMEOUT_S * 1000)
-        if (!waited.applied) {
-          const lagging = waited.proxies.filter((p) => !p.applied).map((p) => `${p.proxy} (at ${p.version ?? 'no version'})`)
-          throw tpError('TENANT_PROXY_ERR_WAIT_TIMEOUT', [version, waited.timeout_s, lagging.length, waited.proxies.length, lagging.join(', ')])
-        }
+        // Says what it saw (stderr), and throws TENANT_PROXY_ERR_WAIT_TIMEOUT naming a lagging proxy.
+        settleWait(ctx, await waitForProxies(registry.pool, config.registry.applicationName, version, waitMs ?? DEFAULT_WAIT_TIMEOUT_S * 1000))
       })
       let dumped: { file: string, bytes: number } | null = null
       if (dumpFile !== undefined && admin !== null) {
