@@ -17,6 +17,7 @@ import { request } from 'undici'
 import { CLI, runCli } from './helpers/cli.js'
 import { databaseNameForTest, freePort, testServerUrl } from './helpers/postgres.js'
 import { startTestProxy, testConfig, testRegistry, type TestRegistry } from './helpers/proxy.js'
+import { restoreDump } from '../src/servers/pg-tools.js'
 import { startUpstream } from './helpers/upstream.js'
 import { until } from './helpers/wait.js'
 
@@ -48,10 +49,14 @@ async function tenantRow (s: Setup, slug: string): Promise<Record<string, unknow
   return (await s.registry.pool.query('SELECT slug, state, database_name FROM tenant_proxy.tenants WHERE slug = $1', [slug])).rows[0] as Record<string, unknown> | undefined
 }
 
-async function tablesOf (s: Setup, database: string): Promise<Array<{ tablename: string, tableowner: string }>> {
+async function urlOf (database: string): Promise<string> {
   const u = new URL(await testServerUrl())
   u.pathname = `/${database}`
-  const c = new pg.Client({ connectionString: u.toString() })
+  return u.toString()
+}
+
+async function tablesOf (s: Setup, database: string): Promise<Array<{ tablename: string, tableowner: string }>> {
+  const c = new pg.Client({ connectionString: await urlOf(database) })
   await c.connect()
   try {
     return (await c.query<{ tablename: string, tableowner: string }>("SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")).rows
@@ -217,6 +222,10 @@ t.test('tenants drop: refuses active tenants, dumps, drops the database, then th
   await writeFile(schema, SCHEMA)
   let r = await runCli(['tenants', 'create', 'gone', '--domain', 'gone.example', '--server', 'main', '--database', db, '--schema-file', schema, '--wait'], s.env)
   t.equal(r.code, 0, r.stderr)
+  const data = new pg.Client({ connectionString: await urlOf(db) })
+  await data.connect()
+  await data.query("INSERT INTO public.users VALUES (1, 'ada@example.com'), (2, 'grace@example.com')")
+  await data.end()
   const status = async (): Promise<number> => { const res = await request(proxy.url, { headers: { host: 'gone.example' } }); await res.body.dump(); return res.statusCode }
   t.equal(await status(), 200)
 
@@ -254,7 +263,15 @@ t.test('tenants drop: refuses active tenants, dumps, drops the database, then th
   t.equal((await stat(dump)).mode & 0o777, 0o600, 'the dump is readable by its owner only')
   t.equal((await stat(dump)).size, out.dump.bytes)
   const listing = await run('pg_restore', ['--list', dump])
-  t.match(listing.stdout, /TABLE public users/, 'the dump restores the tenant\'s tables')
+  t.match(listing.stdout, /TABLE public users/)
+  // The dump restores (what a move between servers reuses): tables and rows.
+  const copy = await databaseNameForTest(t, 'tp_lc')
+  await s.admin.query(`CREATE DATABASE ${copy}`)
+  await restoreDump({ command: 'pg_restore', url: await urlOf(copy), env: { PATH: process.env.PATH ?? '' } }, dump)
+  const restored = new pg.Client({ connectionString: await urlOf(copy) })
+  await restored.connect()
+  t.same((await restored.query('SELECT email FROM public.users ORDER BY id')).rows, [{ email: 'ada@example.com' }, { email: 'grace@example.com' }], 'the dropped tenant\'s rows are in the dump')
+  await restored.end()
   t.notOk((await readFile(dump)).includes(Buffer.from('PGPASSWORD')), 'sanity: nothing of the environment in the dump')
 })
 

@@ -73,9 +73,9 @@ t.test('servers: a server move re-points every tenant on it, in one version, epo
 
   // A tenant's own host or port replaces its server's; --server brings it back.
   r = await runCli(['tenants', 'update', 'two', '--db-port', '7000', '--json'], env)
-  t.match(JSON.parse(r.stdout), { database_server: null, database_host: 'db-a2.internal', database_port: 7000 })
+  t.match(JSON.parse(r.stdout), { database_server: null, database_host: 'db-a2.internal', database_port: 7000, epoch: 3 })
   r = await runCli(['tenants', 'update', 'two', '--server', 'pg-a', '--json'], env)
-  t.match(JSON.parse(r.stdout), { database_server: 'pg-a', database_host: 'db-a2.internal', database_port: 5433 })
+  t.match(JSON.parse(r.stdout), { database_server: 'pg-a', database_host: 'db-a2.internal', database_port: 5433, epoch: 4 }, 'back on the server: its address, the epoch bumped again')
   r = await runCli(['tenants', 'update', 'two', '--server', 'nope'], env)
   t.equal(r.code, 1)
   t.match(r.stderr, 'no database server nope (servers list shows them) (TENANT_PROXY_ERR_SERVER_NOT_FOUND)')

@@ -11,6 +11,7 @@ import { checkServerName, checkState, type TenantState } from '../registry/names
 import { quoteIdent } from '../registry/sql.js'
 import type { AdoptOutcome } from '../registry/store.js'
 import { flag, str, table, type Command } from './command.js'
+import { StepError, Steps } from './progress.js'
 import { settleWait, WAIT_HELP, WAIT_OPTIONS, WAIT_USAGE, waitAfterWrite, waitTimeoutMs } from './wait.js'
 
 const COLUMN = /^[A-Za-z_][A-Za-z0-9_$]{0,62}$/
@@ -80,7 +81,8 @@ ${WAIT_HELP}`,
     const json = flag(args, 'json')
     const wait = waitTimeoutMs(args)
 
-    const rows = await readSource(from, tableName, columns, config.registry.connectTimeoutMs)
+    const steps = new Steps(ctx.io)
+    const rows = await unwrap(steps.run(`read ${tableName}`, async () => await readSource(from, tableName, columns, config.registry.connectTimeoutMs)))
     const { candidates, refused, notes } = mapSourceRows(rows, { inactiveState, wwwAliases: flag(args, 'www-aliases') })
     const registry = await ctx.registry()
     let location: { server: string | null, host: string | null, port: number | null } = { server: null, host: null, port: null }
@@ -89,7 +91,8 @@ ${WAIT_HELP}`,
       if (server === null) throw tpError('TENANT_PROXY_ERR_SERVER_NOT_FOUND', [serverName])
       location = { server: server.name, host: server.host, port: server.port }
     }
-    const written = await registry.store.adoptTenants(candidates, location, { update: flag(args, 'update'), dryRun })
+    const written = await unwrap(steps.run(`${dryRun ? 'check' : 'write'} ${candidates.length} tenant(s) ${dryRun ? 'against' : 'to'} the registry in one transaction`,
+      async () => await registry.store.adoptTenants(candidates, location, { update: flag(args, 'update'), dryRun })))
     const outcomes = written.result
     const count = (action: AdoptOutcome['action']): number => outcomes.filter((o) => o.action === action).length
     const notTaken = [
@@ -125,6 +128,15 @@ ${WAIT_HELP}`,
     settleWait(ctx, waited)
     if (notTaken.length > 0) throw tpError('TENANT_PROXY_ERR_ADOPT_INCOMPLETE', [`${notTaken.length} of ${rows.length} row(s) not taken (listed above); ${dryRun ? 'nothing was written (dry run)' : 'the others were adopted'}`])
     return 0
+  }
+}
+
+/** A step's own error (a catalogue error says more than the step's wrapper). */
+async function unwrap<T> (p: Promise<T>): Promise<T> {
+  try {
+    return await p
+  } catch (err) {
+    throw err instanceof StepError ? err.cause : err
   }
 }
 

@@ -1,6 +1,6 @@
 /**
  * PostgreSQL's own client programs, run as child processes: psql loads a schema file, pg_dump
- * writes a dump. psql rather than pg's simple query protocol because a structure.sql is psql input,
+ * writes a dump, pg_restore restores one (for moving a tenant between servers). psql rather than pg's simple query protocol because a structure.sql is psql input,
  * not plain SQL: pg_dump (which `rails db:schema:dump` runs for structure.sql) writes psql
  * meta-commands such as `\restrict` (added by the August 2025 minor releases, CVE-2025-8714) and
  * `\connect`, and data as `COPY … FROM stdin`, none of which a plain SQL connection understands.
@@ -65,6 +65,19 @@ export async function dumpDatabase (run: ToolRun, file: string, opts: { format?:
   }
 }
 
+/**
+ * Restores a custom-format dump (dumpDatabase) into the existing, empty database `url` names
+ * (pg_restore, `command` being tenantDatabase.pgRestore or alike), stopping at the first error.
+ * With `role`, objects are created as that role and the dump's owners are not restored, so the
+ * copy belongs to the owner the app migrates as wherever it lands; `jobs` restores in parallel.
+ */
+export async function restoreDump (run: ToolRun, file: string, opts: { role?: string | null, jobs?: number } = {}): Promise<void> {
+  const args = ['--no-password', '--exit-on-error', '--no-owner', '--no-privileges']
+  if (opts.role != null) args.push('--role', opts.role)
+  if (opts.jobs !== undefined && opts.jobs > 1) args.push('--jobs', String(opts.jobs))
+  await runTool(run, [...args, file], {}, 'pg_restore')
+}
+
 /** The URL without its password (for a command line), and the password (for PGPASSWORD). */
 export function splitPassword (url: string): { url: string, password: string | null } {
   const u = new URL(url)
@@ -92,7 +105,7 @@ async function runTool (run: ToolRun, args: readonly string[], extraEnv: Record<
   })
   if (outcome.error !== null) {
     const e = outcome.error as NodeJS.ErrnoException
-    if (e.code === 'ENOENT') throw tpError('TENANT_PROXY_ERR_TOOL_FAILED', [`${label} not found: ${JSON.stringify(run.command)} is not in PATH (install PostgreSQL's client programs, e.g. Debian's postgresql-client, or set tenantDatabase.${label === 'psql' ? 'psql' : 'pgDump'})`], e)
+    if (e.code === 'ENOENT') throw tpError('TENANT_PROXY_ERR_TOOL_FAILED', [`${label} not found: ${JSON.stringify(run.command)} is not in PATH (install PostgreSQL's client programs, e.g. Debian's postgresql-client, or configure its path)`], e)
     if (e.name === 'AbortError') throw tpError('TENANT_PROXY_ERR_TOOL_FAILED', [`${label} was stopped`], e)
     throw tpError('TENANT_PROXY_ERR_TOOL_FAILED', [`${label} could not run: ${e.message}`], e)
   }
