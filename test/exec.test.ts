@@ -126,6 +126,11 @@ t.test('tenants exec: SIGINT stops starting tenants, stops the running ones, and
     if (!files.includes('a.pid') || !files.includes('b.pid')) return undefined
     return await Promise.all(['a', 'b'].map(async (s) => Number((await readFile(path.join(marks, `${s}.pid`), 'utf8')).trim())))
   }, 'a and b to start')
+  // The run is locked while it runs: a --resume of it now is refused.
+  const [runId = ''] = await readdir(runs)
+  const concurrent = await runCli(['tenants', 'exec', '--resume', runId, '--run-dir', runs], { REGISTRY_DATABASE_URL: registry.url, MARKS: marks })
+  t.equal(concurrent.code, 2)
+  t.match(concurrent.stderr, `it is running in process ${child.pid ?? 0}`)
   child.kill('SIGINT')
   t.equal(await exited, 130, 'exit code 130 after an interruption')
   t.match(stderr, 'SIGINT: starting no more tenants; 2 running get SIGINT')

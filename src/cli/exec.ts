@@ -11,14 +11,14 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { closeSync, openSync, writeSync } from 'node:fs'
-import { kill } from 'node:process'
+import { kill, pid as ownPid } from 'node:process'
 import { join, resolve } from 'node:path'
 import { tpError } from '../errors.js'
 import { checkServerName, checkSlug, checkState } from '../registry/names.js'
 import type { TenantRecord } from '../registry/store.js'
 import { checkTemplateCredentials, databaseUrl, shownDatabaseUrl, type UrlCredentials } from '../exec/database-url.js'
 import {
-  checkRunId, createRunDirectory, newRunId, readRunState, runPath, RunStateWriter, type RunState, type TenantRun
+  checkRunId, createRunDirectory, lockRun, newRunId, readRunState, runPath, RunStateWriter, type RunState, type TenantRun
 } from '../exec/run-state.js'
 import { flag, str, strs, table, type Command, type CommandContext } from './command.js'
 import { duration, ProgressBar } from './progress.js'
@@ -141,140 +141,155 @@ kills them at once. --dry-run lists the tenants and the environment (password hi
     }
 
     const dir = resumed ? runPath(runDirectory, state.id) : createRunDirectory(runDirectory, state.id)
-    state.invocations++
-    for (const slug of gone) {
-      const r = state.tenants[slug]
-      if (r !== undefined && r.status !== 'succeeded') Object.assign(r, { status: 'skipped', reason: 'no longer in the registry' })
-    }
-    const writer = new RunStateWriter(dir, state)
-    writer.flush()
-    ctx.io.err(`tenant-proxy: ${resumed ? 'resuming' : 'starting'} run ${state.id}: ${JSON.stringify(state.command)} for ${toRun.length} tenant(s), ${parallel} at a time${alreadyDone.length > 0 ? ` (${alreadyDone.length} already succeeded)` : ''}; logs in ${dir}\n`)
-
-    const bar = new ProgressBar(ctx.io, toRun.length)
-    const running = new Map<string, ChildProcess>()
-    const counts = { done: 0, failed: 0 }
-    let finished = 0
-    let stopping: string | null = null
-    const queue = [...toRun]
-    const refresh = (): void => bar.update({ done: counts.done, failed: counts.failed, running: [...running.keys()] })
-    const killAll = (signal: NodeJS.Signals): void => {
-      for (const child of running.values()) signalGroup(child, signal)
-    }
-    ctx.onForcedExit(() => killAll('SIGKILL'))
-    let killTimer: NodeJS.Timeout | null = null
-    void ctx.stopSignal.then((signal) => {
-      stopping = signal
-      if (running.size === 0) return
-      bar.line(`tenant-proxy: ${signal}: starting no more tenants; ${running.size} running get ${signal} and ${duration(killAfterMs)} to finish (again to kill them now)`)
-      killAll(signal as NodeJS.Signals)
-      killTimer = setTimeout(() => killAll('SIGKILL'), killAfterMs)
-      killTimer.unref()
-    })
-
-    const runOne = async (slug: string): Promise<void> => {
-      const tenant = bySlug.get(slug) as TenantRecord
-      const record = state.tenants[slug] as TenantRun
-      const started = Date.now()
-      Object.assign(record, { status: 'running', attempts: record.attempts + 1, started_at: new Date(started).toISOString(), finished_at: null, duration_ms: null, exit_code: null, signal: null, reason: null })
-      writer.changed()
-      const logFile = join(dir, record.log)
-      const fd = openSync(logFile, 'a', 0o600)
-      writeSync(fd, `${record.attempts > 1 ? '\n' : ''}# tenant-proxy tenants exec run ${state.id}, tenant ${slug}, attempt ${record.attempts}, ${record.started_at}: ${JSON.stringify(state.command)}\n`)
-      const loc = location(tenant)
-      const env = {
-        ...definedEnv(ctx.env),
-        TENANT_SLUG: slug,
-        TENANT_DATABASE_NAME: loc.database,
-        TENANT_DATABASE_HOST: loc.host,
-        TENANT_DATABASE_PORT: String(loc.port),
-        TENANT_DATABASE_SERVER: tenant.database_server ?? '',
-        TENANT_PROXY_RUN_ID: state.id,
-        DATABASE_URL: databaseUrl(template, loc, creds)
+    const unlock = lockRun(dir, state.id, ownPid, isAlive)
+    try {
+      state.invocations++
+      for (const slug of gone) {
+        const r = state.tenants[slug]
+        if (r !== undefined && r.status !== 'succeeded') Object.assign(r, { status: 'skipped', reason: 'no longer in the registry' })
       }
-      const [command = '', ...rest] = state.command
-      let timedOut = false
-      const outcome = await new Promise<{ code: number | null, signal: string | null, error: string | null }>((resolveOutcome) => {
-        let child: ChildProcess
-        try {
-          child = spawn(command, rest, { env, stdio: ['ignore', fd, fd], detached: true })
-        } catch (err) {
-          resolveOutcome({ code: null, signal: null, error: (err as Error).message })
-          return
-        }
-        let timer: NodeJS.Timeout | null = null
-        child.once('error', (err: NodeJS.ErrnoException) => {
-          if (timer !== null) clearTimeout(timer)
-          running.delete(slug)
-          resolveOutcome({ code: null, signal: null, error: err.code === 'ENOENT' ? `command not found: ${command}` : err.message })
-        })
-        child.once('spawn', () => {
-          running.set(slug, child)
-          refresh()
-          if (timeoutMs !== null) {
-            timer = setTimeout(() => {
-              timedOut = true
-              signalGroup(child, 'SIGTERM')
-              setTimeout(() => signalGroup(child, 'SIGKILL'), killAfterMs).unref()
-            }, timeoutMs)
-          }
-        })
-        child.once('exit', (code, signal) => {
-          if (timer !== null) clearTimeout(timer)
-          running.delete(slug)
-          resolveOutcome({ code, signal, error: null })
-        })
+      const writer = new RunStateWriter(dir, state)
+      writer.flush()
+      ctx.io.err(`tenant-proxy: ${resumed ? 'resuming' : 'starting'} run ${state.id}: ${JSON.stringify(state.command)} for ${toRun.length} tenant(s), ${parallel} at a time${alreadyDone.length > 0 ? ` (${alreadyDone.length} already succeeded)` : ''}; logs in ${dir}\n`)
+
+      const bar = new ProgressBar(ctx.io, toRun.length)
+      const running = new Map<string, ChildProcess>()
+      const counts = { done: 0, failed: 0 }
+      let finished = 0
+      let stopping: string | null = null
+      const queue = [...toRun]
+      const refresh = (): void => bar.update({ done: counts.done, failed: counts.failed, running: [...running.keys()] })
+      const killAll = (signal: NodeJS.Signals): void => {
+        for (const child of running.values()) signalGroup(child, signal)
+      }
+      ctx.onForcedExit(() => killAll('SIGKILL'))
+      let killTimer: NodeJS.Timeout | null = null
+      void ctx.stopSignal.then((signal) => {
+        stopping = signal
+        if (running.size === 0) return
+        bar.line(`tenant-proxy: ${signal}: starting no more tenants; ${running.size} running get ${signal} and ${duration(killAfterMs)} to finish (again to kill them now)`)
+        killAll(signal as NodeJS.Signals)
+        killTimer = setTimeout(() => killAll('SIGKILL'), killAfterMs)
+        killTimer.unref()
       })
-      const ms = Date.now() - started
-      const ok = outcome.code === 0
-      const status = ok ? 'succeeded' : stopping !== null && outcome.error === null && !timedOut ? 'interrupted' : 'failed'
-      const reason = outcome.error ?? (timedOut ? `timed out after ${duration(timeoutMs ?? 0)}` : stopping !== null && !ok ? `stopped by ${stopping}` : null)
-      writeSync(fd, `# ${status}${outcome.code !== null ? `, exit code ${outcome.code}` : ''}${outcome.signal !== null ? `, signal ${outcome.signal}` : ''}${reason !== null ? ` (${reason})` : ''}, after ${duration(ms)}\n`)
-      closeSync(fd)
-      Object.assign(record, { status, exit_code: outcome.code, signal: outcome.signal, reason, finished_at: new Date().toISOString(), duration_ms: ms })
-      writer.changed()
-      finished++
-      if (status === 'succeeded') counts.done++
-      else counts.failed++
-      const what = status === 'succeeded' ? 'ok' : `${status.toUpperCase()}${outcome.code !== null ? ` (exit ${outcome.code})` : ''}${outcome.signal !== null ? ` (${outcome.signal})` : ''}${reason !== null ? `: ${reason}` : ''}`
-      if (!bar.terminal || status !== 'succeeded') bar.line(`[${finished}/${toRun.length}] ${slug}: ${what} in ${duration(ms)}${status === 'succeeded' ? '' : `, log ${logFile}`}`)
+
+      const runOne = async (slug: string): Promise<void> => {
+        const tenant = bySlug.get(slug) as TenantRecord
+        const record = state.tenants[slug] as TenantRun
+        const started = Date.now()
+        Object.assign(record, { status: 'running', attempts: record.attempts + 1, started_at: new Date(started).toISOString(), finished_at: null, duration_ms: null, exit_code: null, signal: null, reason: null })
+        writer.changed()
+        const logFile = join(dir, record.log)
+        const fd = openSync(logFile, 'a', 0o600)
+        writeSync(fd, `${record.attempts > 1 ? '\n' : ''}# tenant-proxy tenants exec run ${state.id}, tenant ${slug}, attempt ${record.attempts}, ${record.started_at}: ${JSON.stringify(state.command)}\n`)
+        const loc = location(tenant)
+        const env = {
+          ...definedEnv(ctx.env),
+          TENANT_SLUG: slug,
+          TENANT_DATABASE_NAME: loc.database,
+          TENANT_DATABASE_HOST: loc.host,
+          TENANT_DATABASE_PORT: String(loc.port),
+          TENANT_DATABASE_SERVER: tenant.database_server ?? '',
+          TENANT_PROXY_RUN_ID: state.id,
+          DATABASE_URL: databaseUrl(template, loc, creds)
+        }
+        const [command = '', ...rest] = state.command
+        let timedOut = false
+        const outcome = await new Promise<{ code: number | null, signal: string | null, error: string | null }>((resolveOutcome) => {
+          let child: ChildProcess
+          try {
+            child = spawn(command, rest, { env, stdio: ['ignore', fd, fd], detached: true })
+          } catch (err) {
+            resolveOutcome({ code: null, signal: null, error: (err as Error).message })
+            return
+          }
+          let timer: NodeJS.Timeout | null = null
+          child.once('error', (err: NodeJS.ErrnoException) => {
+            if (timer !== null) clearTimeout(timer)
+            running.delete(slug)
+            resolveOutcome({ code: null, signal: null, error: err.code === 'ENOENT' ? `command not found: ${command}` : err.message })
+          })
+          child.once('spawn', () => {
+            running.set(slug, child)
+            refresh()
+            if (timeoutMs !== null) {
+              timer = setTimeout(() => {
+                timedOut = true
+                signalGroup(child, 'SIGTERM')
+                setTimeout(() => signalGroup(child, 'SIGKILL'), killAfterMs).unref()
+              }, timeoutMs)
+            }
+          })
+          child.once('exit', (code, signal) => {
+            if (timer !== null) clearTimeout(timer)
+            running.delete(slug)
+            resolveOutcome({ code, signal, error: null })
+          })
+        })
+        const ms = Date.now() - started
+        const ok = outcome.code === 0
+        const status = ok ? 'succeeded' : stopping !== null && outcome.error === null && !timedOut ? 'interrupted' : 'failed'
+        const reason = outcome.error ?? (timedOut ? `timed out after ${duration(timeoutMs ?? 0)}` : stopping !== null && !ok ? `stopped by ${stopping}` : null)
+        writeSync(fd, `# ${status}${outcome.code !== null ? `, exit code ${outcome.code}` : ''}${outcome.signal !== null ? `, signal ${outcome.signal}` : ''}${reason !== null ? ` (${reason})` : ''}, after ${duration(ms)}\n`)
+        closeSync(fd)
+        Object.assign(record, { status, exit_code: outcome.code, signal: outcome.signal, reason, finished_at: new Date().toISOString(), duration_ms: ms })
+        writer.changed()
+        finished++
+        if (status === 'succeeded') counts.done++
+        else counts.failed++
+        const what = status === 'succeeded' ? 'ok' : `${status.toUpperCase()}${outcome.code !== null ? ` (exit ${outcome.code})` : ''}${outcome.signal !== null ? ` (${outcome.signal})` : ''}${reason !== null ? `: ${reason}` : ''}`
+        if (!bar.terminal || status !== 'succeeded') bar.line(`[${finished}/${toRun.length}] ${slug}: ${what} in ${duration(ms)}${status === 'succeeded' ? '' : `, log ${logFile}`}`)
+        refresh()
+      }
+
+      const worker = async (): Promise<void> => {
+        for (let slug = queue.shift(); slug !== undefined && stopping === null; slug = queue.shift()) await runOne(slug)
+      }
       refresh()
-    }
+      await Promise.all(Array.from({ length: Math.min(parallel, Math.max(queue.length, 1)) }, worker))
+      if (killTimer !== null) clearTimeout(killTimer)
+      bar.finish()
+      writer.flush()
 
-    const worker = async (): Promise<void> => {
-      for (let slug = queue.shift(); slug !== undefined && stopping === null; slug = queue.shift()) await runOne(slug)
+      const rows = slugs.map((slug) => ({ slug, ...(state.tenants[slug] as TenantRun) }))
+      const tally = (status: string): number => rows.filter((r) => r.status === status).length
+      const summary = {
+        run_id: state.id,
+        run_dir: dir,
+        command: state.command,
+        tenants: rows.length,
+        succeeded: tally('succeeded'),
+        failed: tally('failed'),
+        interrupted: tally('interrupted'),
+        not_started: tally('pending'),
+        skipped: tally('skipped'),
+        results: rows.map((r) => ({ slug: r.slug, status: r.status, exit_code: r.exit_code, signal: r.signal, reason: r.reason, attempts: r.attempts, duration_ms: r.duration_ms, log: join(dir, r.log) }))
+      }
+      if (json) {
+        ctx.io.out(JSON.stringify(summary, null, 2) + '\n')
+      } else {
+        const shown = rows.length <= FULL_SUMMARY_MAX ? rows : rows.filter((r) => r.status !== 'succeeded')
+        ctx.io.out(table(['SLUG', 'STATUS', 'EXIT', 'TIME', 'LOG'], shown.map((r) => [
+          r.slug, r.status, r.exit_code === null ? (r.signal ?? '-') : String(r.exit_code), r.duration_ms === null ? '-' : duration(r.duration_ms), r.status === 'pending' ? '-' : join(dir, r.log)
+        ])))
+        ctx.io.out(`run ${state.id}: ${summary.succeeded} succeeded, ${summary.failed} failed${summary.interrupted > 0 ? `, ${summary.interrupted} interrupted` : ''}${summary.not_started > 0 ? `, ${summary.not_started} not started` : ''}${summary.skipped > 0 ? `, ${summary.skipped} skipped (no longer in the registry)` : ''} of ${rows.length}${rows.length > shown.length ? ` (only those that did not succeed are listed)` : ''}\n`)
+      }
+      if (stopping !== null) throw tpError('TENANT_PROXY_ERR_EXEC_INTERRUPTED', [stopping, summary.interrupted + summary.not_started, state.id, state.id])
+      if (summary.failed > 0) throw tpError('TENANT_PROXY_ERR_EXEC_FAILED', [summary.failed, rows.length, state.id, dir, state.id])
+      return 0
+    } finally {
+      unlock()
     }
-    refresh()
-    await Promise.all(Array.from({ length: Math.min(parallel, Math.max(queue.length, 1)) }, worker))
-    if (killTimer !== null) clearTimeout(killTimer)
-    bar.finish()
-    writer.flush()
+  }
+}
 
-    const rows = slugs.map((slug) => ({ slug, ...(state.tenants[slug] as TenantRun) }))
-    const tally = (status: string): number => rows.filter((r) => r.status === status).length
-    const summary = {
-      run_id: state.id,
-      run_dir: dir,
-      command: state.command,
-      tenants: rows.length,
-      succeeded: tally('succeeded'),
-      failed: tally('failed'),
-      interrupted: tally('interrupted'),
-      not_started: tally('pending'),
-      skipped: tally('skipped'),
-      results: rows.map((r) => ({ slug: r.slug, status: r.status, exit_code: r.exit_code, signal: r.signal, reason: r.reason, attempts: r.attempts, duration_ms: r.duration_ms, log: join(dir, r.log) }))
-    }
-    if (json) {
-      ctx.io.out(JSON.stringify(summary, null, 2) + '\n')
-    } else {
-      const shown = rows.length <= FULL_SUMMARY_MAX ? rows : rows.filter((r) => r.status !== 'succeeded')
-      ctx.io.out(table(['SLUG', 'STATUS', 'EXIT', 'TIME', 'LOG'], shown.map((r) => [
-        r.slug, r.status, r.exit_code === null ? (r.signal ?? '-') : String(r.exit_code), r.duration_ms === null ? '-' : duration(r.duration_ms), r.status === 'pending' ? '-' : join(dir, r.log)
-      ])))
-      ctx.io.out(`run ${state.id}: ${summary.succeeded} succeeded, ${summary.failed} failed${summary.interrupted > 0 ? `, ${summary.interrupted} interrupted` : ''}${summary.not_started > 0 ? `, ${summary.not_started} not started` : ''}${summary.skipped > 0 ? `, ${summary.skipped} skipped (no longer in the registry)` : ''} of ${rows.length}${rows.length > shown.length ? ` (only those that did not succeed are listed)` : ''}\n`)
-    }
-    if (stopping !== null) throw tpError('TENANT_PROXY_ERR_EXEC_INTERRUPTED', [stopping, summary.interrupted + summary.not_started, state.id, state.id])
-    if (summary.failed > 0) throw tpError('TENANT_PROXY_ERR_EXEC_FAILED', [summary.failed, rows.length, state.id, dir, state.id])
-    return 0
+function isAlive (pid: number): boolean {
+  try {
+    kill(pid, 0)
+    return true
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
 

@@ -5,10 +5,10 @@
  * `--resume RUN_ID` reads it to skip the tenants that succeeded.
  */
 import { randomBytes } from 'node:crypto'
-import { mkdirSync, readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, unlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import { tpError } from '../errors.js'
-import { replaceAtomically } from '../file-write.js'
+import { createExclusive, replaceAtomically } from '../file-write.js'
 
 export const RUN_STATE_FILE = 'run.json'
 const RUN_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/
@@ -87,6 +87,29 @@ export function readRunState (runDirectory: string, id: string): RunState {
     throw tpError('TENANT_PROXY_ERR_EXEC_RUN', [id, `${file} is not a tenants exec run state`])
   }
   return state
+}
+
+const LOCK_FILE = 'run.lock'
+
+/**
+ * Takes a run's lock (run.lock, created exclusively, holding the pid), so two processes never run
+ * one run's tenants at once (two --resume of the same run). A lock whose process is gone is stale
+ * and taken over. `alive` tells whether a pid runs (process.kill(pid, 0) in the CLI).
+ */
+export function lockRun (dir: string, id: string, pid: number, alive: (pid: number) => boolean): () => void {
+  const file = join(dir, LOCK_FILE)
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      createExclusive(file, `${pid}\n`, 0o600)
+      return () => { try { unlinkSync(file) } catch { /* already gone */ } }
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+      const holder = Number(readFileSync(file, 'utf8').trim())
+      if (Number.isInteger(holder) && holder > 0 && alive(holder)) throw tpError('TENANT_PROXY_ERR_EXEC_RUN', [id, `it is running in process ${holder} (${file})`])
+      unlinkSync(file)
+    }
+  }
+  throw tpError('TENANT_PROXY_ERR_EXEC_RUN', [id, `cannot take its lock ${file}`])
 }
 
 /**
