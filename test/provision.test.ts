@@ -18,6 +18,7 @@ import { CLI, runCli } from './helpers/cli.js'
 import { databaseNameForTest, freePort, testServerUrl } from './helpers/postgres.js'
 import { startTestProxy, testConfig, testRegistry, type TestRegistry } from './helpers/proxy.js'
 import { restoreDump } from '../src/servers/pg-tools.js'
+import { startTcpRelay } from './helpers/tcp-relay.js'
 import { startUpstream } from './helpers/upstream.js'
 import { until } from './helpers/wait.js'
 
@@ -284,4 +285,24 @@ t.test('tenants drop --keep-database removes only the registry entry', async (t)
   t.match(r.stdout, `dropped tenant keep: database ${db} kept`)
   t.ok(await databaseExists(s, db), 'the database is still there')
   t.equal(await tenantRow(s, 'keep'), undefined)
+})
+
+t.test('tenants drop stops before the drop while a proxy has not applied the maintenance', async (t) => {
+  const s = await setup(t)
+  const db = await databaseNameForTest(t, 'tp_lc')
+  t.equal((await runCli(['tenants', 'create', 'busy', '--domain', 'busy.example', '--server', 'main', '--database', db], s.env)).code, 0)
+  // The proxy reaches the registry through a relay that is about to hold its traffic back.
+  const target = new URL(s.registry.url)
+  const relay = await startTcpRelay(t, { host: target.hostname, port: Number(target.port === '' ? 5432 : target.port) })
+  const upstream = await startUpstream(t)
+  await startTestProxy(t, testConfig(relay.url(s.registry.url), upstream.origin))
+  await until(async () => (await s.registry.pool.query("SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'tenant-proxy feed v=%'")).rowCount === 1 ? true : undefined, 'the proxy to report its version')
+  relay.delayMs = 3_000
+  const r = await runCli(['tenants', 'drop', 'busy', '--yes', '--force', '--wait-timeout', '0.5'], s.env)
+  t.equal(r.code, 1, r.stderr)
+  t.match(r.stderr, /dropping tenant busy stopped at wait for every connected proxy to stop routing it: the change is committed \(registry version \d+\), but after 0\.5 s 1 of 1 connected proxies had not applied it/)
+  t.match(r.stderr, 'Nothing was dropped and the registry is as it was (TENANT_PROXY_ERR_DROP_FAILED)')
+  t.ok(await databaseExists(s, db), 'the database is still there')
+  t.match(await tenantRow(s, 'busy'), { state: 'active' }, 'and the tenant active again')
+  relay.delayMs = 0
 })

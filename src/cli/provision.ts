@@ -229,11 +229,14 @@ ${WAIT_HELP}`,
         })
       }
       stop.check()
-      await steps.run('wait for every connected proxy to stop routing it', async () => {
+      const confirmed = await steps.run('wait for every connected proxy to stop routing it', async () => {
         const version = (await store.version()).version
-        // Says what it saw (stderr), and throws TENANT_PROXY_ERR_WAIT_TIMEOUT naming a lagging proxy.
-        settleWait(ctx, await waitForProxies(registry.pool, config.registry.applicationName, version, waitMs ?? DEFAULT_WAIT_TIMEOUT_S * 1000))
+        const waited = await waitForProxies(registry.pool, config.registry.applicationName, version, waitMs ?? DEFAULT_WAIT_TIMEOUT_S * 1000)
+        // A lagging proxy fails the step (TENANT_PROXY_ERR_WAIT_TIMEOUT naming it): nothing is dropped.
+        if (!waited.applied) settleWait(ctx, waited)
+        return waited
       })
+      settleWait(ctx, confirmed)
       let dumped: { file: string, bytes: number } | null = null
       if (dumpFile !== undefined && admin !== null) {
         stop.check()
