@@ -164,6 +164,10 @@ t.test('tenants exec --dry-run lists tenants with the password hidden and runs n
   const only = await runCli(['tenants', 'exec', '--only', 'nope', '--', 'true'], env)
   t.equal(only.code, 1)
   t.match(only.stderr, 'no tenant nope')
+  // --timeout stops a tenant's command that runs too long: it fails with the reason.
+  const slow = await runCli(['tenants', 'exec', '--only', 'beta', '--timeout', '0.3', '--run-dir', runs, '--json', '--', 'sleep', '30'], env)
+  t.equal(slow.code, 1)
+  t.match(JSON.parse(slow.stdout), { failed: 1, results: [{ slug: 'beta', status: 'failed', signal: 'SIGTERM', reason: 'timed out after 300 ms' }] })
 })
 
 t.test('tenants exec on a terminal draws a progress bar in place', async (t) => {
