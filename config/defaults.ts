@@ -58,7 +58,42 @@ export const DEFAULTS = {
     /** Database server of tenants whose database host is null in the registry. Hostname. */
     defaultHost: 'localhost',
     /** Port of that server. Port number. */
-    defaultPort: 5432
+    defaultPort: 5432,
+    /**
+     * Registry database server (`servers add`) of tenants created or added without --server,
+     * --db-host or --db-port; null: such tenants live on defaultHost/defaultPort, and
+     * `tenants create` needs --server. Server name.
+     */
+    defaultServer: null as string | null,
+    /** psql that loads `tenants create --schema-file` files (looked up in PATH). Command. */
+    psql: 'psql',
+    /** pg_dump that writes `tenants drop --dump-to` files (looked up in PATH). Command. */
+    pgDump: 'pg_dump'
+  },
+
+  tenantExec: {
+    /**
+     * DATABASE_URL handed to each `tenants exec` command: {database} {host} {port} {slug} are the
+     * tenant's, {user} {password} come from the variables named below (percent-encoded), {userinfo}
+     * is `user:password@`, `user@` or nothing. Text with those placeholders.
+     */
+    databaseUrlTemplate: 'postgres://{userinfo}{host}:{port}/{database}',
+    /** Environment variable of the CLI holding the tenant databases' user. Variable name. */
+    userEnv: 'TENANT_DATABASE_USER',
+    /** Environment variable of the CLI holding that user's password (never stored or printed). Variable name. */
+    passwordEnv: 'TENANT_DATABASE_PASSWORD',
+    /** Directory of `tenants exec` runs: one subdirectory per run with its state and one log per tenant. Path. */
+    runDirectory: './tenant-runs'
+  },
+
+  doctor: {
+    /**
+     * Databases never reported as orphans (besides template0, template1, postgres and the
+     * registry's own database): names, `*` matches any run of characters. List of patterns.
+     */
+    ignoreDatabases: [] as string[],
+    /** Tenant databases checked at once. Count. */
+    concurrency: 8
   },
 
   traffic: {

@@ -6,12 +6,18 @@
  */
 import { runCli } from './cli/run.js'
 
+const forcedExit: Array<() => void> = []
 const stopSignal = new Promise<string>((resolve) => {
   let stopping = false
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => {
       // A second signal while draining means "now": skip the graceful path.
-      if (stopping) process.exit(130)
+      if (stopping) {
+        for (const fn of forcedExit) {
+          try { fn() } catch { /* exiting anyway */ }
+        }
+        process.exit(130)
+      }
       stopping = true
       resolve(signal)
     })
@@ -25,10 +31,12 @@ const code = await runCli(process.argv.slice(2), {
   io: {
     out: (text) => { process.stdout.write(text) },
     err: (text) => { process.stderr.write(text) },
-    outIsTerminal: process.stdout.isTTY === true
+    outIsTerminal: process.stdout.isTTY === true,
+    errIsTerminal: process.stderr.isTTY === true
   },
   stopSignal,
-  onReload: (fn) => { reloaders.push(fn) }
+  onReload: (fn) => { reloaders.push(fn) },
+  onForcedExit: (fn) => { forcedExit.push(fn) }
 })
 process.exitCode = code
 // Let stdout drain, then leave even if a library left a handle open.

@@ -13,6 +13,8 @@ export interface CliIo {
   err (text: string): void
   /** True when `out` is a terminal (main.ts: process.stdout.isTTY), where a printed secret stays in view and in scrollback. */
   readonly outIsTerminal?: boolean
+  /** True when `err` is a terminal (main.ts: process.stderr.isTTY): long commands draw their progress there. */
+  readonly errIsTerminal?: boolean
 }
 
 /** What a command gets to work with. */
@@ -27,6 +29,11 @@ export interface CommandContext {
   readonly stopSignal: Promise<string>
   /** Registers work to run on SIGHUP (serve: reload the registry). */
   onReload (fn: () => void): void
+  /**
+   * Registers synchronous work to run when a second SIGINT/SIGTERM ends the process at once
+   * (tenants exec: kill the children it started, which run in their own process groups).
+   */
+  onForcedExit (fn: () => void): void
 }
 
 export type Options = NonNullable<ParseArgsConfig['options']>
@@ -58,11 +65,18 @@ export const GLOBAL_OPTIONS: Options = {
 /** Parses argv strictly against the command's options; unknown options are usage errors. */
 export function parseCommandArgs (command: Command, argv: readonly string[]): ParsedArgs {
   let parsed: ParsedArgs
+  // `--help` as the very last word is the CLI's own even after `--` (which otherwise hands every
+  // later word to the command `tenants exec` runs), so `tenants exec … -- <command> --help` checks
+  // the line like any other instead of running the command with --help for every tenant.
+  const dashDash = argv.indexOf('--')
+  const trailingHelp = dashDash !== -1 && argv.length > dashDash + 1 && argv[argv.length - 1] === '--help'
+  const words = trailingHelp ? argv.slice(0, -1) : argv
   try {
-    parsed = parseArgs({ args: [...argv], options: { ...GLOBAL_OPTIONS, ...command.options }, strict: true, allowPositionals: true }) as ParsedArgs
+    parsed = parseArgs({ args: [...words], options: { ...GLOBAL_OPTIONS, ...command.options }, strict: true, allowPositionals: true }) as ParsedArgs
   } catch (err) {
     throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`${(err as Error).message.replace(/\. To specify a positional.*$/s, '')}; usage: ${command.usage}`], err)
   }
+  if (trailingHelp) parsed.values.help = true
   // `<command> --help` alone asks for the help. After a complete command line, `--help` checks
   // that line as strictly as a real run would (options above, arguments below) before printing
   // the help, so a documented command line can be verified without running it.

@@ -18,6 +18,7 @@ export interface CliEnvironment {
   io: CliIo
   stopSignal?: Promise<string>
   onReload?: (fn: () => void) => void
+  onForcedExit?: (fn: () => void) => void
 }
 
 /** Runs one CLI invocation and returns its exit code. */
@@ -64,7 +65,8 @@ export async function runCli (argv: readonly string[], environment: CliEnvironme
         return registry
       },
       stopSignal: environment.stopSignal ?? new Promise<string>(() => undefined),
-      onReload: environment.onReload ?? (() => undefined)
+      onReload: environment.onReload ?? (() => undefined),
+      onForcedExit: environment.onForcedExit ?? (() => undefined)
     }
     return await command.run(ctx, args)
   } catch (err) {

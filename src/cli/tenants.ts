@@ -4,7 +4,7 @@
  */
 import { tpError } from '../errors.js'
 import {
-  checkDatabaseHost, checkDatabaseName, checkPort, checkSettings, checkSlug, checkState, checkUpstream, TENANT_STATES
+  checkDatabaseHost, checkDatabaseName, checkPort, checkServerName, checkSettings, checkSlug, checkState, checkUpstream, TENANT_STATES
 } from '../registry/names.js'
 import type { RegistryStore, TenantPatch, TenantRecord, Written } from '../registry/store.js'
 import { canonicalHost, requireCanonicalHost } from '../routing/host.js'
@@ -12,19 +12,23 @@ import { flag, str, strs, table, type Command, type CommandContext, type ParsedA
 import { settleWait, WAIT_HELP, WAIT_OPTIONS, WAIT_USAGE, waitAfterWrite, waitTimeoutMs } from './wait.js'
 
 const JSON_OPTION = { json: { type: 'boolean' } } as const
-const LOCATION_HELP = `Database server: --db-host/--db-port name the server holding the tenant's database;
-without them the tenant lives on the default server (tenantDatabase.defaultHost/Port).`
+const LOCATION_HELP = `Database server: --server names a registered server (servers add), whose host and port the
+descriptor then carries (and follows when the server changes); --db-host/--db-port give a host
+and port directly. With neither, the tenant names tenantDatabase.defaultServer when that is set,
+and otherwise lives on tenantDatabase.defaultHost/Port. These record where the database is; they
+move no data.`
 
 export const tenantsAdd: Command = {
   name: 'tenants add',
   summary: 'Register a tenant with its database and one or more domains (the first is primary).',
-  usage: `tenant-proxy tenants add <slug> --domain <host> [--domain <host>…] --database <name> [--db-host <host>] [--db-port <port>] [--state active|suspended|maintenance] [--upstream <pool>] [--settings <json>] [--json] ${WAIT_USAGE}`,
+  usage: `tenant-proxy tenants add <slug> --domain <host> [--domain <host>…] --database <name> [--server <name> | --db-host <host> --db-port <port>] [--state active|suspended|maintenance] [--upstream <pool>] [--settings <json>] [--json] ${WAIT_USAGE}`,
   help: `${LOCATION_HELP}\n\n${WAIT_HELP}`,
   options: {
     domain: { type: 'string', multiple: true },
     database: { type: 'string' },
     'db-host': { type: 'string' },
     'db-port': { type: 'string' },
+    server: { type: 'string' },
     state: { type: 'string' },
     upstream: { type: 'string' },
     settings: { type: 'string' },
@@ -43,8 +47,10 @@ export const tenantsAdd: Command = {
     const state = str(args, 'state')
     const upstream = str(args, 'upstream')
     const settings = str(args, 'settings')
+    const server = serverOption(ctx, args, dbHost !== undefined || dbPort !== undefined)
     const input = {
       slug,
+      databaseServer: server,
       databaseName: checkDatabaseName(database),
       databaseHost: dbHost === undefined ? null : checkDatabaseHost(dbHost),
       databasePort: dbPort === undefined ? null : checkPort(dbPort),
@@ -74,7 +80,7 @@ export const tenantsList: Command = {
     }
     const config = ctx.config()
     ctx.io.out(table(['SLUG', 'STATE', 'DATABASE', 'SERVER', 'EPOCH', 'DOMAINS'], tenants.map((t) => [
-      t.slug, t.state, t.database_name, server(t, config.tenantDatabase), String(t.epoch), t.domains.map((d) => d.hostname).join(',')
+      t.slug, t.state, t.database_name, `${t.database_server !== null ? `${t.database_server}=` : ''}${server(t, config.tenantDatabase)}`, String(t.epoch), t.domains.map((d) => d.hostname).join(',')
     ])))
     ctx.io.out(`${tenants.length} tenant(s)\n`)
     return 0
@@ -97,7 +103,7 @@ export const tenantsShow: Command = {
     ctx.io.out([
       `slug:      ${tenant.slug}`,
       `state:     ${tenant.state}`,
-      `database:  ${tenant.database_name} on ${server(tenant, d)}${tenant.database_host === null ? ' (default server)' : ''}`,
+      `database:  ${tenant.database_name} on ${server(tenant, d)}${tenant.database_server !== null ? ` (server ${tenant.database_server})` : tenant.database_host === null ? ' (default server)' : ''}`,
       `epoch:     ${tenant.epoch}`,
       `upstream:  ${tenant.upstream ?? '(default pool)'}`,
       `settings:  ${JSON.stringify(tenant.settings)}`,
@@ -112,9 +118,10 @@ export const tenantsShow: Command = {
 export const tenantsUpdate: Command = {
   name: 'tenants update',
   summary: "Change a tenant's database, server, state, upstream pool or settings. Moving the database bumps the epoch.",
-  usage: `tenant-proxy tenants update <slug> [--database <name>] [--db-host <host>] [--db-port <port>] [--default-db-server] [--state <state>] [--upstream <pool>] [--default-upstream] [--settings <json>] [--bump-epoch] [--json] ${WAIT_USAGE}`,
+  usage: `tenant-proxy tenants update <slug> [--database <name>] [--server <name> | --db-host <host> --db-port <port> | --default-db-server] [--state <state>] [--upstream <pool>] [--default-upstream] [--settings <json>] [--bump-epoch] [--json] ${WAIT_USAGE}`,
   help: `${LOCATION_HELP}
---default-db-server moves the tenant back to the default server; --default-upstream clears the pool.
+--default-db-server points the tenant back at tenantDatabase.defaultHost/Port; --db-host, --db-port
+and --default-db-server clear the tenant's --server. --default-upstream clears the pool.
 
 ${WAIT_HELP}`,
   options: {
@@ -122,6 +129,7 @@ ${WAIT_HELP}`,
     'db-host': { type: 'string' },
     'db-port': { type: 'string' },
     'default-db-server': { type: 'boolean' },
+    server: { type: 'string' },
     state: { type: 'string' },
     upstream: { type: 'string' },
     'default-upstream': { type: 'boolean' },
@@ -140,7 +148,12 @@ ${WAIT_HELP}`,
     const state = str(args, 'state')
     const upstream = str(args, 'upstream')
     const settings = str(args, 'settings')
+    const server = str(args, 'server')
     if (flag(args, 'default-db-server') && (dbHost !== undefined || dbPort !== undefined)) throw usage('--default-db-server cannot be combined with --db-host or --db-port')
+    if (server !== undefined && (dbHost !== undefined || dbPort !== undefined || flag(args, 'default-db-server'))) throw usage('--server cannot be combined with --db-host, --db-port or --default-db-server')
+    if (server !== undefined) patch.databaseServer = checkServerName(server)
+    // A host or port given directly replaces the server's: the tenant no longer follows it.
+    if (dbHost !== undefined || dbPort !== undefined || flag(args, 'default-db-server')) patch.databaseServer = null
     if (flag(args, 'default-upstream') && upstream !== undefined) throw usage('--default-upstream cannot be combined with --upstream')
     if (database !== undefined) patch.databaseName = checkDatabaseName(database)
     if (dbHost !== undefined) patch.databaseHost = checkDatabaseHost(dbHost)
@@ -254,6 +267,17 @@ function canonicalDomains (raw: readonly string[]): string[] {
 
 function server (t: TenantRecord, defaults: { defaultHost: string, defaultPort: number }): string {
   return `${t.database_host ?? defaults.defaultHost}:${t.database_port ?? defaults.defaultPort}`
+}
+
+/**
+ * The server a new tenant names: --server, else tenantDatabase.defaultServer unless a host or
+ * port was given directly (`direct`), else none.
+ */
+export function serverOption (ctx: CommandContext, args: ParsedArgs, direct: boolean): string | null {
+  const given = str(args, 'server')
+  if (given !== undefined && direct) throw usage('--server cannot be combined with --db-host or --db-port')
+  if (given !== undefined) return checkServerName(given)
+  return direct ? null : ctx.config().tenantDatabase.defaultServer
 }
 
 /**

@@ -11,6 +11,9 @@ import {
 } from './fields.js'
 
 const IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/
+/** The placeholders of tenantExec.databaseUrlTemplate (src/exec/database-url.ts fills them). */
+export const URL_TEMPLATE_PLACEHOLDERS = ['database', 'host', 'port', 'slug', 'user', 'password', 'userinfo'] as const
 const HOUR_MS = 3_600_000
 
 export const SCHEMA = {
@@ -38,7 +41,20 @@ export const SCHEMA = {
   },
   tenantDatabase: {
     defaultHost: text({ pattern: /^[A-Za-z0-9.:_[\]-]{1,253}$/, describe: 'a hostname or IP address' }),
-    defaultPort: integer(1, 65_535)
+    defaultPort: integer(1, 65_535),
+    defaultServer: nullable(text({ pattern: /^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$/, describe: 'a database server name (servers add)' })),
+    psql: text({ pattern: /^[^\0]{1,4096}$/, describe: 'a command name or path' }),
+    pgDump: text({ pattern: /^[^\0]{1,4096}$/, describe: 'a command name or path' })
+  },
+  tenantExec: {
+    databaseUrlTemplate: urlTemplate(),
+    userEnv: text({ pattern: ENV_NAME, describe: 'an environment variable name' }),
+    passwordEnv: text({ pattern: ENV_NAME, describe: 'an environment variable name' }),
+    runDirectory: text()
+  },
+  doctor: {
+    ignoreDatabases: list(text({ pattern: /^[A-Za-z0-9_$*-]{1,63}$/, describe: 'a database name, * matching any characters' })),
+    concurrency: integer(1, 256)
   },
   traffic: {
     host: ipAddress(),
@@ -174,6 +190,22 @@ function forwardingHeader (): Field<string> {
       return FORWARDING_HEADER_SET.has(name)
         ? { ok: true, value: name }
         : { ok: false, reason: `must be one of the forwarding headers tenant-proxy filters (docs/operations.md, "Forwarding headers"); ${JSON.stringify(value)} is not` }
+    }
+  }
+}
+
+/** tenantExec.databaseUrlTemplate: text whose `{…}` are all known placeholders. */
+function urlTemplate (): Field<string> {
+  const inner = text()
+  return {
+    ...inner,
+    check (value) {
+      const r = inner.check(value)
+      if (!r.ok) return r
+      const unknown = [...r.value.matchAll(/\{([^}]*)\}/g)].map((m) => m[1] ?? '').filter((p) => !(URL_TEMPLATE_PLACEHOLDERS as readonly string[]).includes(p))
+      if (unknown.length > 0) return { ok: false, reason: `unknown placeholder(s) ${unknown.map((p) => `{${p}}`).join(', ')}; use ${URL_TEMPLATE_PLACEHOLDERS.map((p) => `{${p}}`).join(' ')}` }
+      if (!r.value.includes('{database}')) return { ok: false, reason: 'must contain {database}' }
+      return r
     }
   }
 }

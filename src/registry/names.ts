@@ -12,6 +12,9 @@ const SLUG = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/
 const DATABASE_NAME = /^[a-z_][a-z0-9_]{0,62}$/
 const DATABASE_HOST = /^[a-z0-9]([a-z0-9.:-]{0,251}[a-z0-9])?$/
 const UPSTREAM = /^[a-z0-9][a-z0-9_-]{0,62}$/
+const SERVER_NAME = /^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$/
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/
+const ROLE_NAME = /^[a-z_][a-z0-9_]{0,62}$/
 
 /** True for a well-formed tenant slug (see checkSlug). */
 export function isSlug (value: string): boolean {
@@ -52,6 +55,33 @@ export function checkState (value: string): TenantState {
 /** An upstream pool name as configured in upstream.pools. */
 export function checkUpstream (value: string): string {
   if (!UPSTREAM.test(value)) invalid(`invalid upstream pool name ${JSON.stringify(value)}: use 1-63 lower-case letters, digits, '-' and '_'`)
+  return value
+}
+
+/** A database server's name in the registry (migration 003): like a slug, '_' allowed. */
+export function checkServerName (value: string): string {
+  if (!SERVER_NAME.test(value)) invalid(`invalid server name ${JSON.stringify(value)}: use 1-63 lower-case letters, digits, '-' and '_', starting and ending with a letter or digit`)
+  return value
+}
+
+/** The name of an environment variable holding a server's admin URL (never the URL itself). */
+export function checkEnvName (value: string): string {
+  if (value.includes('://')) invalid('--admin-url-env takes the NAME of an environment variable that holds the URL, not the URL: the registry never stores credentials')
+  if (!ENV_NAME.test(value)) invalid(`invalid environment variable name ${JSON.stringify(value)}: use letters, digits and '_', not starting with a digit`)
+  return value
+}
+
+/** The path of a file holding a server's admin URL (never the URL itself). */
+export function checkAdminUrlFile (value: string): string {
+  if (value.includes('://')) invalid('--admin-url-file takes the PATH of a file that holds the URL, not the URL: the registry never stores credentials')
+  // eslint-disable-next-line no-control-regex
+  if (value.length === 0 || value.length > 4096 || /[\x00-\x1f\x7f]/.test(value)) invalid(`invalid file path ${JSON.stringify(value)}`)
+  return value
+}
+
+/** A PostgreSQL role name used as a database owner (lower-case, usable without quoting). */
+export function checkRoleName (value: string): string {
+  if (!ROLE_NAME.test(value)) invalid(`invalid role name ${JSON.stringify(value)}: use 1-63 lower-case letters, digits and underscores, not starting with a digit`)
   return value
 }
 

@@ -8,6 +8,7 @@ import type { TenantState } from './names.js'
 import { quoteIdent } from './sql.js'
 import { databaseLabel, formatProblems, type ImportProblem } from './problems.js'
 import type { ImportEntry, TransferTenant } from './transfer.js'
+import type { AdoptCandidate } from './adopt.js'
 
 export type DomainKind = 'primary' | 'alias'
 
@@ -18,12 +19,58 @@ export interface TenantRecord {
   database_name: string
   database_host: string | null
   database_port: number | null
+  /** The registry database server (`servers add`) the tenant names; its host and port are copied into database_host/port. */
+  database_server: string | null
   upstream: string | null
   epoch: number
   settings: Record<string, unknown>
   domains: Array<{ hostname: string, kind: DomainKind }>
   created_at: string
   updated_at: string
+}
+
+/** What `registry adopt` did with one candidate. */
+export interface AdoptOutcome {
+  readonly key: string
+  readonly slug: string
+  readonly action: 'created' | 'updated' | 'unchanged' | 'refused' | 'differs'
+  readonly reason: string | null
+}
+
+/** A database server as `servers list --json` shows it. Credentials are references, never values. */
+export interface ServerRecord {
+  name: string
+  host: string
+  port: number
+  /** Name of the environment variable holding the admin URL (resolved by the CLI that needs it). */
+  admin_url_env: string | null
+  /** Path of the file holding the admin URL. */
+  admin_url_file: string | null
+  /** Default owner role of databases created on this server. */
+  owner: string | null
+  /** Tenants naming this server. */
+  tenants: number
+  created_at: string
+  updated_at: string
+}
+
+/** Input of `servers add`. */
+export interface NewServer {
+  name: string
+  host: string
+  port: number
+  adminUrlEnv: string | null
+  adminUrlFile: string | null
+  owner: string | null
+}
+
+/** Fields `servers update` may change; undefined leaves a field as it is, null clears it. */
+export interface ServerPatch {
+  host?: string
+  port?: number
+  adminUrlEnv?: string | null
+  adminUrlFile?: string | null
+  owner?: string | null
 }
 
 /** Input of `tenants add`; hostnames must already be canonical. */
@@ -36,6 +83,8 @@ export interface NewTenant {
   upstream: string | null
   settings: Record<string, unknown>
   domains: readonly string[]
+  /** A registry database server; its host and port replace databaseHost/databasePort. */
+  databaseServer?: string | null
 }
 
 /** Fields `tenants update` may change; undefined leaves a field as it is, null clears it. */
@@ -47,6 +96,8 @@ export interface TenantPatch {
   upstream?: string | null
   settings?: Record<string, unknown>
   epoch?: 'bump'
+  /** A registry database server (null: none; the tenant keeps its host and port as given). */
+  databaseServer?: string | null
 }
 
 /**
@@ -104,7 +155,7 @@ function tenantRow ([id, slug, databaseName, databaseHost, databasePort, state, 
 }
 
 /** What a write is about, for naming it in constraint errors. */
-interface Subject { slug: string | null, databaseName: string | null, domains: readonly string[] }
+interface Subject { slug: string | null, databaseName: string | null, domains: readonly string[], server?: string | null }
 
 /** SQL access to one registry schema over an injected pool. */
 export class RegistryStore {
@@ -134,9 +185,9 @@ export class RegistryStore {
   async addTenant (input: NewTenant): Promise<Written<TenantRecord>> {
     return await this.#write(async (c) => {
       const r = await c.query<{ id: string }>(
-        `INSERT INTO ${this.#s}.tenants (slug, database_name, database_host, database_port, state, upstream, settings)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
-        [input.slug, input.databaseName, input.databaseHost, input.databasePort, input.state, input.upstream, JSON.stringify(input.settings)])
+        `INSERT INTO ${this.#s}.tenants (slug, database_name, database_host, database_port, state, upstream, settings, database_server)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`,
+        [input.slug, input.databaseName, input.databaseHost, input.databasePort, input.state, input.upstream, JSON.stringify(input.settings), input.databaseServer ?? null])
       const id = r.rows[0]?.id
       for (const [i, hostname] of input.domains.entries()) {
         await c.query(`INSERT INTO ${this.#s}.domains (hostname, tenant_id, kind) VALUES ($1, $2, $3)`, [hostname, id, i === 0 ? 'primary' : 'alias'])
@@ -160,6 +211,7 @@ export class RegistryStore {
     if (patch.upstream !== undefined) set('upstream', patch.upstream)
     if (patch.settings !== undefined) set('settings', JSON.stringify(patch.settings))
     if (patch.epoch === 'bump') sets.push('epoch = epoch + 1')
+    if (patch.databaseServer !== undefined) set('database_server', patch.databaseServer)
     if (sets.length === 0) throw tpError('TENANT_PROXY_ERR_CLI_USAGE', ['nothing to update: give at least one option such as --database or --state'])
     return await this.#write(async (c) => {
       values.push(slug)
@@ -417,8 +469,164 @@ export class RegistryStore {
     return { version: Number(row?.version ?? 0), tenants: row?.tenants ?? 0, domains: row?.domains ?? 0 }
   }
 
+  /**
+   * What would refuse a new tenant now (its slug, a domain, its database on that host and port),
+   * as the catalogue errors addTenant would raise, so provisioning can stop before it creates a
+   * database. Only a pre-check: the insert's constraints still decide.
+   */
+  async newTenantConflicts (input: { slug: string, domains: readonly string[], databaseName: string, host: string | null, port: number | null }): Promise<Error[]> {
+    const found: Error[] = []
+    const slug = await this.#pool.query(`SELECT 1 FROM ${this.#s}.tenants WHERE slug = $1`, [input.slug])
+    if (slug.rowCount !== 0) found.push(tpError('TENANT_PROXY_ERR_TENANT_EXISTS', [input.slug]))
+    const domains = await this.#pool.query<{ hostname: string, slug: string }>(
+      `SELECT d.hostname, t.slug FROM ${this.#s}.domains d JOIN ${this.#s}.tenants t ON t.id = d.tenant_id WHERE d.hostname = ANY($1::text[]) ORDER BY d.hostname`, [input.domains])
+    for (const r of domains.rows) found.push(tpError('TENANT_PROXY_ERR_DOMAIN_TAKEN', [r.hostname, r.slug]))
+    const db = await this.#pool.query<{ slug: string }>(
+      `SELECT slug FROM ${this.#s}.tenants WHERE coalesce(database_host, '') = coalesce($1, '') AND coalesce(database_port, 0) = coalesce($2, 0) AND database_name = $3`,
+      [input.host, input.port, input.databaseName])
+    const owner = db.rows[0]?.slug
+    if (owner !== undefined) found.push(tpError('TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN', [databaseLabel({ name: input.databaseName, host: input.host, port: input.port }).replace(/^database /, ''), owner]))
+    return found
+  }
+
+  /**
+   * Writes adopted tenants in one transaction (registry adopt). The tenant tables are locked
+   * against other writers for its duration (SHARE ROW EXCLUSIVE: the proxies' reads go on), so
+   * what is checked here is what is written. A candidate whose tenant exists already with the same
+   * database and domain is unchanged, or, when its state or settings differ, updated with `update`
+   * (else reported as differing); one whose slug, domain or database belongs to another tenant is
+   * refused. `dryRun` rolls back.
+   */
+  async adoptTenants (candidates: readonly AdoptCandidate[], location: { server: string | null, host: string | null, port: number | null }, opts: { update: boolean, dryRun: boolean }): Promise<Written<AdoptOutcome[]>> {
+    return await this.#transaction('BEGIN', opts.dryRun ? 'ROLLBACK' : 'COMMIT', async (c) => {
+      await c.query(`LOCK TABLE ${this.#s}.tenants, ${this.#s}.domains IN SHARE ROW EXCLUSIVE MODE`)
+      const outcomes: AdoptOutcome[] = []
+      const slugs = candidates.map((x) => x.slug)
+      const existing = new Map((await c.query<TenantRecord>(`${this.#selectTenants()} WHERE t.slug = ANY($1::text[])`, [slugs])).rows.map((t) => [t.slug, normalize(t)]))
+      const hostnames = candidates.flatMap((x) => x.domains)
+      const owners = new Map((await c.query<{ hostname: string, slug: string }>(
+        `SELECT d.hostname, t.slug FROM ${this.#s}.domains d JOIN ${this.#s}.tenants t ON t.id = d.tenant_id WHERE d.hostname = ANY($1::text[])`, [hostnames])).rows.map((r) => [r.hostname, r.slug]))
+      const users = new Map((await c.query<{ database_name: string, slug: string }>(
+        `SELECT database_name, slug FROM ${this.#s}.tenants WHERE coalesce(database_host, '') = coalesce($1, '') AND coalesce(database_port, 0) = coalesce($2::int, 0) AND database_name = ANY($3::text[])`,
+        [location.host, location.port, candidates.map((x) => x.databaseName)])).rows.map((r) => [r.database_name, r.slug]))
+      const sameLocation = (t: TenantRecord): boolean => t.database_host === location.host && t.database_port === location.port
+      for (const x of candidates) {
+        const out = (action: AdoptOutcome['action'], reason: string | null = null): void => { outcomes.push({ key: x.key, slug: x.slug, action, reason }) }
+        const t = existing.get(x.slug)
+        if (t !== undefined) {
+          const hosts = t.domains.map((d) => d.hostname)
+          if (t.database_name !== x.databaseName || !sameLocation(t) || !x.domains.every((h) => hosts.includes(h))) {
+            out('refused', `slug ${x.slug} is tenant ${x.slug} with database ${t.database_name} and domain(s) ${hosts.join(', ')}; give slugs with --slug-column`)
+            continue
+          }
+          const changes: string[] = []
+          if (t.state !== x.state) changes.push(`state ${t.state} → ${x.state}`)
+          if (stableJson(t.settings) !== stableJson(x.settings)) changes.push('settings')
+          if (changes.length === 0) { out('unchanged'); continue }
+          if (!opts.update) { out('differs', `${changes.join(', ')} (--update applies it)`); continue }
+          await c.query(`UPDATE ${this.#s}.tenants SET state = $2, settings = $3 WHERE slug = $1`, [x.slug, x.state, JSON.stringify(x.settings)])
+          out('updated', changes.join(', '))
+          continue
+        }
+        const taken = x.domains.map((h) => [h, owners.get(h)] as const).find(([, owner]) => owner !== undefined)
+        if (taken !== undefined) { out('refused', `domain ${taken[0]} already belongs to tenant ${taken[1] ?? ''}`); continue }
+        const user = users.get(x.databaseName)
+        if (user !== undefined) { out('refused', `database ${x.databaseName} is already used by tenant ${user}`); continue }
+        const r = await c.query<{ id: string }>(
+          `INSERT INTO ${this.#s}.tenants (slug, database_name, database_host, database_port, database_server, state, settings)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+          [x.slug, x.databaseName, location.server === null ? location.host : null, location.server === null ? location.port : null, location.server, x.state, JSON.stringify(x.settings)])
+        for (const [i, hostname] of x.domains.entries()) {
+          await c.query(`INSERT INTO ${this.#s}.domains (hostname, tenant_id, kind) VALUES ($1, $2, $3)`, [hostname, r.rows[0]?.id, i === 0 ? 'primary' : 'alias'])
+          owners.set(hostname, x.slug)
+        }
+        users.set(x.databaseName, x.slug)
+        out('created')
+      }
+      return { result: outcomes, version: await this.#versionIn(c) }
+    }, { slug: null, databaseName: null, domains: [] })
+  }
+
+  /** Every database server with the number of tenants naming it, by name. */
+  async listServers (): Promise<ServerRecord[]> {
+    const r = await this.#pool.query<ServerRecord>(`${this.#selectServers()} ORDER BY s.name`)
+    return r.rows
+  }
+
+  /** The server of this name, or null. */
+  async findServer (name: string): Promise<ServerRecord | null> {
+    const r = await this.#pool.query<ServerRecord>(`${this.#selectServers()} WHERE s.name = $1`, [name])
+    return r.rows[0] ?? null
+  }
+
+  /** Registers a database server. */
+  async addServer (input: NewServer): Promise<Written<ServerRecord>> {
+    return await this.#write(async (c) => {
+      await c.query(
+        `INSERT INTO ${this.#s}.database_servers (name, host, port, admin_url_env, admin_url_file, owner) VALUES ($1, $2, $3, $4, $5, $6)`,
+        [input.name, input.host, input.port, input.adminUrlEnv, input.adminUrlFile, input.owner])
+      return await this.#mustFindServer(c, input.name)
+    }, { slug: null, databaseName: null, domains: [], server: input.name })
+  }
+
+  /**
+   * Changes a server. A new host or port is copied into every tenant on it in this transaction
+   * (migration 003's trigger): one registry version, every tenant logged as changed, epochs bumped.
+   */
+  async updateServer (name: string, patch: ServerPatch): Promise<Written<{ server: ServerRecord, tenantsMoved: number }>> {
+    const sets: string[] = []
+    const values: unknown[] = []
+    const set = (column: string, value: unknown): void => {
+      values.push(value)
+      sets.push(`${column} = $${values.length}`)
+    }
+    if (patch.host !== undefined) set('host', patch.host)
+    if (patch.port !== undefined) set('port', patch.port)
+    if (patch.adminUrlEnv !== undefined) set('admin_url_env', patch.adminUrlEnv)
+    if (patch.adminUrlFile !== undefined) set('admin_url_file', patch.adminUrlFile)
+    if (patch.owner !== undefined) set('owner', patch.owner)
+    if (sets.length === 0) throw tpError('TENANT_PROXY_ERR_CLI_USAGE', ['nothing to update: give at least one option such as --host or --port'])
+    return await this.#write(async (c) => {
+      const before = await c.query<{ host: string, port: number }>(`SELECT host, port FROM ${this.#s}.database_servers WHERE name = $1 FOR UPDATE`, [name])
+      const old = before.rows[0]
+      if (old === undefined) throw tpError('TENANT_PROXY_ERR_SERVER_NOT_FOUND', [name])
+      values.push(name)
+      await c.query(`UPDATE ${this.#s}.database_servers SET ${sets.join(', ')} WHERE name = $${values.length}`, values)
+      const server = await this.#mustFindServer(c, name)
+      const moved = server.host !== old.host || server.port !== old.port ? server.tenants : 0
+      return { server, tenantsMoved: moved }
+    }, { slug: null, databaseName: null, domains: [], server: name })
+  }
+
+  /** Removes a server no tenant names (refused, naming them, otherwise); `dryRun` checks and rolls back. */
+  async removeServer (name: string, opts: { dryRun?: boolean } = {}): Promise<Written<ServerRecord>> {
+    const subject = { slug: null, databaseName: null, domains: [], server: name }
+    return await this.#transaction('BEGIN', opts.dryRun === true ? 'ROLLBACK' : 'COMMIT', async (c) => {
+      const server = await this.#mustFindServer(c, name)
+      if (server.tenants > 0) throw await this.#serverInUse(name)
+      // The foreign key (ON DELETE RESTRICT) still refuses a tenant added since the count.
+      await c.query(`DELETE FROM ${this.#s}.database_servers WHERE name = $1`, [name])
+      return { result: server, version: await this.#versionIn(c) }
+    }, subject)
+  }
+
+  #selectServers (): string {
+    return `SELECT s.name, s.host, s.port, s.admin_url_env, s.admin_url_file, s.owner,
+      (SELECT count(*)::int FROM ${this.#s}.tenants t WHERE t.database_server = s.name) AS tenants,
+      to_char(s.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
+      to_char(s.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS updated_at
+      FROM ${this.#s}.database_servers s`
+  }
+
+  async #mustFindServer (c: pg.PoolClient, name: string): Promise<ServerRecord> {
+    const r = await c.query<ServerRecord>(`${this.#selectServers()} WHERE s.name = $1`, [name])
+    const row = r.rows[0]
+    if (row === undefined) throw tpError('TENANT_PROXY_ERR_SERVER_NOT_FOUND', [name])
+    return row
+  }
+
   #selectTenants (): string {
-    return `SELECT t.slug, t.state, t.database_name, t.database_host, t.database_port, t.upstream, t.epoch, t.settings,
+    return `SELECT t.slug, t.state, t.database_name, t.database_host, t.database_port, t.database_server, t.upstream, t.epoch, t.settings,
       coalesce((SELECT json_agg(json_build_object('hostname', d.hostname, 'kind', d.kind) ORDER BY d.kind DESC, d.hostname)
                 FROM ${this.#s}.domains d WHERE d.tenant_id = t.id), '[]'::json) AS domains,
       to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
@@ -496,8 +704,22 @@ export class RegistryStore {
         return tpError('TENANT_PROXY_ERR_TENANT_DATABASE_TAKEN', [db, owner.rows[0]?.slug ?? 'another tenant'], err)
       }
     }
+    if (e.code === '23505' && e.constraint === 'database_servers_pkey') return tpError('TENANT_PROXY_ERR_SERVER_EXISTS', [values?.[0] ?? subject.server ?? ''], err)
+    if (e.code === '23503' && e.constraint === 'tenants_database_server_fkey') {
+      // Inserting or updating a tenant: the server does not exist; deleting a server: tenants use it.
+      if (/is still referenced/.test(e.detail ?? '')) return await this.#serverInUse(subject.server ?? '', err)
+      return tpError('TENANT_PROXY_ERR_SERVER_NOT_FOUND', [/\(database_server\)=\((.*)\)/.exec(e.detail ?? '')?.[1] ?? subject.server ?? ''], err)
+    }
     if (e.code === '23514') return tpError('TENANT_PROXY_ERR_TENANT_INVALID', [`value refused by registry constraint ${e.constraint ?? '(unnamed)'}`], err)
     return err
+  }
+
+  async #serverInUse (name: string, cause?: unknown): Promise<Error> {
+    const r = await this.#pool.query<{ slug: string, n: number }>(
+      `SELECT slug, count(*) OVER ()::int AS n FROM ${this.#s}.tenants WHERE database_server = $1 ORDER BY slug LIMIT 10`, [name])
+    const n = r.rows[0]?.n ?? 0
+    const slugs = r.rows.map((x) => x.slug).join(', ')
+    return tpError('TENANT_PROXY_ERR_SERVER_IN_USE', [name, n, `${slugs}${n > r.rows.length ? ', …' : ''}`], cause)
   }
 }
 
@@ -505,6 +727,13 @@ export class RegistryStore {
 function keyValues (detail: string | undefined): string[] | null {
   const m = /\)=\((.*)\) already exists/.exec(detail ?? '')
   return m === null ? null : (m[1] ?? '').split(', ')
+}
+
+/** JSON with object keys sorted, for comparing settings by value. */
+function stableJson (value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => v !== null && typeof v === 'object' && !Array.isArray(v)
+    ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0))
+    : v)
 }
 
 function normalize (row: TenantRecord): TenantRecord {

@@ -10,10 +10,14 @@ import type { DomainKind, TenantRecord } from './store.js'
 
 export { databaseLabel, formatProblems, type DatabaseLocation, type ImportProblem } from './problems.js'
 
-/** One tenant as exported and imported: the CLI's record without what the registry assigns. */
-export type TransferTenant = Omit<TenantRecord, 'epoch' | 'created_at' | 'updated_at'>
+/**
+ * One tenant as exported and imported: the CLI's record without what the registry assigns. The
+ * database server's name is not part of it: a line carries the host and port the server had.
+ */
+export type TransferTenant = Omit<TenantRecord, 'epoch' | 'created_at' | 'updated_at' | 'database_server'>
 
-const KEYS = new Set(['slug', 'state', 'database_name', 'database_host', 'database_port', 'upstream', 'epoch', 'settings', 'domains', 'created_at', 'updated_at'])
+// database_server (tenants show --json) is accepted and ignored like the timestamps.
+const KEYS = new Set(['slug', 'state', 'database_name', 'database_host', 'database_port', 'database_server', 'upstream', 'epoch', 'settings', 'domains', 'created_at', 'updated_at'])
 
 /** The export line of a tenant. */
 export function exportLine (t: TenantRecord): string {

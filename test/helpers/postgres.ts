@@ -35,6 +35,23 @@ export async function throwawayDatabase (t: Test, prefix = 'tp_test'): Promise<s
   return databaseUrl(admin, name)
 }
 
+/**
+ * A unique name for a database the code under test creates itself (tenants create, a tenant a
+ * test registers): nothing is created here, but whatever exists under the name at teardown is
+ * dropped (WITH (FORCE)), so a test that fails half-way leaves no database behind either.
+ */
+export async function databaseNameForTest (t: Test, prefix = 'tp_tenant'): Promise<string> {
+  if (!/^[a-z_][a-z0-9_]*$/.test(prefix)) throw new Error(`database name prefix must be a lower-case identifier, got ${prefix}`)
+  const admin = await testServerUrl()
+  const name = `${prefix}_${process.pid}_${randomBytes(4).toString('hex')}`
+  t.teardown(async () => {
+    await withClient(admin, async (client) => {
+      await client.query(`DROP DATABASE IF EXISTS ${client.escapeIdentifier(name)} WITH (FORCE)`)
+    })
+  })
+  return name
+}
+
 /** `url` with its database replaced by `database`. */
 export function databaseUrl (url: string, database: string): string {
   const u = new URL(url)
