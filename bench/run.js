@@ -13,6 +13,7 @@
 //   BENCH_WORKERS=1,2 npm run bench      # tenant-proxy once per worker count (TENANT_PROXY_WORKERS=<n>)
 //   BENCH_LOG_LEVEL=warn npm run bench   # tenant-proxy without its access log (default info: on)
 //   BENCH_PROFILE_DIR=/tmp/prof npm run bench   # also a V8 CPU profile of every node server
+//   BENCH_BASELINE=../other-checkout npm run bench   # also that checkout's tenant-proxy (built), in the same rounds
 //
 // Other knobs: BENCH_DATABASE_URL (admin URL of the PostgreSQL that gets a throwaway database;
 // default postgres://postgres@127.0.0.1:5432/postgres), BENCH_HOSTS (distinct tenant hosts
@@ -57,16 +58,18 @@ const WORKERS = process.env.BENCH_WORKERS === undefined || process.env.BENCH_WOR
   if (!Number.isInteger(n) || n < 1) badKnob(`BENCH_WORKERS: ${JSON.stringify(w)} is not a worker count (a comma-separated list of integers ≥ 1, like 1,2)`)
   return n
 })
+const BASELINE = baselineCheckout(process.env.BENCH_BASELINE)
 const SERVER_KINDS = ['bare', 'tenant-proxy', 'nginx']
 const SERVERS = (process.env.BENCH_SERVERS ?? SERVER_KINDS.join(',')).split(',').map((s) => s.trim()).filter((s) => s !== '')
 for (const s of SERVERS) if (!SERVER_KINDS.includes(s)) badKnob(`BENCH_SERVERS: unknown server ${s}; servers: ${SERVER_KINDS.join(', ')}`)
+if (BASELINE !== null && !SERVERS.includes('tenant-proxy')) badKnob('BENCH_BASELINE needs tenant-proxy among BENCH_SERVERS')
 if (THREADS > CONNECTIONS) badKnob('BENCH_THREADS must not exceed BENCH_CONNECTIONS (wrk needs a connection per thread)')
 const DESCRIPTOR_HEADER = 'x-tenant-descriptor' // the proxy's default descriptor.header
 const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100 // /proc/<pid>/stat times are in these
 const START_TIMEOUT_MS = 60_000
 const STOP_TIMEOUT_MS = 15_000
 const COMMAND = 'npm run bench'
-const KNOBS = ['BENCH_DATABASE_URL', 'BENCH_TENANTS', 'BENCH_HOSTS', 'BENCH_ROUNDS', 'BENCH_SECONDS', 'BENCH_WARMUP_SECONDS', 'BENCH_CONNECTIONS', 'BENCH_THREADS', 'BENCH_LOG_LEVEL', 'BENCH_SERVERS', 'BENCH_WORKERS', 'BENCH_PIN', 'BENCH_NGINX', 'BENCH_OUTPUT', 'BENCH_PROFILE_DIR']
+const KNOBS = ['BENCH_BASELINE', 'BENCH_DATABASE_URL', 'BENCH_TENANTS', 'BENCH_HOSTS', 'BENCH_ROUNDS', 'BENCH_SECONDS', 'BENCH_WARMUP_SECONDS', 'BENCH_CONNECTIONS', 'BENCH_THREADS', 'BENCH_LOG_LEVEL', 'BENCH_SERVERS', 'BENCH_WORKERS', 'BENCH_PIN', 'BENCH_NGINX', 'BENCH_OUTPUT', 'BENCH_PROFILE_DIR']
 
 // ---- CPUs ----------------------------------------------------------------------------------
 const CPUS = availableParallelism()
@@ -147,6 +150,7 @@ async function run () {
   if (SERVERS.includes('tenant-proxy')) {
     const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' })
     for (const workers of WORKERS) targets.push(await startTenantProxy(dbUrl.toString(), upstream.origin, key, workers))
+    if (BASELINE !== null) targets.push(await startTenantProxy(dbUrl.toString(), upstream.origin, key, null, BASELINE))
   }
   // What the app receives from each, and the descriptors nginx will inject: tenant-proxy's own.
   let descriptors = null
@@ -233,8 +237,9 @@ async function startBare (origin) {
   return { name: 'bare', kind: 'bare', label: 'bare Fastify + @fastify/http-proxy', child, port, plan, logFile: null }
 }
 
-async function startTenantProxy (dbUrl, origin, key, workers) {
-  const name = workers === null ? 'tenant-proxy' : `tenant-proxy ×${workers}`
+/** tenant-proxy from this checkout's dist/, or from `baseline`'s (another checkout, built). */
+async function startTenantProxy (dbUrl, origin, key, workers, baseline = null) {
+  const name = baseline !== null ? 'baseline' : workers === null ? 'tenant-proxy' : `tenant-proxy ×${workers}`
   const plan = cpuPlan(workers ?? 1)
   const trafficPort = await freePort()
   const logFile = path.join(tmp, `${name.replace(/\W+/g, '-')}.log`)
@@ -254,11 +259,13 @@ async function startTenantProxy (dbUrl, origin, key, workers) {
   // The workers setting (issue 14, item 2) is set only when asked for: a proxy without it
   // refuses the variable (unknown configuration key, exit 78), and the run stops saying so.
   if (workers !== null) env.TENANT_PROXY_WORKERS = String(workers)
-  const child = spawnChild(name, ...pinned(plan.server, nodeArgs(['dist/src/main.js', 'serve'])), env, { stdout: logFile })
+  const main = baseline === null ? 'dist/src/main.js' : path.join(baseline.dir, 'dist/src/main.js')
+  const child = spawnChild(name, ...pinned(plan.server, nodeArgs([main, 'serve'])), env, { stdout: logFile })
   const details = [LOG_LEVEL === 'info' ? 'access log on' : `log level ${LOG_LEVEL}`]
   if (workers !== null) details.push(`${workers} worker${workers === 1 ? '' : 's'}`)
+  if (baseline !== null) details.push(`baseline: code ${baseline.revision}`)
   const label = `tenant-proxy (${details.join(', ')})`
-  const t = { name, kind: 'tenant-proxy', label, child, port: trafficPort, plan, logFile, workers }
+  const t = { name, kind: 'tenant-proxy', label, child, port: trafficPort, plan, logFile, workers, baseline: baseline !== null }
   try {
     await waitFor(child, name, () => status(trafficPort, '/up', 'bench.invalid').then((s) => s === 200))
   } catch (err) {
@@ -445,7 +452,7 @@ async function probeHeaders (target, hosts) {
 // ---- measurement ---------------------------------------------------------------------------
 /** One wrk run of `seconds` against `target`, with the CPU, memory and I/O of its processes. */
 async function measure (target, upstream, hostsFile, seconds) {
-  const statsBefore = await upstreamStats(upstream)
+  const statsBefore = await settledStats(upstream)
   const cpuBefore = treeCpu(target.child.pid)
   const ioBefore = treeIo(target.child.pid)
   const upBefore = cpuOf(upstream.child.pid)
@@ -462,7 +469,7 @@ async function measure (target, upstream, hostsFile, seconds) {
   const upAfter = cpuOf(upstream.child.pid)
   const reapedAfter = reapedChildrenCpu()
   const serverCpusAfter = cpuTimes(target.plan.server)
-  const statsAfter = await upstreamStats(upstream)
+  const statsAfter = await settledStats(upstream)
   if (code !== 0) throw new BenchError(`wrk exited with ${code}: ${out.slice(-500)}${wrk.stderrTail()}`)
   const line = out.split('\n').find((l) => l.startsWith('BENCH_JSON '))
   if (line === undefined) throw new BenchError(`wrk printed no BENCH_JSON line:\n${out}`)
@@ -476,8 +483,11 @@ async function measure (target, upstream, hostsFile, seconds) {
   // served (which can exceed wrk's count by the requests in flight when wrk stopped).
   const notFromApp = Math.max(0, done - served)
   const noDescriptor = target.kind === 'bare' ? 0 : served - withDescriptor
+  // Bare sends no X-Forwarded-For: requests without the descriptor but with it came from a
+  // tenant-aware server, not from a straggler of bare's round.
+  const forwardedNoDescriptor = statsAfter.forwardedWithoutDescriptor - statsBefore.forwardedWithoutDescriptor
   const e = w.errors
-  const parts = [['connect', e.connect], ['read', e.read], ['write', e.write], ['timeout', e.timeout], ['status ≥ 400', e.status], ['not from the app', notFromApp], ['no descriptor', noDescriptor]].filter(([, n]) => n > 0)
+  const parts = [['connect', e.connect], ['read', e.read], ['write', e.write], ['timeout', e.timeout], ['status ≥ 400', e.status], ['not from the app', notFromApp], [`no descriptor (${forwardedNoDescriptor} with X-Forwarded-For)`, noDescriptor]].filter(([, n]) => n > 0)
   const delta = (a, b, field) => Math.max(0, sumTree(b, field) - sumTree(a, field, b))
   const userTicks = delta(cpuBefore, cpuAfter, 'user')
   const sysTicks = delta(cpuBefore, cpuAfter, 'sys')
@@ -510,6 +520,28 @@ async function measure (target, upstream, hostsFile, seconds) {
     processes: cpuAfter.size,
     errors: parts.reduce((n, [, x]) => n + x, 0),
     errorDetail: parts.map(([what, n]) => `${n} ${what}`).join(', ')
+  }
+}
+
+/**
+ * The upstream's counters once they stop moving: a proxy may still be forwarding requests it
+ * read before wrk stopped, which would otherwise count in the next server's round. Polled every
+ * 50 ms until unchanged three times running, for at most 5 s.
+ */
+async function settledStats (upstream) {
+  const deadline = Date.now() + 5_000
+  let last = await upstreamStats(upstream)
+  let quiet = 0
+  for (;;) {
+    await sleep(50)
+    const now = await upstreamStats(upstream)
+    if (now.served === last.served) {
+      if (++quiet >= 3) return now
+    } else {
+      quiet = 0
+    }
+    if (Date.now() > deadline) return now
+    last = now
   }
 }
 
@@ -753,6 +785,7 @@ function report ({ targets, rounds }) {
   const bare = rows.find((r) => r.t.kind === 'bare')
   const nginx = rows.find((r) => r.t.kind === 'nginx')
   const tps = rows.filter((r) => r.t.kind === 'tenant-proxy')
+  const base = rows.find((r) => r.t.baseline === true)
   // A server that used less than 90 % of its CPUs while the load side used 90 % of its own was
   // waiting for the load generator, not the other way round.
   const bound = (r) => r.t.plan.server !== null && r.serverUse < 0.9 * r.t.plan.server.length && r.loadUse >= 0.9 * r.t.plan.load.length ? ' (load-generator bound)' : ''
@@ -780,13 +813,15 @@ function report ({ targets, rounds }) {
     for (const tp of tps) {
       if (bare !== undefined) lines.push(`| ${tp.t.name} / bare | ${ratio(tp.rps, bare.rps)} | ${ratio(tp.cpu, bare.cpu)} | ${ratio(tp.p99, bare.p99)} |`)
       if (nginx !== undefined) lines.push(`| ${tp.t.name} / nginx | ${ratio(tp.rps, nginx.rps)} | ${ratio(tp.cpu, nginx.cpu)} | ${ratio(tp.p99, nginx.p99)} |`)
+      if (base !== undefined && tp !== base) lines.push(`| ${tp.t.name} / baseline | ${ratio(tp.rps, base.rps)} | ${ratio(tp.cpu, base.cpu)} | ${ratio(tp.p99, base.p99)} |`)
     }
     lines.push('')
   }
-  if (tps.length > 0) {
+  const measured = tps.filter((r) => r !== base) // the targets are this checkout's, not the baseline's
+  if (measured.length > 0) {
     lines.push('Targets (issue 14):', '', '| target | figure | result |', '|---|---|---|')
-    for (const tp of tps) {
-      const tag = tps.length > 1 ? `${tp.t.name}: ` : ''
+    for (const tp of measured) {
+      const tag = measured.length > 1 ? `${tp.t.name}: ` : ''
       if (bare !== undefined) lines.push(`| ${tag}req/s ≥ 1.0× bare (required) | ${ratio(tp.rps, bare.rps)} | ${verdict(tp.rps >= bare.rps)} |`)
       lines.push(`| ${tag}CPU per request ≤ 70 µs (aimed for) | ${f(tp.cpu, 1)} µs | ${verdict(tp.cpu <= 70)} |`)
       if (bare !== undefined) lines.push(`| ${tag}p99 latency ≤ bare's (aimed for) | ${f(tp.p99, 2)} ms vs ${f(bare.p99, 2)} ms | ${verdict(tp.p99 <= bare.p99)} |`)
@@ -809,9 +844,10 @@ function report ({ targets, rounds }) {
     '',
     '- **bare**: Fastify + @fastify/http-proxy with the upstream options tenant-proxy uses and no tenant logic (bench/bare-proxy.js): the floor a Fastify proxy starts from.',
     `- **tenant-proxy**: \`node dist/src/main.js serve\` with its default configuration except the addresses, an ES256 key, no snapshot file and log level ${LOG_LEVEL} (${LOG_LEVEL === 'info' ? 'the access log on' : 'no access log'}), stdout to a file.`,
+    ...(BASELINE === null ? [] : [`- **baseline**: the same tenant-proxy setup run from another checkout's dist/ (BENCH_BASELINE, code ${BASELINE.revision}), in the same rounds.`]),
     `- **nginx** (where installed; skipped with a note otherwise): one worker, configured in the run's temp directory. A \`map $host\` over all ${TENANTS.toLocaleString('en-US')} hostnames, not only the requested ones, so the lookup works on a table the registry's size; the requested hosts map to the descriptors tenant-proxy signed for them (the very bytes it injects), every other host to a distinct string of the median descriptor's size${facts.descriptorBytes === null ? '' : ` (${facts.descriptorBytes} bytes)`}; unknown hosts get 404. It sets the descriptor header and the forwarding headers tenant-proxy sets (Host, X-Forwarded-For/-Proto/-Host/-Port, X-Request-Id, also on the response), keeps connections to the upstream (\`keepalive 128\`, HTTP/1.1) and writes a JSON access line per request with \`buffer=16k flush=1s\` (tenant-proxy batches its lines in 16 KiB and flushes every second). Started as root, the worker keeps the root user instead of dropping to nobody, so it can use the private temp directory and the benchmark can read its /proc files. It shows what the same work costs outside Node.`,
     '',
-    `wrk drives each server in turn for a round of ${SECONDS} s with ${CONNECTIONS} keep-alive connections; its script (bench/wrk-hosts.lua) sets the Host header of each request to the next of the ${HOSTS.toLocaleString('en-US')} requested hosts, spread evenly over the registry, and prints the latency percentiles. The order of the servers alternates between rounds, so drift in the machine's load hits each alike; figures are the medians of the rounds. ${PIN ? `The server under test runs alone on CPU ${cpuList(cpuPlan(1).server)} (taskset); wrk, the upstream and the benchmark share CPU ${cpuList(LOAD_CPUS)}. "CPU use" is the server's CPU time over the round's wall time: near 100 % means the server was the bottleneck; below, with the load side's CPU full, the load generator was ("load-generator bound"). "Others on its CPUs" is the time anything else ran on the server's CPUs (/proc/stat), as a share of their time: on a quiet machine near 0; when other work takes the server's CPU, its req/s drops and its latency grows, while its CPU µs/request moves much less.` : 'No CPU pinning (BENCH_PIN=0, one CPU, or no taskset).'}`,
+    `wrk drives each server in turn for a round of ${SECONDS} s with ${CONNECTIONS} keep-alive connections; its script (bench/wrk-hosts.lua) sets the Host header of each request to the next of the ${HOSTS.toLocaleString('en-US')} requested hosts, spread evenly over the registry, and prints the latency percentiles. The order of the servers alternates between rounds, so drift in the machine's load hits each alike; figures are the medians of the rounds. ${PIN ? `The server under test runs alone on CPU ${cpuList(cpuPlan(1).server)} (taskset); wrk, the upstream and the benchmark share CPU ${cpuList(LOAD_CPUS)}. "CPU use" is the server's CPU time over the round's wall time: near 100 % means the server was the bottleneck; below, with the load side's CPU full, the load generator was ("load-generator bound"). "Others on its CPUs" is the time anything else ran on the server's CPUs (/proc/stat), as a share of their time: near 0 on a quiet machine. Other work on the machine fills whatever a server leaves idle, and takes time from a busy server: its req/s drops and its latency grows, while its CPU µs/request moves much less.` : 'No CPU pinning (BENCH_PIN=0, one CPU, or no taskset).'}`,
     '',
     'CPU µs/request is the utime + stime (/proc/<pid>/stat) of every process of the server (nginx\'s master and worker; all of tenant-proxy\'s workers) over the round, divided by the responses wrk counted. Memory is the sum over those processes of their proportional set size (PSS, /proc/<pid>/smaps_rollup: resident memory with each shared page split among the processes that share it, so a page nginx\'s master and worker share counts once; for one process it is its RSS less its share of shared libraries), the highest after any round. An error is any wrk socket error or timeout, any status ≥ 400, any response the upstream did not serve (the upstream counts what it served; more responses than that means the proxy answered by itself), and, for tenant-proxy and nginx, any request that reached the upstream without the descriptor header. Before the rounds, each server is sent one request per requested host for the headers the app received (listed above).',
     '',
@@ -829,7 +865,7 @@ function noiseNote (rows) {
   const worst = others.length === 0 ? null : Math.max(...others)
   const load = Math.max(loadAtStart[0], loadavg()[0])
   if (load < 1 && (worst === null || worst < 0.05)) return []
-  return [`**Preliminary**: the machine was running other work (one-minute load average ${loadAtStart[0].toFixed(1)} at the start, ${loadavg()[0].toFixed(1)} at the end${worst === null ? '' : `; other processes took up to ${pctOf(worst)} of a server's CPU, median over the rounds`}). Absolute figures are lower and noisier than on an idle machine; the ratios, from interleaved rounds, hold better.`, '']
+  return [`**Preliminary**: the machine was running other work (one-minute load average ${loadAtStart[0].toFixed(1)} at the start, ${loadavg()[0].toFixed(1)} at the end${worst === null ? '' : `; other processes ran on a server's CPU up to ${pctOf(worst)} of the time, the highest of the servers' medians`}). Absolute figures are lower and noisier than on an idle machine; the ratios, from interleaved rounds, hold better.`, '']
 }
 
 function verdict (pass) { return pass ? 'pass' : '**FAIL**' }
@@ -841,6 +877,18 @@ function badKnob (message) {
   process.exit(2)
 }
 
+/** BENCH_BASELINE: another checkout of tenant-proxy, built, whose dist/ runs beside this one's. */
+function baselineCheckout (dir) {
+  if (dir === undefined || dir === '') return null
+  const abs = path.resolve(dir)
+  try {
+    statSync(path.join(abs, 'dist/src/main.js'))
+  } catch {
+    badKnob(`BENCH_BASELINE: ${abs} has no dist/src/main.js (a checkout of tenant-proxy after \`npm ci && npm run build\`)`)
+  }
+  return { dir: abs, revision: revision(abs) }
+}
+
 function int (name, dflt, min) {
   const raw = process.env[name]
   if (raw === undefined || raw === '') return dflt
@@ -850,10 +898,10 @@ function int (name, dflt, min) {
 }
 
 /** The commit measured, and whether src/ had uncommitted changes (dist/ is built from the working tree). */
-function revision () {
+function revision (dir = ROOT) {
   try {
-    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim()
-    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: ROOT, encoding: 'utf8' }).trim() !== ''
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: dir, encoding: 'utf8' }).trim()
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { cwd: dir, encoding: 'utf8' }).trim() !== ''
     return `${head}${dirty ? ' + uncommitted changes in src/' : ''}`
   } catch {
     return 'unknown (not a git checkout)'
@@ -866,7 +914,9 @@ function wrkVersion () {
 }
 
 function commandLine () {
-  const env = KNOBS.filter((k) => process.env[k] !== undefined).map((k) => `${k}=${k === 'BENCH_DATABASE_URL' ? redact(process.env[k]) : process.env[k]}`)
+  // A baseline's directory is this machine's business; its commit is what matters.
+  const value = (k) => k === 'BENCH_DATABASE_URL' ? redact(process.env[k]) : k === 'BENCH_BASELINE' ? `<checkout at ${BASELINE.revision}>` : process.env[k]
+  const env = KNOBS.filter((k) => process.env[k] !== undefined).map((k) => `${k}=${value(k)}`)
   return [...env, COMMAND].join(' ')
 }
 
