@@ -2,9 +2,9 @@
 // ES256 descriptors) against bare Fastify + @fastify/http-proxy and, where it is installed, nginx
 // with one worker (a host map and an injected header of the descriptor's size), all in front of
 // the same local upstream, with wrk as the load generator, in interleaved rounds so machine drift
-// hits every server alike. Reports per server req/s, p50/p99 latency, CPU time per request, RSS
-// and errors (medians of the rounds), the ratios and the targets of issue 14, and writes
-// docs/benchmarks.md. Not run in CI.
+// hits every server alike. Reports per server req/s, p50/p99 latency, CPU time per request,
+// memory and errors (medians of the rounds), the ratios and the targets of issue 14, and writes
+// docs/benchmarks.md (whose footer says how it measures). Not run in CI.
 //
 //   npm run bench                        # defaults below (builds dist/ first)
 //   BENCH_ROUNDS=5 BENCH_SECONDS=5 BENCH_CONNECTIONS=32 BENCH_TENANTS=100000 npm run bench
@@ -23,7 +23,9 @@
 // empty writes none).
 //
 // Pinning (with 2+ CPUs and taskset): each server under test runs alone on the last CPU; wrk,
-// the upstream and this script share the others. Servers are measured one at a time.
+// the upstream and this script share the others. Servers are measured one at a time. A
+// tenant-proxy with n workers gets the last n CPUs, or every CPU when that would leave none to
+// the load generator (on 2 CPUs, 2 workers share CPU 0 with wrk and the upstream).
 //
 // Everything is on 127.0.0.1; every wait and every load run is bounded in time; every child is
 // stopped by PID (with its descendants: nginx's worker, tenant-proxy's workers), the throwaway
@@ -118,7 +120,7 @@ async function cleanup () {
 const startedAt = new Date()
 const loadAtStart = loadavg()
 const codeRevision = revision()
-const facts = { nginx: null, descriptorBytes: null, headers: {}, notes: [] }
+const facts = { nginx: null, descriptorBytes: null, realDescriptors: null, headers: {}, notes: [] }
 try {
   report(await run())
 } catch (err) {
@@ -162,7 +164,7 @@ async function run () {
   if (SERVERS.includes('nginx')) {
     const nginx = nginxBinary()
     if (nginx === null) {
-      const note = 'nginx: not installed, skipped (Debian: `apt-get install nginx-light`; or BENCH_NGINX=/path/to/nginx)'
+      const note = process.env.BENCH_NGINX === '0' ? 'nginx: skipped (BENCH_NGINX=0)' : 'nginx: not installed, skipped (Debian: `apt-get install nginx-light`; or BENCH_NGINX=/path/to/nginx)'
       console.error(note)
       facts.notes.push(note)
     } else {
@@ -301,6 +303,7 @@ async function startNginx (binary, origin, hosts, descriptors) {
   if (descriptors !== null) hosts.forEach((h, i) => known.set(h, descriptors[i]))
   const size = descriptors === null ? 600 : median(descriptors.map((d) => d.length))
   facts.descriptorBytes = size
+  facts.realDescriptors = descriptors !== null
   const mapFile = path.join(dir, 'tenants.map')
   const fd = openSync(mapFile, 'w')
   try {
@@ -845,7 +848,7 @@ function report ({ targets, rounds }) {
     '- **bare**: Fastify + @fastify/http-proxy with the upstream options tenant-proxy uses and no tenant logic (bench/bare-proxy.js): the floor a Fastify proxy starts from.',
     `- **tenant-proxy**: \`node dist/src/main.js serve\` with its default configuration except the addresses, an ES256 key, no snapshot file and log level ${LOG_LEVEL} (${LOG_LEVEL === 'info' ? 'the access log on' : 'no access log'}), stdout to a file.`,
     ...(BASELINE === null ? [] : [`- **baseline**: the same tenant-proxy setup run from another checkout's dist/ (BENCH_BASELINE, code ${BASELINE.revision}), in the same rounds.`]),
-    `- **nginx** (where installed; skipped with a note otherwise): one worker, configured in the run's temp directory. A \`map $host\` over all ${TENANTS.toLocaleString('en-US')} hostnames, not only the requested ones, so the lookup works on a table the registry's size; the requested hosts map to the descriptors tenant-proxy signed for them (the very bytes it injects), every other host to a distinct string of the median descriptor's size${facts.descriptorBytes === null ? '' : ` (${facts.descriptorBytes} bytes)`}; unknown hosts get 404. It sets the descriptor header and the forwarding headers tenant-proxy sets (Host, X-Forwarded-For/-Proto/-Host/-Port, X-Request-Id, also on the response), keeps connections to the upstream (\`keepalive 128\`, HTTP/1.1) and writes a JSON access line per request with \`buffer=16k flush=1s\` (tenant-proxy batches its lines in 16 KiB and flushes every second). Started as root, the worker keeps the root user instead of dropping to nobody, so it can use the private temp directory and the benchmark can read its /proc files. It shows what the same work costs outside Node.`,
+    `- **nginx** (where installed; skipped with a note otherwise): one worker, configured in the run's temp directory. A \`map $host\` over all ${TENANTS.toLocaleString('en-US')} hostnames, not only the requested ones, so the lookup works on a table the registry's size; ${facts.realDescriptors === false ? `without tenant-proxy in the run, every host maps to a distinct ${facts.descriptorBytes}-byte stand-in` : `the requested hosts map to the descriptors tenant-proxy signed for them (the very bytes it injects), every other host to a distinct string of the median descriptor's size${facts.descriptorBytes === null ? '' : ` (${facts.descriptorBytes} bytes)`}`}; unknown hosts get 404. It sets the descriptor header and the forwarding headers tenant-proxy sets (Host, X-Forwarded-For/-Proto/-Host/-Port, X-Request-Id, also on the response), keeps connections to the upstream (\`keepalive 128\`, HTTP/1.1) and writes a JSON access line per request with \`buffer=16k flush=1s\` (tenant-proxy batches its lines in 16 KiB and flushes every second). Started as root, the worker keeps the root user instead of dropping to nobody, so it can use the private temp directory and the benchmark can read its /proc files. It shows what the same work costs outside Node.`,
     '',
     `wrk drives each server in turn for a round of ${SECONDS} s with ${CONNECTIONS} keep-alive connections; its script (bench/wrk-hosts.lua) sets the Host header of each request to the next of the ${HOSTS.toLocaleString('en-US')} requested hosts, spread evenly over the registry, and prints the latency percentiles. The order of the servers alternates between rounds, so drift in the machine's load hits each alike; figures are the medians of the rounds. ${PIN ? `The server under test runs alone on CPU ${cpuList(cpuPlan(1).server)} (taskset); wrk, the upstream and the benchmark share CPU ${cpuList(LOAD_CPUS)}. "CPU use" is the server's CPU time over the round's wall time: near 100 % means the server was the bottleneck; below, with the load side's CPU full, the load generator was ("load-generator bound"). "Others on its CPUs" is the time anything else ran on the server's CPUs (/proc/stat), as a share of their time: near 0 on a quiet machine. Other work on the machine fills whatever a server leaves idle, and takes time from a busy server: its req/s drops and its latency grows, while its CPU µs/request moves much less.` : 'No CPU pinning (BENCH_PIN=0, one CPU, or no taskset).'}`,
     '',
