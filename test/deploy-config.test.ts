@@ -50,7 +50,8 @@ function strings (value: unknown): string[] {
 /** Placeholder values for secrets, valid enough for the config loader. */
 const SECRET_PLACEHOLDERS: Readonly<Record<string, string>> = {
   REGISTRY_DATABASE_URL: 'postgres://tenant_proxy_ro:placeholder@registry-db.internal:5432/tenant_registry',
-  RAILS_MASTER_KEY: 'placeholder'
+  RAILS_MASTER_KEY: 'placeholder',
+  TENANT_PROXY_OPS_DESCRIPTOR_API_TOKENS: 'placeholder-token-of-at-least-32-characters'
 }
 
 /** Loads the config an env section describes; key files read as a fresh PEM, other files do not exist. */
