@@ -53,7 +53,7 @@ t.test('the cache signs once per host and target, and re-signs inside the refres
   let now = NOW
   let signatures = 0
   const ring = loadKeyring([{ key: 'y'.repeat(32), alg: 'HS256' }])
-  const cache = new DescriptorCache({ keyring: ring, issuer: 'i', audience: 'a', ttlS: 60, refreshMarginS: 20, now: () => now, onSign: () => { signatures++ } })
+  const cache = new DescriptorCache({ keyring: ring, issuer: 'i', audience: 'a', ttlS: 60, refreshMarginS: 20, now: () => now, onSign: () => { signatures++ }, random: () => 0 })
   const acme = target()
   const first = cache.get(acme, 'acme.example.com')
   t.equal(cache.get(acme, 'acme.example.com'), first, 'hit returns the identical token')
@@ -109,7 +109,7 @@ t.test('issue: the cached token with its exp when one is fresh, else a new one t
   let now = NOW
   let signed = 0
   const ring = loadKeyring([{ key: 'x'.repeat(40), alg: 'HS256' }])
-  const cache = new DescriptorCache({ keyring: ring, issuer: 'i', audience: 'a', ttlS: 60, refreshMarginS: 20, now: () => now, onSign: () => { signed++ } })
+  const cache = new DescriptorCache({ keyring: ring, issuer: 'i', audience: 'a', ttlS: 60, refreshMarginS: 20, now: () => now, onSign: () => { signed++ }, random: () => 0 })
   const acme = target()
   const claimsOf = (token: string): DescriptorClaims => JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString()) as DescriptorClaims
   const fresh = cache.issue(acme, 'acme.test')
@@ -129,4 +129,32 @@ t.test('issue: the cached token with its exp when one is fresh, else a new one t
   t.equal(signed, 4, 'without replacing the cached entry: get signs its own')
   const moved = { ...acme, epoch: 4 }
   t.equal(claimsOf(cache.issue(moved, 'acme.test').token).epoch, 4, 'a changed target is never served the old token')
+})
+
+t.test('hosts signed together fall due over half the refresh margin, not in one instant', async (t) => {
+  let now = NOW
+  let signed = 0
+  let draw = 0
+  // 1,000 evenly spaced draws from [0, 1): the jitter's whole range, deterministically.
+  const random = (): number => (draw++ % 1000) / 1000
+  const ring = loadKeyring([{ key: 'z'.repeat(32), alg: 'HS256' }])
+  const cache = new DescriptorCache({ keyring: ring, issuer: 'i', audience: 'a', ttlS: 60, refreshMarginS: 20, now: () => now, onSign: () => { signed++ }, random })
+  const acme = target()
+  const hosts = Array.from({ length: 1000 }, (_, i) => `t${i}.test`)
+  for (const host of hosts) cache.get(acme, host)
+  t.equal(signed, 1000)
+  const dueBy = (ms: number): number => {
+    now = NOW + ms
+    const before = signed
+    for (const host of hosts) cache.get(acme, host)
+    return signed - before
+  }
+  t.equal(dueBy(30_009), 0, 'none before exp - margin - margin/2 (30 s, the largest draw 0.999 → 30.01 s)')
+  t.equal(dueBy(30_010), 1, 'the first at 30.01 s')
+  t.equal(dueBy(35_000), 500 - 1, 'half of them by 35 s')
+  t.equal(dueBy(40_000), 500, 'all of them by exp - margin (40 s)')
+  // issue() returns the exp the cached token carries, whatever its jitter.
+  now = NOW + 20_000
+  const fresh = cache.get(acme, 'fresh.test')
+  t.same(cache.issue(acme, 'fresh.test'), { token: fresh, exp: (NOW + 20_000) / 1000 + 60 })
 })

@@ -42,18 +42,30 @@ export interface DescriptorCacheOptions {
   now?: () => number
   /** Called after each signature (metrics). */
   onSign?: () => void
+  /** Uniform in [0, 1): spreads refreshes (tests inject a constant). */
+  random?: () => number
 }
 
 interface Entry {
   target: DescriptorTarget
   token: string
+  /** The token's exp, seconds. */
+  exp: number
+  /** When to sign anew, ms: exp - refreshMarginS, less up to half the margin of jitter. */
   refreshAt: number
 }
 
 /**
- * One token per canonical host, reused until `refreshMarginS` before it expires. An entry is only
- * valid for the route object it was signed for: the registry index replaces a tenant's object
- * when anything about it changes, so a changed tenant is re-signed on its next request.
+ * One token per canonical host, reused until `refreshMarginS` before it expires, less a random
+ * part of up to half the margin. An entry is only valid for the route object it was signed for:
+ * the registry index replaces a tenant's object when anything about it changes, so a changed
+ * tenant is re-signed on its next request.
+ *
+ * Why the jitter: hosts signed together (a restart, a full reload, a burst of new hosts) would
+ * otherwise all fall due in the same second, ttlS - refreshMarginS later, and again every cycle;
+ * a thousand ES256 signatures at once hold the event loop ~40 ms, which showed up as the proxy's
+ * p99 in the data-path benchmark (docs/benchmarks.md). Spread over half the margin, the same
+ * signatures cost a fraction of a per cent of one CPU and no request waits behind them.
  */
 export class DescriptorCache {
   readonly #opts: Required<DescriptorCacheOptions>
@@ -67,7 +79,7 @@ export class DescriptorCache {
       throw tpError('TENANT_PROXY_ERR_CONFIG_INVALID', [`descriptor.refreshMarginS must be an integer from 0 to ttlS - 1 (${ttlS - 1}), got ${refreshMarginS}`])
     }
     // Optional hooks resolve once to a default, so `get` never tests for undefined.
-    this.#opts = { ...opts, now: opts.now ?? Date.now, onSign: opts.onSign ?? noop }
+    this.#opts = { ...opts, now: opts.now ?? Date.now, onSign: opts.onSign ?? noop, random: opts.random ?? Math.random }
   }
 
   /** The descriptor for `target` requested as `host`. */
@@ -77,12 +89,14 @@ export class DescriptorCache {
     // The hit path reads one map entry and allocates nothing: it runs on every proxied request.
     if (entry !== undefined && entry.target === target && now < entry.refreshAt) return entry.token
     const { token, exp } = this.#sign(target, host, now)
+    const refreshAt = this.#refreshAt(exp)
     if (entry !== undefined) {
       entry.target = target
       entry.token = token
-      entry.refreshAt = (exp - this.#opts.refreshMarginS) * 1000
+      entry.exp = exp
+      entry.refreshAt = refreshAt
     } else {
-      this.#entries.set(host, { target, token, refreshAt: (exp - this.#opts.refreshMarginS) * 1000 })
+      this.#entries.set(host, { target, token, exp, refreshAt })
     }
     return token
   }
@@ -96,9 +110,13 @@ export class DescriptorCache {
   issue (target: DescriptorTarget, host: string): { token: string, exp: number } {
     const now = this.#opts.now()
     const entry = this.#entries.get(host)
-    // refreshAt is (exp - margin) in ms, both whole seconds: exp is recovered exactly.
-    if (entry !== undefined && entry.target === target && now < entry.refreshAt) return { token: entry.token, exp: entry.refreshAt / 1000 + this.#opts.refreshMarginS }
+    if (entry !== undefined && entry.target === target && now < entry.refreshAt) return { token: entry.token, exp: entry.exp }
     return this.#sign(target, host, now)
+  }
+
+  #refreshAt (exp: number): number {
+    const marginMs = this.#opts.refreshMarginS * 1000
+    return exp * 1000 - marginMs - Math.floor(this.#opts.random() * marginMs / 2)
   }
 
   #sign (target: DescriptorTarget, host: string, now: number): { token: string, exp: number } {
