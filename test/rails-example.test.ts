@@ -464,7 +464,6 @@ async function cable (t: Test, port: number, host: string): Promise<{ next: (mat
     waiters = []
   })
   await new Promise<void>((resolve, reject) => { ws.once('open', () => resolve()); ws.once('error', reject) })
-  ws.send(JSON.stringify({ command: 'subscribe', identifier: JSON.stringify({ channel: 'NotesChannel' }) }))
   let read = 0
   const next = async (match: (m: CableMessage) => boolean): Promise<CableMessage> => {
     const deadline = Date.now() + 15_000
@@ -477,6 +476,10 @@ async function cable (t: Test, port: number, host: string): Promise<{ next: (mat
       await new Promise<void>((resolve) => { waiters.push(resolve); setTimeout(resolve, 500) })
     }
   }
+  // Subscribe after the welcome, as Action Cable's own JavaScript client does (it sends its
+  // subscriptions when `welcome` arrives, once the server's `connect` has run).
+  await next((m) => m.type === 'welcome')
+  ws.send(JSON.stringify({ command: 'subscribe', identifier: JSON.stringify({ channel: 'NotesChannel' }) }))
   return { next, close: () => ws.close() }
 }
 
