@@ -164,7 +164,7 @@ t.test('CLI mistakes change nothing', async (t) => {
     const r = await runCli(['tenants', 'pause', 'acme', '--timeout', bad], s.env)
     t.equal(r.code, 2, `--timeout ${bad}: usage error`)
   }
-  const rows = await s.registry.pool.query('SELECT count(*)::int AS n FROM tenant_proxy.tenants WHERE paused_hold_ms IS NOT NULL')
+  const rows = await s.registry.pool.query<{ n: number }>('SELECT count(*)::int AS n FROM tenant_proxy.tenants WHERE paused_hold_ms IS NOT NULL')
   t.equal(rows.rows[0]?.n, 0, 'no tenant paused')
 })
 
