@@ -9,15 +9,17 @@
  * way, a copy that loses rows (verify), and CLI mistakes: each leaves the tenant on its server,
  * resumed, and nothing on the target.
  */
+import { spawn } from 'node:child_process'
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { request } from 'undici'
-import { runCli } from './helpers/cli.js'
+import { CLI, runCli } from './helpers/cli.js'
+import { until } from './helpers/wait.js'
 import { startPgCluster } from './helpers/pg-cluster.js'
 import { databaseNameForTest, databaseUrl, testServerUrl } from './helpers/postgres.js'
 import { es256Pem, testRegistry } from './helpers/proxy.js'
@@ -240,6 +242,33 @@ t.test('tenants move', async (t) => {
     t.match(v.stderr, 'table public.items has 1000 row(s) in the source and 0 in the copy')
     t.notOk(await exists(second.url, db))
     t.match(await show('beta'), { database_server: 'main', epoch: before.epoch, paused_hold_ms: null })
+  })
+
+  await t.test('SIGINT during the copy: the copy command stopped, resumed on the old server, nothing on the target', async (t) => {
+    const db = await createTenant('delta')
+    const before = await show('delta')
+    const mark = path.join(dir, 'copy.pid')
+    // The copy's own child (a background sleep): it must be stopped too, not only the shell.
+    const slow = `sleep 60 & echo $! > ${mark}; wait`
+    const child = spawn(process.execPath, [CLI, 'tenants', 'move', 'delta', '--to', 'second', '--yes', '--copy-with', slow, '--settle', '100ms'], { env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stderr = ''
+    child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
+    t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL') })
+    const pid = await until(async () => Number((await readFile(mark, 'utf8').catch(() => '')).trim()) || undefined, 'the copy command to start', 20_000)
+    const held = request(`${base}/items`, { headers: { host: 'delta.example' } })
+    await until(async () => (await heldTotal()) > 0 ? true : undefined, 'a request held')
+    child.kill('SIGINT')
+    t.equal(await exited, 1)
+    t.match(stderr, 'stopped at copy')
+    t.match(stderr, 'interrupted by SIGINT')
+    t.match(stderr, `Tenant delta runs on main as before; the half-made database ${db} on second was dropped`)
+    await until(() => { try { process.kill(pid, 0); return undefined } catch { return true } }, 'the copy command\'s child to be gone')
+    const answer = await held
+    t.equal(answer.statusCode, 200, 'the request held meanwhile is answered from the old server')
+    t.match(await answer.body.json(), { items: 1000, epoch: before.epoch, db: { port: Number(main.port === '' ? '5432' : main.port) } })
+    t.notOk(await exists(second.url, db))
+    t.match(await show('delta'), { database_server: 'main', epoch: before.epoch, paused_hold_ms: null })
   })
 
   await t.test('CLI mistakes change nothing', async (t) => {

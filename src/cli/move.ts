@@ -317,7 +317,14 @@ export function compareCounts (source: readonly TableCount[], copy: readonly Tab
 async function runCopyCommand (command: string, env: Readonly<Record<string, string | undefined>>, signal: AbortSignal): Promise<void> {
   const clean: Record<string, string> = {}
   for (const [k, v] of Object.entries(env)) if (v !== undefined) clean[k] = v
-  const child = spawn('/bin/sh', ['-c', command], { env: clean, stdio: ['ignore', 'ignore', 'pipe'], signal })
+  if (signal.aborted) throw tpError('TENANT_PROXY_ERR_TOOL_FAILED', ['the --copy-with command was not started: interrupted'])
+  // A process group of its own, so an interruption stops the whole pipeline (pg_dump | psql), not only the shell.
+  const child = spawn('/bin/sh', ['-c', command], { env: clean, stdio: ['ignore', 'ignore', 'pipe'], detached: true })
+  const stopGroup = (): void => {
+    // Never -0: that would be this CLI's own group.
+    if (child.pid !== undefined) try { process.kill(-child.pid, 'SIGTERM') } catch { /* already gone */ }
+  }
+  signal.addEventListener('abort', stopGroup, { once: true })
   let stderr = ''
   child.stderr.setEncoding('utf8')
   child.stderr.on('data', (chunk: string) => { stderr = (stderr + chunk).slice(-STDERR_KEEP) })
@@ -325,6 +332,7 @@ async function runCopyCommand (command: string, env: Readonly<Record<string, str
     child.once('error', (error) => resolve({ code: null, signal: null, error }))
     child.once('close', (code, sig) => resolve({ code, signal: sig, error: null }))
   })
+  signal.removeEventListener('abort', stopGroup)
   if (outcome.error !== null) throw tpError('TENANT_PROXY_ERR_TOOL_FAILED', [`the --copy-with command could not run: ${outcome.error.message}`], outcome.error)
   if (outcome.code !== 0) {
     const shown = stderr.trim().split('\n').filter((l) => l.trim() !== '').slice(-5).join(' | ')
