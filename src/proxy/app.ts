@@ -178,7 +178,9 @@ export function buildTrafficApp (deps: TrafficDeps) {
   function hold (request: FastifyRequest, reply: FastifyReply, decision: Hold): void {
     const socket = request.raw.socket
     if (socket.destroyed) {
-      // The client is gone already; the lifecycle counted it (499).
+      // The client is gone already (its connection's 'close' may have fired before the request
+      // was watched): counted once as 499, nothing held.
+      lifecycle.finish(request, CLIENT_CLOSED)
       return
     }
     let ticket: HeldTicket | null = null
