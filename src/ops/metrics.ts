@@ -120,7 +120,7 @@ export class ProxyMetrics {
     this.opsApiRequests = new client.Counter({ name: 'tenant_proxy_ops_api_requests_total', help: 'Calls of the ops descriptor API by endpoint and result.', labelNames: ['endpoint', 'result'], registers })
     this.tlsAsks = new client.Counter({ name: 'tenant_proxy_tls_ask_total', help: 'On-demand TLS asks answered (ops and traffic listeners), by result.', labelNames: ['result'], registers })
     const heldNow = (): number => this.heldNow
-    new client.Gauge({ name: 'tenant_proxy_held_requests', help: 'Requests held now because their tenant is paused.', registers, collect () { this.set(heldNow()) } })
+    new client.Gauge({ name: 'tenant_proxy_requests_held', help: 'Requests held now because their tenant is paused.', registers, collect () { this.set(heldNow()) } })
     this.heldTotal = new client.Counter({ name: 'tenant_proxy_held_requests_total', help: 'Requests held because their tenant was paused.', registers })
     this.heldDuration = new client.Histogram({ name: 'tenant_proxy_held_duration_seconds', help: 'Time a request was held for a paused tenant, by how the hold ended (released, timeout, client_closed, draining).', labelNames: ['end'], buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers })
     this.heldRefused = new client.Counter({ name: 'tenant_proxy_held_refused_total', help: "A paused tenant's requests answered 503 + Retry-After, by reason: held past the pause's timeout, over a cap on held requests, or the proxy shutting down.", labelNames: ['reason'], registers })
