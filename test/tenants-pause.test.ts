@@ -54,7 +54,10 @@ t.test('held while paused, forwarded on resume; TLS ask still allowed; WebSocket
   t.equal(shown.paused_hold_ms, 20_000, 'tenants show carries the pause')
 
   const held = [get(s, 'acme.example'), get(s, 'acme.example')]
-  await until(() => s.proxy.metrics.heldNow === 2 ? true : undefined, 'two requests held')
+  // A request with a body: the body waits with it and is forwarded whole.
+  const body = Buffer.alloc(200_000, 'x')
+  const upload = request(`${s.proxy.url}/upload`, { method: 'POST', headers: { host: 'acme.example', 'content-type': 'application/octet-stream' }, body })
+  await until(() => s.proxy.metrics.heldNow === 3 ? true : undefined, 'three requests held')
   t.equal(s.upstream.seen.length, 0, 'nothing reached the app while paused')
   const other = await get(s, 'beta.example')
   t.equal(other.status, 200, 'other tenants are not affected')
@@ -74,12 +77,15 @@ t.test('held while paused, forwarded on resume; TLS ask still allowed; WebSocket
   t.match(await cli(s, ['tenants', 'resume', 'acme']), 'tenant acme is resumed')
   const answers = await Promise.all(held)
   t.same(answers.map((a) => a.status), [200, 200], 'both held requests forwarded on resume')
-  t.equal(s.upstream.seen.filter((r) => r.headers.host !== 'beta.example').length, 2)
+  const uploaded = await upload
+  t.equal(uploaded.statusCode, 200)
+  t.match(await uploaded.body.json(), { method: 'POST', url: '/upload', bodyBytes: 200_000 }, 'the held upload forwarded with its whole body')
+  t.equal(s.upstream.seen.filter((r) => r.headers.host !== 'beta.example').length, 3)
   t.ok(s.upstream.seen.every((r) => typeof r.headers['x-tenant-descriptor'] === 'string'), 'with a descriptor')
   t.equal(s.proxy.metrics.heldNow, 0)
-  t.equal(await metric(s, /^tenant_proxy_held_requests_total /), 2)
-  t.equal(await metric(s, /^tenant_proxy_held_duration_seconds_count\{end="released"\}/), 2)
-  t.equal(await metric(s, /^tenant_proxy_requests_total\{outcome="routed",status_class="2xx"\}/), 3)
+  t.equal(await metric(s, /^tenant_proxy_held_requests_total /), 3)
+  t.equal(await metric(s, /^tenant_proxy_held_duration_seconds_count\{end="released"\}/), 3)
+  t.equal(await metric(s, /^tenant_proxy_requests_total\{outcome="routed",status_class="2xx"\}/), 4)
 
   t.match(await cli(s, ['tenants', 'resume', 'acme']), 'tenant acme was not paused; nothing changed')
 })
