@@ -260,9 +260,14 @@ async function waitQuiet (admin: ServerAdmin, db: string, settleMs: number, limi
   const started = performance.now()
   let quietSince: number | null = null
   for (;;) {
-    const r = await admin.query<{ n: number }>(
-      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend' AND state IS DISTINCT FROM 'idle'", [db])
-    const busy = r.rows[0]?.n ?? 0
+    // state is NULL for sessions of other roles unless the admin role may read them (superuser,
+    // pg_read_all_stats): then the drain cannot be observed, and waiting would only time out.
+    const r = await admin.query<{ busy: number, hidden: number }>(
+      `SELECT count(*) FILTER (WHERE state IS DISTINCT FROM 'idle')::int AS busy, count(*) FILTER (WHERE state IS NULL)::int AS hidden
+       FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'`, [db])
+    const hidden = r.rows[0]?.hidden ?? 0
+    if (hidden > 0) throw tpError('TENANT_PROXY_ERR_TENANT_INVALID', [`the admin role of server ${admin.name} cannot see what ${hidden} session(s) on ${db} are doing (pg_stat_activity.state); make it a superuser or GRANT pg_read_all_stats TO it`])
+    const busy = r.rows[0]?.busy ?? 0
     const now = performance.now()
     if (busy > 0) quietSince = null
     else quietSince ??= now
