@@ -242,6 +242,20 @@ t.test('tenants move', async (t) => {
     t.match(v.stderr, 'table public.items has 1000 row(s) in the source and 0 in the copy')
     t.notOk(await exists(second.url, db))
     t.match(await show('beta'), { database_server: 'main', epoch: before.epoch, paused_hold_ms: null })
+
+    // A transaction left open on the source (a request still in flight) is waited for, bounded.
+    const open = new pg.Client({ connectionString: databaseUrl(mainUrl, db) })
+    await open.connect()
+    t.teardown(async () => await open.end().catch(() => undefined))
+    await open.query('BEGIN')
+    await open.query('SELECT count(*) FROM items')
+    const d = await runCli(['tenants', 'move', 'beta', '--to', 'second', '--yes', '--settle', '100ms', '--drain-timeout', '500ms'], env)
+    t.equal(d.code, 1)
+    t.match(d.stderr, 'stopped at wait for the requests in flight to finish')
+    t.match(d.stderr, `database ${db} still had 1 session(s) running a statement or in a transaction after 500ms (--drain-timeout)`)
+    t.notOk(await exists(second.url, db))
+    t.match(await show('beta'), { database_server: 'main', epoch: before.epoch, paused_hold_ms: null })
+    await open.query('ROLLBACK')
   })
 
   await t.test('SIGINT during the copy: the copy command stopped, resumed on the old server, nothing on the target', async (t) => {
