@@ -187,7 +187,10 @@ t.test('tenants move', async (t) => {
     t.ok(held > 0, 'requests were held during the cut-over, not refused')
     t.comment(`during and after the move: ${load.ok} requests answered (${load.posts} writes), ${held} of them held during the cut-over, 0 failed`)
 
-    const out = JSON.parse(moved.stdout) as { epoch: { from: number, to: number }, verified: { tables: number, rows: number }, tenant: { database_server: string } }
+    const out = JSON.parse(moved.stdout) as { epoch: { from: number, to: number }, verified: { tables: number, rows: number }, tenant: { database_server: string }, steps: Array<{ step: string, ms: number }> }
+    const from = out.steps.findIndex((x) => x.step.startsWith('pause tenant'))
+    const to = out.steps.findIndex((x) => x.step.startsWith('switch tenant'))
+    t.comment(`move: ${out.steps.reduce((n, x) => n + x.ms, 0)} ms in all, requests held for about ${out.steps.slice(from + 1, to + 1).reduce((n, x) => n + x.ms, 0)} ms (pause applied → switch committed)`)
     t.same(out.epoch, { from: before.epoch, to: before.epoch + 1 }, 'epoch bumped by one')
     t.equal(out.tenant.database_server, 'second')
     const after = await show('acme')
