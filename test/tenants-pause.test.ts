@@ -52,6 +52,9 @@ t.test('held while paused, forwarded on resume; TLS ask still allowed; WebSocket
   t.match(out, 'tenant acme is paused: proxies hold its requests up to 20s each')
   const shown = JSON.parse(await cli(s, ['tenants', 'show', 'acme', '--json'])) as { paused_hold_ms: number | null }
   t.equal(shown.paused_hold_ms, 20_000, 'tenants show carries the pause')
+  const doctor = await runCli(['doctor', '--skip-databases', '--json'], s.env)
+  const checks = (JSON.parse(doctor.stdout) as { checks: Array<{ name: string, status: string, detail: string }> }).checks
+  t.match(checks.find((c) => c.name === 'paused acme'), { status: 'warn', detail: /tenant acme is paused .* tenant-proxy tenants resume acme/ }, 'doctor warns of a pause (one left behind answers 503)')
 
   const held = [get(s, 'acme.example'), get(s, 'acme.example')]
   // A request with a body: the body waits with it and is forwarded whole.
