@@ -68,7 +68,9 @@ export const DEFAULTS = {
     /** psql that loads `tenants create --schema-file` files (looked up in PATH). Command. */
     psql: 'psql',
     /** pg_dump that writes `tenants drop --dump-to` files (looked up in PATH). Command. */
-    pgDump: 'pg_dump'
+    pgDump: 'pg_dump',
+    /** pg_restore that restores the copy of `tenants move` (looked up in PATH). Command. */
+    pgRestore: 'pg_restore'
   },
 
   tenantExec: {
@@ -178,7 +180,16 @@ export const DEFAULTS = {
     /** Hosts forwarded without a descriptor (signup or marketing site). List of hostnames. */
     passthroughHosts: [] as string[],
     /** Retry-After sent with 503 for tenants in maintenance. Seconds. */
-    maintenanceRetryAfterS: 30
+    maintenanceRetryAfterS: 30,
+    /** Paused tenants (`tenants pause`, `tenants move`): their requests are held, not refused. */
+    pause: {
+      /** Most requests held at once for one paused tenant; more get 503 + Retry-After at once. Count (0: none held). */
+      maxHeldPerTenant: 1_000,
+      /** Most requests held at once for all paused tenants together. Count. */
+      maxHeld: 10_000,
+      /** Retry-After sent with the 503 of a request held past its pause's timeout, or not held (over a cap). Seconds. */
+      retryAfterS: 5
+    }
   },
 
   descriptor: {

@@ -12,6 +12,7 @@ import { buildOpsApp } from './ops/app.js'
 import { ProxyMetrics } from './ops/metrics.js'
 import { probeOrigins } from './ops/upstream-probe.js'
 import { buildTrafficApp } from './proxy/app.js'
+import { HeldRequests } from './proxy/held-requests.js'
 import { createProxyState, type ProxyState } from './proxy/state.js'
 import { tlsAskHandler } from './proxy/tls-ask.js'
 import { UpstreamAgent } from './proxy/upstream-agent.js'
@@ -49,6 +50,8 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     refreshMarginS: config.descriptor.refreshMarginS,
     onSign: () => metrics.descriptorSignatures.inc()
   })
+  // Paused tenants' requests: released when the sync applies a change of their tenant.
+  const held = new HeldRequests({ maxPerTenant: config.routing.pause.maxHeldPerTenant, maxTotal: config.routing.pause.maxHeld }, metrics)
   const cleanups: Array<() => Promise<void>> = []
   const cleanup = async (): Promise<void> => {
     for (const fn of cleanups.reverse()) await fn().catch((err: unknown) => logger.warn({ err }, 'cleanup step failed'))
@@ -79,7 +82,14 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
       state,
       metrics,
       descriptors,
-      logger
+      logger,
+      onTenantsChanged: (slugs) => {
+        try {
+          held.release(slugs)
+        } catch (err) {
+          logger.error({ err }, 'a held request failed when its tenant changed')
+        }
+      }
     })
     cleanups.push(async () => await sync.stop())
     try {
@@ -130,7 +140,7 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     upstreamHealth?.start()
     cleanups.push(async () => { upstreamHealth?.stop() })
 
-    const traffic = buildTrafficApp({ config, state, descriptors, metrics, logger, agent: dispatcher, pools, upstreamHealth: config.traffic.healthMode === 'upstream' ? upstreamHealth : null })
+    const traffic = buildTrafficApp({ config, state, descriptors, metrics, logger, agent: dispatcher, pools, upstreamHealth: config.traffic.healthMode === 'upstream' ? upstreamHealth : null, held })
     const ops = buildOpsApp({
       state,
       metrics,
@@ -169,6 +179,8 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
         stopping ??= (async () => {
           state.draining = true
           metrics.draining.set(1)
+          // Nothing will resume them now: held requests get 503 + Retry-After (to retry elsewhere).
+          held.drain()
           logger.info({ drainDelayMs: config.shutdown.drainDelayMs }, 'draining: health answers 503 until listeners close')
           // Give the load balancer time to see /up fail before connections are refused.
           if (config.shutdown.drainDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, config.shutdown.drainDelayMs))

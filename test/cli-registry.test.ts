@@ -63,7 +63,7 @@ t.test('tenant lifecycle: add with two domains, list, show, update, suspend, rem
     settings: { plan: 'pro' },
     domains: [{ hostname: 'acme.example.com', kind: 'primary' }, { hostname: 'acme.test', kind: 'alias' }]
   })
-  t.same(Object.keys(tenant), ['slug', 'state', 'database_name', 'database_host', 'database_port', 'database_server', 'upstream', 'epoch', 'settings', 'domains', 'created_at', 'updated_at'], 'stable key order')
+  t.same(Object.keys(tenant), ['slug', 'state', 'database_name', 'database_host', 'database_port', 'database_server', 'upstream', 'epoch', 'paused_hold_ms', 'settings', 'domains', 'created_at', 'updated_at'], 'stable key order')
 
   t.equal((await runCli(['tenants', 'add', 'globex', '--domain', 'globex.example.com', '--database', 'globex'], env)).code, 0)
   const list = await runCli(['tenants', 'list', '--json'], env)

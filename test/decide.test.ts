@@ -21,14 +21,20 @@ const index = buildIndex({
     row(3, 'fixing', { state: 'maintenance' }),
     row(4, 'heavy', { upstream: 'reports' }),
     row(5, 'lost', { upstream: 'nowhere' }),
-    row(6, 'wild')
+    row(6, 'wild'),
+    row(7, 'moving', { holdMs: 30_000 }),
+    row(8, 'frozen', { state: 'suspended', holdMs: 30_000 }),
+    row(9, 'shut', { state: 'maintenance', holdMs: 5_000 })
   ],
   domains: [
     { hostname: 'acme.example.com', tenantId: 1 },
     { hostname: 'sleepy.example.com', tenantId: 2 },
     { hostname: 'fixing.example.com', tenantId: 3 },
     { hostname: 'heavy.example.com', tenantId: 4 },
-    { hostname: 'lost.example.com', tenantId: 5 }
+    { hostname: 'lost.example.com', tenantId: 5 },
+    { hostname: 'moving.example.com', tenantId: 7 },
+    { hostname: 'frozen.example.com', tenantId: 8 },
+    { hostname: 'shut.example.com', tenantId: 9 }
   ]
 }, { defaultHost: 'db.internal', defaultPort: 5432 })
 
@@ -46,6 +52,7 @@ const SYNCED: RegistryView = { index, synced: true }
 type Expect =
   | { refuse: string, outcome: string, status?: number, retryAfterS?: number, host?: string, tenant?: string | null, detail?: RegExp }
   | { forward: Pool, outcome: 'routed' | 'passthrough', host: string, tenant: string | null }
+  | { hold: number, host: string, tenant: string }
 
 const CASES: Array<[string, RequestFacts, RegistryView, Expect, DecideOptions<Pool>?]> = [
   ['a tenant domain', facts('acme.example.com'), SYNCED, { forward: 'default-pool', outcome: 'routed', host: 'acme.example.com', tenant: 'acme' }],
@@ -61,6 +68,11 @@ const CASES: Array<[string, RequestFacts, RegistryView, Expect, DecideOptions<Po
   ['a tenant naming a pool this proxy lacks', facts('lost.example.com'), SYNCED, { refuse: 'TENANT_PROXY_ERR_UPSTREAM_POOL_UNKNOWN', outcome: 'routed', tenant: 'lost' }],
   ['suspended', facts('sleepy.example.com'), SYNCED, { refuse: 'TENANT_PROXY_ERR_TENANT_SUSPENDED', outcome: 'suspended', tenant: 'sleepy' }],
   ['maintenance: 503 with Retry-After', facts('fixing.example.com'), SYNCED, { refuse: 'TENANT_PROXY_ERR_TENANT_MAINTENANCE', outcome: 'maintenance', retryAfterS: 30, tenant: 'fixing' }],
+  ['paused: held (not refused) for the pause\'s timeout', facts('moving.example.com'), SYNCED, { hold: 30_000, host: 'moving.example.com', tenant: 'moving' }],
+  ['paused through www. and a wildcard name too', facts('www.moving.example.com'), SYNCED, { hold: 30_000, host: 'www.moving.example.com', tenant: 'moving' }],
+  ['paused while out of sync: still held (the release comes with the resync)', facts('moving.apps.example.net'), { index, synced: false }, { hold: 30_000, host: 'moving.apps.example.net', tenant: 'moving' }],
+  ['paused and suspended: suspended, no wait', facts('frozen.example.com'), SYNCED, { refuse: 'TENANT_PROXY_ERR_TENANT_SUSPENDED', outcome: 'suspended', tenant: 'frozen' }],
+  ['paused and in maintenance: maintenance, no wait', facts('shut.example.com'), SYNCED, { refuse: 'TENANT_PROXY_ERR_TENANT_MAINTENANCE', outcome: 'maintenance', retryAfterS: 30, tenant: 'shut' }],
   ['unknown host while synced: 404', facts('nobody.example.com'), SYNCED, { refuse: 'TENANT_PROXY_ERR_UNKNOWN_HOST', outcome: 'unknown_host', host: 'nobody.example.com', tenant: null }],
   ['unknown host while out of sync: 503, it may have been added since', facts('nobody.example.com'), { index, synced: false }, { refuse: 'TENANT_PROXY_ERR_REGISTRY_UNAVAILABLE', outcome: 'registry_unavailable', retryAfterS: 5 }],
   ['a known host while out of sync still routes', facts('acme.example.com'), { index, synced: false }, { forward: 'default-pool', outcome: 'routed', host: 'acme.example.com', tenant: 'acme' }],
@@ -85,6 +97,13 @@ t.test('decide(): every rule', async (t) => {
       if (expect.host !== undefined) t.equal(d.host, expect.host, `${name}: host`)
       if (expect.tenant !== undefined) t.equal(d.tenant, expect.tenant, `${name}: tenant`)
       if (expect.detail !== undefined) t.match(d.detail, expect.detail, `${name}: detail`)
+    } else if ('hold' in expect) {
+      t.equal(d.kind, 'hold', `${name}: held`)
+      if (d.kind !== 'hold') continue
+      t.equal(d.outcome, 'paused', `${name}: outcome paused`)
+      t.equal(d.holdMs, expect.hold, `${name}: hold time`)
+      t.equal(d.host, expect.host, `${name}: host`)
+      t.equal(d.route.slug, expect.tenant, `${name}: tenant`)
     } else {
       t.equal(d.kind, 'forward', `${name}: forwarded`)
       if (d.kind !== 'forward') continue

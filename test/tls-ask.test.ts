@@ -23,13 +23,14 @@ const row = (id: number, slug: string, extra: Partial<TenantRow> = {}): TenantRo
 const index = buildIndex({
   version: 3,
   registryId: 'r',
-  tenants: [row(1, 'acme'), row(2, 'sleepy', { state: 'suspended' }), row(3, 'fixing', { state: 'maintenance' }), row(4, 'lost', { upstream: 'nowhere' }), row(5, 'wild')],
+  tenants: [row(1, 'acme'), row(2, 'sleepy', { state: 'suspended' }), row(3, 'fixing', { state: 'maintenance' }), row(4, 'lost', { upstream: 'nowhere' }), row(5, 'wild'), row(6, 'moving', { holdMs: 30_000 })],
   domains: [
     { hostname: 'acme.example.com', tenantId: 1 },
     { hostname: 'shop.acme-corp.com', tenantId: 1 },
     { hostname: 'sleepy.example.com', tenantId: 2 },
     { hostname: 'fixing.example.com', tenantId: 3 },
-    { hostname: 'lost.example.com', tenantId: 4 }
+    { hostname: 'lost.example.com', tenantId: 4 },
+    { hostname: 'moving.example.com', tenantId: 6 }
   ]
 }, { defaultHost: 'db.internal', defaultPort: 5432 })
 
@@ -49,6 +50,7 @@ const CASES: Array<[string, string, RegistryView, Expect]> = [
   ['a pass-through host', '/ask?domain=signup.example.com', SYNCED, { result: 'allowed', status: 200 }],
   ['a tenant naming a pool this proxy lacks: still its domain', '/ask?domain=lost.example.com', SYNCED, { result: 'allowed', status: 200 }],
   ['kamal-proxy keeps the configured query and sets host', '/ask?token=x&host=acme.example.com', SYNCED, { result: 'allowed', status: 200 }],
+  ['a paused tenant (tenants pause, a move\'s cut-over): still its domain', '/ask?domain=moving.example.com', SYNCED, { result: 'allowed', status: 200, domain: 'moving.example.com' }],
   ['an unknown domain', '/ask?domain=evil.example.org', SYNCED, { result: 'denied', status: 404, code: 'TENANT_PROXY_ERR_UNKNOWN_HOST', domain: 'evil.example.org' }],
   ['wildcard: an unknown slug', '/ask?domain=nobody.apps.example.net', SYNCED, { result: 'denied', status: 404 }],
   ['wildcard: a reserved label', '/ask?domain=admin.apps.example.net', SYNCED, { result: 'denied', status: 404 }],

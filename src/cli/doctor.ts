@@ -128,6 +128,10 @@ async function runChecks (ctx: CommandContext, args: Parameters<Command['run']>[
   }
 
   const tenants = await registry.store.listTenants()
+  // A pause left behind (a move killed outright) answers every request of the tenant 503 after its timeout.
+  for (const t of tenants) {
+    if (t.paused_hold_ms !== null) add('registry', `paused ${t.slug}`, 'warn', `tenant ${t.slug} is paused (since ${t.updated_at} or earlier): proxies hold its requests and answer 503 after ${t.paused_hold_ms} ms; if no move or maintenance is under way, end it with tenant-proxy tenants resume ${t.slug}`)
+  }
   const servers = await registry.store.listServers()
   const defaultServer = config.tenantDatabase.defaultServer
   if (defaultServer !== null) {

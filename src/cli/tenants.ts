@@ -80,7 +80,7 @@ export const tenantsList: Command = {
     }
     const config = ctx.config()
     ctx.io.out(table(['SLUG', 'STATE', 'DATABASE', 'SERVER', 'EPOCH', 'DOMAINS'], tenants.map((t) => [
-      t.slug, t.state, t.database_name, `${t.database_server !== null ? `${t.database_server}=` : ''}${server(t, config.tenantDatabase)}`, String(t.epoch), t.domains.map((d) => d.hostname).join(',')
+      t.slug, t.paused_hold_ms === null ? t.state : `${t.state} (paused)`, t.database_name, `${t.database_server !== null ? `${t.database_server}=` : ''}${server(t, config.tenantDatabase)}`, String(t.epoch), t.domains.map((d) => d.hostname).join(',')
     ])))
     ctx.io.out(`${tenants.length} tenant(s)\n`)
     return 0
@@ -102,7 +102,7 @@ export const tenantsShow: Command = {
     const d = ctx.config().tenantDatabase
     ctx.io.out([
       `slug:      ${tenant.slug}`,
-      `state:     ${tenant.state}`,
+      `state:     ${tenant.state}${tenant.paused_hold_ms === null ? '' : `, paused (proxies hold its requests up to ${tenant.paused_hold_ms} ms each; tenants resume ${tenant.slug} ends it)`}`,
       `database:  ${tenant.database_name} on ${server(tenant, d)}${tenant.database_server !== null ? ` (server ${tenant.database_server})` : tenant.database_host === null ? ' (default server)' : ''}`,
       `epoch:     ${tenant.epoch}`,
       `upstream:  ${tenant.upstream ?? '(default pool)'}`,

@@ -44,7 +44,8 @@ export const SCHEMA = {
     defaultPort: integer(1, 65_535),
     defaultServer: nullable(text({ pattern: /^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$/, describe: 'a database server name (servers add)' })),
     psql: text({ pattern: /^[^\0]{1,4096}$/, describe: 'a command name or path' }),
-    pgDump: text({ pattern: /^[^\0]{1,4096}$/, describe: 'a command name or path' })
+    pgDump: text({ pattern: /^[^\0]{1,4096}$/, describe: 'a command name or path' }),
+    pgRestore: text({ pattern: /^[^\0]{1,4096}$/, describe: 'a command name or path' })
   },
   tenantExec: {
     databaseUrlTemplate: urlTemplate(),
@@ -85,7 +86,12 @@ export const SCHEMA = {
     wildcardDomains: list(hostname()),
     reservedLabels: list(text({ pattern: /^[a-z0-9-]{1,63}$/, describe: 'a lower-case DNS label' })),
     passthroughHosts: list(hostname()),
-    maintenanceRetryAfterS: integer(0, 86_400)
+    maintenanceRetryAfterS: integer(0, 86_400),
+    pause: {
+      maxHeldPerTenant: integer(0, 1_000_000),
+      maxHeld: integer(0, 1_000_000),
+      retryAfterS: integer(0, 86_400)
+    }
   },
   descriptor: {
     header: text({ pattern: /^[A-Za-z0-9-]{1,64}$/, describe: 'an HTTP header name of letters, digits and hyphens' }),

@@ -9,9 +9,16 @@ import { UPSTREAM_ERROR_KINDS, type UpstreamErrorKind } from '../proxy/upstream-
 import { TLS_ASK_RESULTS, type TlsAskResult } from '../proxy/tls-ask.js'
 
 /** How a request ended, as counted and logged. */
-export type Outcome = 'routed' | 'unknown_host' | 'suspended' | 'maintenance' | 'passthrough' | 'health' | 'bad_request' | 'registry_unavailable'
+export type Outcome = 'routed' | 'unknown_host' | 'suspended' | 'maintenance' | 'passthrough' | 'health' | 'bad_request' | 'registry_unavailable' | 'paused'
 
-export const OUTCOMES: readonly Outcome[] = ['routed', 'unknown_host', 'suspended', 'maintenance', 'passthrough', 'health', 'bad_request', 'registry_unavailable']
+export const OUTCOMES: readonly Outcome[] = ['routed', 'unknown_host', 'suspended', 'maintenance', 'passthrough', 'health', 'bad_request', 'registry_unavailable', 'paused']
+
+/** How a request held for a paused tenant (src/proxy/held-requests.ts) left the queue. */
+export type HeldEnd = 'released' | 'timeout' | 'client_closed' | 'draining'
+export const HELD_ENDS: readonly HeldEnd[] = ['released', 'timeout', 'client_closed', 'draining']
+/** Why a paused tenant's request was answered 503 instead of forwarded. */
+export type HeldRefusal = 'timeout' | 'overflow' | 'draining'
+export const HELD_REFUSALS: readonly HeldRefusal[] = ['timeout', 'overflow', 'draining']
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx'] as const
 const OUTCOME_INDEX = Object.fromEntries(OUTCOMES.map((o, i) => [o, i])) as Record<Outcome, number>
 
@@ -55,6 +62,11 @@ export class ProxyMetrics {
   #pools: PoolsView | null = null
   readonly draining: client.Gauge
   readonly tlsAsks: client.Counter<'result'>
+  /** Requests held for paused tenants now; a plain number kept by HeldRequests, read at scrape time. */
+  heldNow = 0
+  readonly heldTotal: client.Counter
+  readonly heldDuration: client.Histogram<'end'>
+  readonly heldRefused: client.Counter<'reason'>
 
   constructor () {
     const registers = [this.registry]
@@ -107,6 +119,11 @@ export class ProxyMetrics {
     this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
     this.opsApiRequests = new client.Counter({ name: 'tenant_proxy_ops_api_requests_total', help: 'Calls of the ops descriptor API by endpoint and result.', labelNames: ['endpoint', 'result'], registers })
     this.tlsAsks = new client.Counter({ name: 'tenant_proxy_tls_ask_total', help: 'On-demand TLS asks answered (ops and traffic listeners), by result.', labelNames: ['result'], registers })
+    const heldNow = (): number => this.heldNow
+    new client.Gauge({ name: 'tenant_proxy_requests_held', help: 'Requests held now because their tenant is paused.', registers, collect () { this.set(heldNow()) } })
+    this.heldTotal = new client.Counter({ name: 'tenant_proxy_held_requests_total', help: 'Requests held because their tenant was paused.', registers })
+    this.heldDuration = new client.Histogram({ name: 'tenant_proxy_held_duration_seconds', help: 'Time a request was held for a paused tenant, by how the hold ended (released, timeout, client_closed, draining).', labelNames: ['end'], buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers })
+    this.heldRefused = new client.Counter({ name: 'tenant_proxy_held_refused_total', help: "A paused tenant's requests answered 503 + Retry-After, by reason: held past the pause's timeout, over a cap on held requests, or the proxy shutting down.", labelNames: ['reason'], registers })
 
     // prom-client prints a labelled series only once it has a value (labels() alone creates
     // nothing): without these zeros, dashboards show "no data" and rate() misses the first error.
@@ -117,6 +134,8 @@ export class ProxyMetrics {
     for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result).inc(0)
     for (const endpoint of OPS_API_ENDPOINTS) for (const result of OPS_API_RESULTS) this.opsApiRequests.labels(endpoint, result).inc(0)
     for (const result of TLS_ASK_RESULTS) this.tlsAsks.labels(result).inc(0)
+    for (const end of HELD_ENDS) this.heldDuration.zero({ end })
+    for (const reason of HELD_REFUSALS) this.heldRefused.labels(reason).inc(0)
   }
 
   /** Makes the address gauge read these pools at scrape time. */

@@ -4,7 +4,8 @@
  *   2. health.ts: the health path, answered for any Host before anything else (and
  *      tls-ask.ts: the on-demand TLS ask at traffic.tlsAskPath, when set)
  *   3. lifecycle.ts: the request's id, start, and its end counted once (metrics, access log, 499)
- *   4. decide.ts: host → tenant or pass-through → pool, or a refusal answered right here
+ *   4. decide.ts: host → tenant or pass-through → pool, or a refusal answered right here, or
+ *      (a paused tenant) held in held-requests.ts until the tenant changes, then decided again
  *   5. websocket.ts for upgrades, forward.ts for everything else: headers filtered and the
  *      descriptor added (headers.ts), streamed through the upstream agent both ways
  * buildTrafficApp() never listens and reads no environment; server.ts owns that.
@@ -19,11 +20,12 @@ import type { ProxyMetrics } from '../ops/metrics.js'
 import { Resolver } from '../routing/resolve.js'
 import { lazySchemaCompilers } from '../schema-compilers.js'
 import { clientErrorHandler } from './client-error.js'
-import { decide, type DecideOptions, type Forward, type Refusal } from './decide.js'
+import { decide, type DecideOptions, type Decision, type Forward, type Hold, type Refusal } from './decide.js'
 import { sendError } from './error-reply.js'
 import { createForwarder, type ForwardDeps } from './forward.js'
 import type { HeaderPolicy } from './headers.js'
 import { healthHandler } from './health.js'
+import type { HeldRequests, HeldTicket } from './held-requests.js'
 import { CLIENT_CLOSED, RequestLifecycle, requestIdGenerator, type Flow } from './lifecycle.js'
 import { originFormTarget, requestFacts } from './request-target.js'
 import type { ProxyState } from './state.js'
@@ -45,6 +47,8 @@ export interface TrafficDeps {
   readonly pools: UpstreamPools
   /** The app's own health, when /up is gated on it (traffic.healthMode upstream). */
   readonly upstreamHealth: UpstreamHealth | null
+  /** Where a paused tenant's requests wait; released by the registry sync, drained at shutdown (server.ts). */
+  readonly held: HeldRequests
 }
 
 declare module 'fastify' {
@@ -75,6 +79,7 @@ export function buildTrafficApp (deps: TrafficDeps) {
     maintenanceRetryAfterS: config.routing.maintenanceRetryAfterS,
     unavailableRetryAfterS: config.registry.unavailableRetryAfterS
   }
+  const pausedRetryAfterS = config.routing.pause.retryAfterS
   const lifecycle = new RequestLifecycle(metrics, accessLogWriter(logger))
   const forwardDeps: ForwardDeps = {
     agent: deps.agent,
@@ -121,17 +126,35 @@ export function buildTrafficApp (deps: TrafficDeps) {
   const websockets = createWebSockets(app, route, forwardDeps)
   app.decorate('closeWebSockets', (code: number, reason: string) => websockets.closeAll(code, reason))
 
-  /** Every HTTP request but the health path: decide, then refuse or forward. */
+  /** Every HTTP request but the health path: decide, then refuse, hold or forward. */
   function serve (request: FastifyRequest, reply: FastifyReply): void {
-    const decision = route(request, reply)
-    if (decision !== null) forward(request, reply, decision)
+    lifecycle.begin(request)
+    dispatch(request, reply, decideFor(request))
   }
 
-  /** Starts the request and decides it; a refusal is answered here (null). */
+  function decideFor (request: FastifyRequest): Decision<UpstreamPool> {
+    const raw = request.raw
+    return decide(requestFacts(raw, request.url, hostFromForwardedHost && trusted.hasPeerOf(raw.socket)), state, decideOptions)
+  }
+
+  function dispatch (request: FastifyRequest, reply: FastifyReply, decision: Decision<UpstreamPool>): void {
+    const flow = request.tp
+    flow.outcome = decision.outcome
+    flow.host = decision.host
+    if (decision.kind === 'refuse') return refuse(request, reply, decision)
+    flow.tenant = decision.route?.slug ?? null
+    if (decision.kind === 'hold') return hold(request, reply, decision)
+    forward(request, reply, decision)
+  }
+
+  /**
+   * An upgrade request: started and decided; a refusal is answered here (null). A paused tenant's
+   * upgrade is refused with 503 + Retry-After rather than held: the WebSocket proxy cannot wait in
+   * its preHandler, and WebSocket clients (Action Cable) reconnect by themselves.
+   */
   function route (request: FastifyRequest, reply: FastifyReply): Forward<UpstreamPool> | null {
     const flow = lifecycle.begin(request)
-    const raw = request.raw
-    const decision = decide(requestFacts(raw, request.url, hostFromForwardedHost && trusted.hasPeerOf(raw.socket)), state, decideOptions)
+    const decision = decideFor(request)
     flow.outcome = decision.outcome
     flow.host = decision.host
     if (decision.kind === 'refuse') {
@@ -139,7 +162,48 @@ export function buildTrafficApp (deps: TrafficDeps) {
       return null
     }
     flow.tenant = decision.route?.slug ?? null
+    if (decision.kind === 'hold') {
+      sendError(request, reply, 'TENANT_PROXY_ERR_TENANT_PAUSED', { detail: 'WebSocket upgrades are not held', retryAfterS: pausedRetryAfterS })
+      return null
+    }
     return decision
+  }
+
+  /**
+   * A paused tenant's request waits until the registry changes the tenant, then is decided again
+   * (forwarded once resumed, with the new database if it moved); past the pause's timeout, over a
+   * cap, or at shutdown it gets 503 + Retry-After. A client that leaves meanwhile is dropped from
+   * the queue (one 'close' listener per held request: holds are rare, unlike requests).
+   */
+  function hold (request: FastifyRequest, reply: FastifyReply, decision: Hold): void {
+    const socket = request.raw.socket
+    if (socket.destroyed) {
+      // The client is gone already (its connection's 'close' may have fired before the request
+      // was watched): counted once as 499, nothing held.
+      lifecycle.finish(request, CLIENT_CLOSED)
+      return
+    }
+    let ticket: HeldTicket | null = null
+    const clientLeft = (): void => { ticket?.cancel() }
+    const paused = (detail: string): void => {
+      socket.off('close', clientLeft)
+      request.tp.outcome = 'paused'
+      sendError(request, reply, 'TENANT_PROXY_ERR_TENANT_PAUSED', { detail, retryAfterS: pausedRetryAfterS })
+    }
+    const held = deps.held.hold(decision.route.slug, decision.holdMs, {
+      recheck: () => {
+        const next = decideFor(request)
+        if (next.kind === 'hold') return { slug: next.route.slug, holdMs: next.holdMs }
+        socket.off('close', clientLeft)
+        dispatch(request, reply, next)
+        return null
+      },
+      expire: (end) => { paused(end === 'timeout' ? `held ${formatSeconds(decision.holdMs)}, the pause's timeout` : 'the proxy is shutting down') }
+    })
+    if (held === 'overflow') return paused('too many requests held for paused tenants')
+    if (held === 'draining') return paused('the proxy is shutting down')
+    ticket = held
+    socket.once('close', clientLeft)
   }
 
   function refuse (request: FastifyRequest, reply: FastifyReply, refusal: Refusal): void {
@@ -185,4 +249,8 @@ export function buildTrafficApp (deps: TrafficDeps) {
   })
 
   return app
+}
+
+function formatSeconds (ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${ms} ms`
 }

@@ -49,7 +49,20 @@ export interface Forward<Pool> {
   readonly pool: Pool
 }
 
-export type Decision<Pool> = Refusal | Forward<Pool>
+/**
+ * The tenant is paused (`tenants pause`, `tenants move`): the request waits in held-requests.ts
+ * until the tenant changes, and is then decided again.
+ */
+export interface Hold {
+  readonly kind: 'hold'
+  readonly outcome: 'paused'
+  readonly host: string
+  readonly route: Route
+  /** How long the request may wait, ms (the pause's timeout). */
+  readonly holdMs: number
+}
+
+export type Decision<Pool> = Refusal | Forward<Pool> | Hold
 
 /** Decides for one request (see the module comment). */
 export function decide<Pool> (facts: RequestFacts, view: RegistryView, o: DecideOptions<Pool>): Decision<Pool> {
@@ -78,6 +91,8 @@ export function decide<Pool> (facts: RequestFacts, view: RegistryView, o: Decide
   const route = found.route
   if (route.state === 'suspended') return refusal('suspended', 'TENANT_PROXY_ERR_TENANT_SUSPENDED', host, route.slug)
   if (route.state === 'maintenance') return refusal('maintenance', 'TENANT_PROXY_ERR_TENANT_MAINTENANCE', host, route.slug, { retryAfterS: o.maintenanceRetryAfterS })
+  // After the states: a suspended or maintenance answer needs no wait, paused or not.
+  if (route.holdMs !== null) return { kind: 'hold', outcome: 'paused', host, route, holdMs: route.holdMs }
   const pool = o.pool(route.upstream)
   if (pool === undefined) return refusal('routed', 'TENANT_PROXY_ERR_UPSTREAM_POOL_UNKNOWN', host, route.slug)
   return { kind: 'forward', outcome: 'routed', host, route, pool }

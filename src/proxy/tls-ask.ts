@@ -63,7 +63,8 @@ export function answerTlsAsk (url: string, view: RegistryView, options: DecideOp
   if (!canonical.ok) return invalid(null, `invalid domain (${canonical.reason})`)
   const domain = canonical.host
   const decision = decide({ host: domain, duplicateHost: false, targetProblem: null }, view, options)
-  if (decision.kind === 'forward') return { result: 'allowed', status: 200, domain, code: null }
+  // A paused tenant (tenants pause, a move's cut-over) still owns its domains: its certificate too.
+  if (decision.kind === 'forward' || decision.kind === 'hold') return { result: 'allowed', status: 200, domain, code: null }
   const { code, retryAfterS } = decision
   switch (decision.outcome) {
     // Not loaded yet, or out of sync with the registry and the name is not in the last known

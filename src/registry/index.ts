@@ -23,7 +23,9 @@ export class Route implements DescriptorTarget {
     readonly dbHost: string,
     readonly dbPort: number,
     /** The primary domain (the same string as its key in byHost), or null when the tenant has none. */
-    readonly primaryHost: string | null
+    readonly primaryHost: string | null,
+    /** Non-null while the tenant is paused (`tenants pause`): how long a request may be held, ms. */
+    readonly holdMs: number | null = null
   ) {
     Object.freeze(this)
   }
@@ -144,8 +146,8 @@ function routeFor (t: TenantRow, defaults: DatabaseDefaults, old: Route | undefi
   const dbHost = t.databaseHost ?? defaults.defaultHost
   const dbPort = t.databasePort ?? defaults.defaultPort
   if (old !== undefined && old.id === t.id && old.slug === t.slug && old.state === t.state && old.upstream === t.upstream && old.epoch === t.epoch &&
-    old.dbName === t.databaseName && old.dbHost === dbHost && old.dbPort === dbPort && old.primaryHost === t.primaryHost) return old
+    old.dbName === t.databaseName && old.dbHost === dbHost && old.dbPort === dbPort && old.primaryHost === t.primaryHost && old.holdMs === (t.holdMs ?? null)) return old
   // One copy of each state string, not one per tenant row read from PostgreSQL.
   const state = TENANT_STATES.find((s) => s === t.state) ?? t.state
-  return new Route(t.id, t.slug, state, t.upstream, t.epoch, t.databaseName, dbHost, dbPort, t.primaryHost)
+  return new Route(t.id, t.slug, state, t.upstream, t.epoch, t.databaseName, dbHost, dbPort, t.primaryHost, t.holdMs ?? null)
 }

@@ -23,6 +23,8 @@ export interface TenantRecord {
   database_server: string | null
   upstream: string | null
   epoch: number
+  /** Non-null while the tenant is paused (`tenants pause`): proxies hold its requests up to this many ms. */
+  paused_hold_ms: number | null
   settings: Record<string, unknown>
   domains: Array<{ hostname: string, kind: DomainKind }>
   created_at: string
@@ -98,6 +100,8 @@ export interface TenantPatch {
   epoch?: 'bump'
   /** A registry database server (null: none; the tenant keeps its host and port as given). */
   databaseServer?: string | null
+  /** Pause the tenant, holding requests up to this many ms (null: resume). */
+  pausedHoldMs?: number | null
 }
 
 /**
@@ -123,7 +127,14 @@ export interface RegistrySnapshot {
  * issued outside a request, src/ops/descriptor-api.ts); null when the tenant has none, which only
  * a writer other than the CLI can leave behind.
  */
-export interface TenantRow { id: number, slug: string, databaseName: string, databaseHost: string | null, databasePort: number | null, state: TenantState, upstream: string | null, epoch: number, primaryHost: string | null }
+export interface TenantRow {
+  id: number, slug: string, databaseName: string, databaseHost: string | null, databasePort: number | null, state: TenantState, upstream: string | null, epoch: number, primaryHost: string | null
+  /**
+   * Non-null while the tenant is paused: how long a proxy holds one of its requests (migration 004).
+   * Absent in rows read from the last-known-good snapshot file, which does not record pauses.
+   */
+  holdMs?: number | null
+}
 
 /** A domain as the index needs it. */
 export interface DomainRow { hostname: string, tenantId: number }
@@ -138,7 +149,7 @@ export type RegistryDelta =
   | { complete: true, since: number, version: number, registryId: string, changes: number, tenantSlugs: string[], tenants: TenantRow[], hostnames: string[], domains: Array<{ hostname: string, slug: string }> }
   | { complete: false, since: number, version: number, registryId: string, reason: string }
 
-type TenantTuple = [string, string, string, string | null, number | null, TenantState, string | null, string, string | null]
+type TenantTuple = [string, string, string, string | null, number | null, TenantState, string | null, string, string | null, number | null]
 
 /**
  * The tenant columns the index reads, with the primary domain joined in (the partial unique index
@@ -146,12 +157,12 @@ type TenantTuple = [string, string, string, string | null, number | null, Tenant
  * Callers append WHERE clauses on `t`.
  */
 function tenantSelect (s: string): string {
-  return `SELECT t.id, t.slug, t.database_name, t.database_host, t.database_port, t.state, t.upstream, t.epoch, p.hostname
+  return `SELECT t.id, t.slug, t.database_name, t.database_host, t.database_port, t.state, t.upstream, t.epoch, p.hostname, t.paused_hold_ms
     FROM ${s}.tenants t LEFT JOIN ${s}.domains p ON p.tenant_id = t.id AND p.kind = 'primary'`
 }
 
-function tenantRow ([id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch, primaryHost]: TenantTuple): TenantRow {
-  return { id: Number(id), slug, databaseName, databaseHost, databasePort, state, upstream, epoch: Number(epoch), primaryHost }
+function tenantRow ([id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch, primaryHost, holdMs]: TenantTuple): TenantRow {
+  return { id: Number(id), slug, databaseName, databaseHost, databasePort, state, upstream, epoch: Number(epoch), primaryHost, holdMs }
 }
 
 /** What a write is about, for naming it in constraint errors. */
@@ -212,6 +223,7 @@ export class RegistryStore {
     if (patch.settings !== undefined) set('settings', JSON.stringify(patch.settings))
     if (patch.epoch === 'bump') sets.push('epoch = epoch + 1')
     if (patch.databaseServer !== undefined) set('database_server', patch.databaseServer)
+    if (patch.pausedHoldMs !== undefined) set('paused_hold_ms', patch.pausedHoldMs)
     if (sets.length === 0) throw tpError('TENANT_PROXY_ERR_CLI_USAGE', ['nothing to update: give at least one option such as --database or --state'])
     return await this.#write(async (c) => {
       values.push(slug)
@@ -219,6 +231,45 @@ export class RegistryStore {
       if (r.rowCount === 0) throw tpError('TENANT_PROXY_ERR_TENANT_NOT_FOUND', [slug])
       return await this.#mustFind(c, slug)
     }, { slug, databaseName: patch.databaseName ?? null, domains: [] })
+  }
+
+  /**
+   * Pauses (holdMs) or resumes (null) a tenant, checked under the row lock: a pause is refused
+   * (TENANT_PROXY_ERR_TENANT_NOT_ACTIVE) unless the tenant is active and, with `unlessPaused`,
+   * not paused already, so two moves cannot both believe they paused it.
+   */
+  async setPause (slug: string, holdMs: number | null, opts: { unlessPaused?: boolean } = {}): Promise<Written<TenantRecord>> {
+    return await this.#write(async (c) => {
+      const r = await c.query<{ state: TenantState, paused_hold_ms: number | null }>(`SELECT state, paused_hold_ms FROM ${this.#s}.tenants WHERE slug = $1 FOR UPDATE`, [slug])
+      const row = r.rows[0]
+      if (row === undefined) throw tpError('TENANT_PROXY_ERR_TENANT_NOT_FOUND', [slug])
+      if (holdMs !== null && row.state !== 'active') throw tpError('TENANT_PROXY_ERR_TENANT_NOT_ACTIVE', [slug, row.state, 'only an active tenant is paused (a suspended or maintenance one is not routed anyway)'])
+      if (holdMs !== null && opts.unlessPaused === true && row.paused_hold_ms !== null) {
+        throw tpError('TENANT_PROXY_ERR_TENANT_NOT_ACTIVE', [slug, 'paused', 'another pause or move is under way (tenants resume ends a pause)'])
+      }
+      if (row.paused_hold_ms !== holdMs) await c.query(`UPDATE ${this.#s}.tenants SET paused_hold_ms = $2 WHERE slug = $1`, [slug, holdMs])
+      return await this.#mustFind(c, slug)
+    }, { slug, databaseName: null, domains: [] })
+  }
+
+  /**
+   * The switch of `tenants move`, one transaction: the tenant names server `to` (its host and port
+   * copied by migration 003's trigger), its epoch goes up by one, and its pause ends, so every
+   * proxy applies the new database and the release of held requests as one registry version.
+   * Refused unless the tenant is still paused where the move found it (`from`).
+   */
+  async switchServer (slug: string, to: string, from: { host: string, port: number, databaseName: string }): Promise<Written<TenantRecord>> {
+    return await this.#write(async (c) => {
+      const r = await c.query<{ database_host: string | null, database_port: number | null, database_name: string, paused_hold_ms: number | null }>(
+        `SELECT database_host, database_port, database_name, paused_hold_ms FROM ${this.#s}.tenants WHERE slug = $1 FOR UPDATE`, [slug])
+      const row = r.rows[0]
+      if (row === undefined) throw tpError('TENANT_PROXY_ERR_TENANT_NOT_FOUND', [slug])
+      if (row.paused_hold_ms === null || row.database_name !== from.databaseName || (row.database_host ?? from.host) !== from.host || (row.database_port ?? from.port) !== from.port) {
+        throw tpError('TENANT_PROXY_ERR_TENANT_NOT_ACTIVE', [slug, 'no longer as the move found it', 'it was resumed or changed by another writer during the move'])
+      }
+      await c.query(`UPDATE ${this.#s}.tenants SET database_server = $2, database_host = NULL, database_port = NULL, epoch = epoch + 1, paused_hold_ms = NULL WHERE slug = $1`, [slug, to])
+      return await this.#mustFind(c, slug)
+    }, { slug, databaseName: from.databaseName, domains: [], server: to })
   }
 
   /** Deletes a tenant and (by cascade) its domains; returns what was removed. */
@@ -626,7 +677,7 @@ export class RegistryStore {
   }
 
   #selectTenants (): string {
-    return `SELECT t.slug, t.state, t.database_name, t.database_host, t.database_port, t.database_server, t.upstream, t.epoch, t.settings,
+    return `SELECT t.slug, t.state, t.database_name, t.database_host, t.database_port, t.database_server, t.upstream, t.epoch, t.paused_hold_ms, t.settings,
       coalesce((SELECT json_agg(json_build_object('hostname', d.hostname, 'kind', d.kind) ORDER BY d.kind DESC, d.hostname)
                 FROM ${this.#s}.domains d WHERE d.tenant_id = t.id), '[]'::json) AS domains,
       to_char(t.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,

@@ -62,6 +62,12 @@ export interface SyncOptions {
   readonly metrics: ProxyMetrics
   readonly descriptors: DescriptorCache
   readonly logger: Logger
+  /**
+   * Told after the index changed: the slugs of the tenants a delta touched (old and new slugs of a
+   * renamed one), or null after a full load (any tenant may have changed). Held requests of paused
+   * tenants are decided again on it (src/proxy/held-requests.ts).
+   */
+  readonly onTenantsChanged?: (slugs: readonly string[] | null) => void
   /** Randomness for the backoff jitter (tests pin it). */
   readonly random?: () => number
 }
@@ -221,6 +227,7 @@ export class RegistrySync {
     const index = await indexFromRegistry(this.#o.store, this.#o.defaults, this.#o.state.index)
     this.#install(index)
     this.#o.descriptors.retain((host) => index.byHost.has(host))
+    this.#o.onTenantsChanged?.(null)
     this.#reportVersion()
     this.#log.info({ reason, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, ms: Math.round(performance.now() - started) }, 'registry loaded')
     // The load's rows and the previous index are garbage now: collect them at once, and once more
@@ -260,6 +267,7 @@ export class RegistrySync {
       const result = applyDelta(index, delta, o.defaults)
       if (!result.consistent) return await this.#fullLoad('change log names a tenant the index lacks')
       for (const host of result.removedHosts) o.descriptors.delete(host)
+      o.onTenantsChanged?.([...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)])
       o.metrics.observeIndex(index)
       this.#log.debug({ from: delta.since, to: delta.version, changes: delta.changes, ms: Math.round((performance.now() - started) * 100) / 100 }, 'registry changes applied')
       this.#scheduleFileWrite()

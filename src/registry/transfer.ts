@@ -14,7 +14,7 @@ export { databaseLabel, formatProblems, type DatabaseLocation, type ImportProble
  * One tenant as exported and imported: the CLI's record without what the registry assigns. The
  * database server's name is not part of it: a line carries the host and port the server had.
  */
-export type TransferTenant = Omit<TenantRecord, 'epoch' | 'created_at' | 'updated_at' | 'database_server'>
+export type TransferTenant = Omit<TenantRecord, 'epoch' | 'created_at' | 'updated_at' | 'database_server' | 'paused_hold_ms'>
 
 // database_server (tenants show --json) is accepted and ignored like the timestamps.
 const KEYS = new Set(['slug', 'state', 'database_name', 'database_host', 'database_port', 'database_server', 'upstream', 'epoch', 'settings', 'domains', 'created_at', 'updated_at'])
