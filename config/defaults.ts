@@ -20,6 +20,11 @@ export const DEFAULTS = {
   registry: {
     /** (secret) postgres:// URL of the tenant registry; null starts the embedded PostgreSQL. */
     databaseUrl: null as string | null,
+    /**
+     * (secret) postgres:// URL of the change feed's LISTEN connection, straight to PostgreSQL when
+     * databaseUrl goes through a pooler in transaction mode (which loses notifications); null: databaseUrl.
+     */
+    listenUrl: null as string | null,
     /** PostgreSQL schema holding the registry tables. Identifier. */
     schema: 'tenant_proxy',
     /** application_name of registry connections, so `pg_stat_activity` shows the proxies. Text, 1-32 printable ASCII characters. */
