@@ -117,7 +117,7 @@ t.test('secret values are never echoed in errors', async (t) => {
   t.notMatch(message, /hunter2|hunter3/)
 })
 
-t.test('registry.listenUrl: the feed's own URL beside a pooled databaseUrl, a secret, null by default', async (t) => {
+t.test('registry.listenUrl: the change feed URL beside a pooled databaseUrl, a secret, null by default', async (t) => {
   t.equal(loadConfig({ env: {} }).registry.listenUrl, null)
   const config = loadConfig({ env: { REGISTRY_DATABASE_URL: 'postgres://u:p@pgbouncer:6432/registry', TENANT_PROXY_REGISTRY_LISTEN_URL: 'postgres://u:p@db:5432/registry' } })
   t.equal(config.registry.listenUrl, 'postgres://u:p@db:5432/registry')

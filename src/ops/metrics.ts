@@ -53,6 +53,8 @@ export class ProxyMetrics {
   readonly registryFeedConnected: client.Gauge
   readonly registryFeedReconnects: client.Counter
   readonly registryStale: client.Gauge
+  readonly registryFeedDeaf: client.Gauge
+  readonly registryPrunes: client.Counter<'result'>
   readonly descriptorSignatures: client.Counter
   readonly upstreamErrors: client.Counter<'kind'>
   readonly upstreamAttemptErrors: client.Counter<'kind'>
@@ -93,6 +95,8 @@ export class ProxyMetrics {
     this.registryFeedConnected = new client.Gauge({ name: 'tenant_proxy_registry_feed_connected', help: '1 while the LISTEN connection to the registry change feed is up and resynced.', registers })
     this.registryFeedReconnects = new client.Counter({ name: 'tenant_proxy_registry_feed_reconnects_total', help: 'Reconnections of the registry change feed.', registers })
     this.registryStale = new client.Gauge({ name: 'tenant_proxy_registry_stale', help: '1 while the index comes from the last-known-good snapshot file, not yet confirmed by the registry.', registers })
+    this.registryFeedDeaf = new client.Gauge({ name: 'tenant_proxy_registry_feed_deaf', help: '1 while the change feed connection receives none of its own heartbeat notifications (a pooler in transaction mode): changes arrive only by the periodic version check.', registers })
+    this.registryPrunes = new client.Counter({ name: 'tenant_proxy_registry_prunes_total', help: "This proxy's attempts to prune the registry change log, by result (pruned, nothing, busy: another process pruning, denied: no privilege, error).", labelNames: ['result'], registers })
     this.descriptorSignatures = new client.Counter({ name: 'tenant_proxy_descriptor_signatures_total', help: 'Descriptors signed (cache misses and refreshes).', registers })
     this.upstreamErrors = new client.Counter({ name: 'tenant_proxy_upstream_errors_total', help: 'Upstream failures by kind.', labelNames: ['kind'], registers })
     // Per attempt, like retries: a refused connection that a retry hid still shows here (an address
@@ -132,6 +136,7 @@ export class ProxyMetrics {
       this.upstreamAttemptErrors.labels(kind).inc(0)
     }
     for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result).inc(0)
+    for (const result of ['pruned', 'nothing', 'busy', 'denied', 'error'] as const) this.registryPrunes.labels(result).inc(0)
     for (const endpoint of OPS_API_ENDPOINTS) for (const result of OPS_API_RESULTS) this.opsApiRequests.labels(endpoint, result).inc(0)
     for (const result of TLS_ASK_RESULTS) this.tlsAsks.labels(result).inc(0)
     for (const end of HELD_ENDS) this.heldDuration.zero({ end })
