@@ -21,6 +21,8 @@ import { UpstreamPools } from './proxy/upstream-pools.js'
 import { describeError, openRegistry, type RegistryConnection } from './registry/connect.js'
 import { migrate } from './registry/migrate.js'
 import { registryFingerprint } from './registry/snapshot-file.js'
+import { pruneWithPool } from './registry/prune.js'
+import { ChangeLogPruner } from './registry/pruner.js'
 import { RegistrySync } from './registry/sync.js'
 import { tpError } from './errors.js'
 
@@ -63,7 +65,7 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
     cleanups.push(async () => await registry.close())
     const sync = new RegistrySync({
       store: registry.store,
-      url: registry.url,
+      url: registry.listenUrl,
       schema: registry.schema,
       applicationName: config.registry.applicationName,
       connectTimeoutMs: config.registry.connectTimeoutMs,
@@ -72,7 +74,12 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
       versionCheckIntervalMs: config.registry.versionCheckIntervalMs,
       reconnectMinMs: config.registry.reconnectMinMs,
       reconnectMaxMs: config.registry.reconnectMaxMs,
-      changeRetentionS: config.registry.changeRetentionS,
+      pruner: new ChangeLogPruner({
+        retentionS: config.registry.changeRetentionS,
+        prune: async (retentionS) => await pruneWithPool(registry.pool, registry.schema, retentionS),
+        logger: logger.child({ component: 'registry' }),
+        count: (result) => metrics.registryPrunes.labels(result).inc()
+      }),
       snapshotFile: config.registry.snapshotPath === '' ? null : config.registry.snapshotPath,
       fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema),
       onConnect: async () => {

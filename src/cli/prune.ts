@@ -2,9 +2,8 @@
  * `tenant-proxy registry prune`: prunes the registry change log once, for deployments whose
  * proxies run with the read-only role and so cannot (docs/operations.md, "Least privilege").
  */
-import type pg from 'pg'
 import { tpError } from '../errors.js'
-import { pruneChangeLog } from '../registry/prune.js'
+import { pruneWithPool } from '../registry/prune.js'
 import { flag, str, type Command } from './command.js'
 
 const UNITS: Readonly<Record<string, number>> = { s: 1, m: 60, h: 3_600, d: 86_400 }
@@ -32,7 +31,7 @@ export const registryPrune: Command = {
     // 0 in the configuration means "keep the log"; an explicit --retention 0 is refused above.
     const result = retentionS === 0
       ? { outcome: 'disabled' as const, dryRun }
-      : await withClient(registry.pool, async (c) => await pruneChangeLog(c, registry.schema, retentionS, { dryRun }))
+      : await pruneWithPool(registry.pool, registry.schema, retentionS, { dryRun })
     if (result.outcome === 'denied') throw tpError('TENANT_PROXY_ERR_REGISTRY_PRUNE_DENIED', [result.reason])
     if (flag(args, 'json')) {
       ctx.io.out(JSON.stringify({ schema: registry.schema, retention_s: retentionS, ...result }) + '\n')
@@ -58,13 +57,4 @@ export function parseRetention (text: string): number {
     throw tpError('TENANT_PROXY_ERR_CLI_USAGE', [`--retention must be a duration from 1s to 3650d such as 7d, 12h, 30m or 3600 (seconds), got ${JSON.stringify(text)}`])
   }
   return seconds
-}
-
-async function withClient<T> (pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-  const c = await pool.connect()
-  try {
-    return await fn(c)
-  } finally {
-    c.release()
-  }
 }

@@ -81,6 +81,16 @@ export async function pruneChangeLog (client: pg.ClientBase, schema: string, ret
   }
 }
 
+/** pruneChangeLog on a connection of `pool`'s, released after. */
+export async function pruneWithPool (pool: pg.Pool, schema: string, retentionS: number, opts: { dryRun?: boolean } = {}): Promise<PruneResult> {
+  const client = await pool.connect()
+  try {
+    return await pruneChangeLog(client, schema, retentionS, opts)
+  } finally {
+    client.release()
+  }
+}
+
 async function currentUser (client: pg.ClientBase): Promise<string> {
   const r = await client.query<{ u: string }>('SELECT current_user AS u')
   return r.rows[0]?.u ?? 'unknown'

@@ -15,12 +15,19 @@ import type { PruneResult } from './prune.js'
 /** What a pruner outcome is counted as (tenant_proxy_registry_prunes_total's result label). */
 export type PruneCount = PruneResult['outcome'] | 'error'
 
+/** A proxy prunes at most this often (the lock makes the fleet prune once per round). */
+export const PRUNE_EVERY_MS = 3_600_000
+/** A denied prune is tried again this much later, quietly (a grant may have been added). */
+export const DENIED_RETRY_MS = 24 * 3_600_000
+/** A failed prune (connection, timeout) is tried again this much later. */
+export const ERROR_RETRY_MS = 300_000
+
 export interface PrunerOptions {
   /** Change rows older than this many seconds go; 0 disables pruning. */
   readonly retentionS: number
-  readonly everyMs: number
-  readonly deniedRetryMs: number
-  readonly errorRetryMs: number
+  readonly everyMs?: number
+  readonly deniedRetryMs?: number
+  readonly errorRetryMs?: number
   /** One prune (on a connection of its own). */
   readonly prune: (retentionS: number) => Promise<PruneResult>
   readonly logger: Logger
@@ -39,6 +46,10 @@ export class ChangeLogPruner {
     this.#o = opts
   }
 
+  get #deniedRetryMs (): number {
+    return this.#o.deniedRetryMs ?? DENIED_RETRY_MS
+  }
+
   /** Prunes when due; never throws, never waits for a prune that is already running. */
   async tick (): Promise<void> {
     const o = this.#o
@@ -48,10 +59,10 @@ export class ChangeLogPruner {
     try {
       const result = await o.prune(o.retentionS)
       o.count?.(result.outcome)
-      this.#nextAt = now + (result.outcome === 'denied' ? o.deniedRetryMs : o.everyMs)
+      this.#nextAt = now + (result.outcome === 'denied' ? this.#deniedRetryMs : o.everyMs ?? PRUNE_EVERY_MS)
       if (result.outcome === 'denied') {
         if (!this.#deniedWarned) {
-          o.logger.warn({ reason: result.reason, retryInS: Math.round(o.deniedRetryMs / 1000) },
+          o.logger.warn({ reason: result.reason, retryInS: Math.round(this.#deniedRetryMs / 1000) },
             'this proxy may not prune the registry change log (read-only role); prune with `tenant-proxy registry prune` from a role that may, e.g. from cron')
         } else {
           o.logger.debug({ reason: result.reason }, 'registry change log prune still denied')
@@ -67,8 +78,9 @@ export class ChangeLogPruner {
       }
     } catch (err) {
       o.count?.('error')
-      this.#nextAt = now + o.errorRetryMs
-      o.logger.warn({ error: describeError(err), retryInS: Math.round(o.errorRetryMs / 1000) }, 'pruning the registry change log failed; the change feed is not affected')
+      const retryMs = o.errorRetryMs ?? ERROR_RETRY_MS
+      this.#nextAt = now + retryMs
+      o.logger.warn({ error: describeError(err), retryInS: Math.round(retryMs / 1000) }, 'pruning the registry change log failed; the change feed is not affected')
     } finally {
       this.#running = false
     }

@@ -20,6 +20,7 @@ import type { ProxyState } from '../proxy/state.js'
 import { collectGarbage } from '../gc.js'
 import { describeError } from './connect.js'
 import { feedApplicationName } from './feed-name.js'
+import { FeedHeartbeat } from './heartbeat.js'
 import { applyDelta, type DatabaseDefaults, type RegistryIndex } from './index.js'
 import { indexFromFile, indexFromRegistry } from './load-index.js'
 import { SnapshotFileError, SnapshotFileMissing, SnapshotWriteAborted, writeSnapshotFile } from './snapshot-file.js'
@@ -31,8 +32,6 @@ const DELTA_LIMIT = 10_000
 const FILE_FALLBACK_MS = 1_000
 /** What reading the last-known-good file at start came to (see #loadFile). */
 type FileOutcome = 'loaded' | 'not-needed' | 'none'
-/** Pruning of the change log runs at most this often per proxy. */
-const PRUNE_EVERY_MS = 3_600_000
 /**
  * The snapshot file is rewritten once the index has been quiet this long (a burst of changes
  * costs one write, and a write never competes with the changes it would have to abort for).
@@ -52,7 +51,8 @@ export interface SyncOptions {
   readonly versionCheckIntervalMs: number
   readonly reconnectMinMs: number
   readonly reconnectMaxMs: number
-  readonly changeRetentionS: number
+  /** Pruning of the change log on its own schedule (src/registry/pruner.ts), ticked by each check; never a feed problem. */
+  readonly pruner?: { tick (): Promise<void> }
   /** Last-known-good file path, or null. */
   readonly snapshotFile: string | null
   readonly fingerprint: string
@@ -83,7 +83,7 @@ export class RegistrySync {
   #checkTimer: NodeJS.Timeout | null = null
   #attempt = 0
   #stopped = false
-  #lastPruneAt = 0
+  readonly #heartbeat: FeedHeartbeat
   #fileTimer: NodeJS.Timeout | null = null
   #fileWriting: Promise<void> | null = null
   #fileDirty = false
@@ -97,6 +97,7 @@ export class RegistrySync {
   constructor (opts: SyncOptions) {
     this.#o = opts
     this.#log = opts.logger.child({ component: 'registry' })
+    this.#heartbeat = new FeedHeartbeat(opts.schema, (deaf, misses) => this.#deafChanged(deaf, misses))
   }
 
   /**
@@ -205,13 +206,16 @@ export class RegistrySync {
     client.on('error', (err) => this.#lost(client, err))
     client.on('end', () => this.#lost(client, null))
     client.on('notification', (msg) => {
+      if (this.#heartbeat.receive(msg.channel, msg.payload)) return
       if (msg.channel !== o.schema) return
       const version = Number(msg.payload)
       const index = o.state.index
       if (index === null || !(version <= index.version)) void this.catchUp()
     })
     await client.connect()
-    await client.query(`LISTEN "${o.schema}"`)
+    // One statement, so both LISTENs hold on the same server session even behind a pooler.
+    await client.query(`LISTEN "${o.schema}"; LISTEN "${this.#heartbeat.channel}"`)
+    this.#heartbeat.connected()
     await o.onConnect()
     await this.#serial(async () => await this.#fullLoad(this.#attempt > 0 ? 'resync after reconnect' : 'start'))
     if (this.#client !== client) throw new Error('registry connection lost during the resync')
@@ -327,21 +331,31 @@ export class RegistrySync {
       // connection; the catch-up is what matters, so this is only worth a debug line.
       if (index !== null && version > index.version) this.#log.debug({ loaded: index.version, registry: version }, 'version check found newer changes; catching up')
       await this.catchUp()
-      await this.#prune()
+      const beat = this.#heartbeat.beat()
+      if (beat.reconnect) return this.#lost(client, null, 'deaf')
+      await client.query('SELECT pg_notify($1, $2)', [this.#heartbeat.channel, beat.payload])
     } catch (err) {
       this.#lost(client, err)
     }
+    void this.#o.pruner?.tick()
   }
 
-  async #prune (): Promise<void> {
-    if (this.#o.changeRetentionS === 0 || Date.now() - this.#lastPruneAt < PRUNE_EVERY_MS) return
-    this.#lastPruneAt = Date.now()
-    const deleted = await this.#o.store.pruneChanges(this.#o.changeRetentionS)
-    if (deleted > 0) this.#log.info({ deleted, retentionS: this.#o.changeRetentionS }, 'pruned the registry change log')
+  /** The heartbeat found the feed deaf, or hearing again (see heartbeat.ts). */
+  #deafChanged (deaf: boolean, misses: number): void {
+    const o = this.#o
+    o.metrics.registryFeedDeaf.set(deaf ? 1 : 0)
+    if (deaf) {
+      const seconds = Math.round(misses * o.versionCheckIntervalMs / 100) / 10
+      o.state.feedDeaf = `none of its own heartbeat notifications arrived in ${seconds} s (${misses} checks); behind a pooler in transaction mode set registry.listenUrl direct to PostgreSQL`
+      this.#log.warn({ misses, seconds }, 'registry change feed is deaf: notifications do not reach it (a pooler in transaction mode?); changes arrive only by the periodic version check; reconnecting')
+    } else {
+      o.state.feedDeaf = null
+      this.#log.info('registry change feed hears notifications again')
+    }
   }
 
   /** The feed connection (or a query on it) failed: stop trusting the index, reconnect. */
-  #lost (client: pg.Client | null, err: unknown): void {
+  #lost (client: pg.Client | null, err: unknown, why: 'lost' | 'deaf' = 'lost'): void {
     if (client === null || client !== this.#client) return
     this.#dropClient()
     const o = this.#o
@@ -351,7 +365,8 @@ export class RegistrySync {
     // A feed that was not up yet has nothing to lose: the attempt connecting it fails, and its
     // caller reports that and retries (a start without a registry is not a "lost" feed).
     if (this.#stopped || !wasUp) return
-    this.#log.warn({ error: err === null ? 'connection closed' : describeError(err) }, 'registry change feed lost; known hosts keep routing, unknown hosts get 503 until it is back')
+    if (why === 'deaf') this.#log.info({ misses: this.#heartbeat.misses }, 'reconnecting the deaf registry change feed')
+    else this.#log.warn({ error: err === null ? 'connection closed' : describeError(err) }, 'registry change feed lost; known hosts keep routing, unknown hosts get 503 until it is back')
     this.#scheduleReconnect()
   }
 
