@@ -49,7 +49,7 @@ export const DEFAULTS = {
      * starting while the registry is down routes from it. Empty disables. Path.
      */
     snapshotPath: './data/last-known-good.json',
-    /** Change log rows older than this are pruned by the proxies (hourly); 0 keeps them forever. Seconds. */
+    /** Change log rows older than this are pruned (hourly, by one proxy at a time, or `registry prune`); 0 keeps them forever. Seconds. */
     changeRetentionS: 604_800, // 7 days
     embedded: {
       /** Data directory of the embedded PostgreSQL (relative to the working directory). Path. */
