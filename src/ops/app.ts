@@ -108,7 +108,7 @@ export function buildOpsApp (deps: OpsDeps) {
 /** Why /ready reports the index as not synced, or null when it is. */
 function notSyncedReason (state: ProxyState): string | null {
   if (state.stale) return 'routing from the last-known-good snapshot file; the registry has not answered yet'
+  if (state.feedDeaf !== null) return `the registry change feed is deaf: ${state.feedDeaf}${state.synced ? '' : ' (reconnecting)'}`
   if (!state.synced) return 'the registry change feed is not connected (reconnecting)'
-  if (state.feedDeaf !== null) return `the registry change feed is deaf: ${state.feedDeaf}`
   return null
 }
