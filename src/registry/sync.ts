@@ -23,7 +23,7 @@ import { feedApplicationName } from './feed-name.js'
 import { applyDelta, type DatabaseDefaults, type RegistryIndex } from './index.js'
 import { indexFromFile, indexFromRegistry } from './load-index.js'
 import { SnapshotFileError, SnapshotFileMissing, SnapshotWriteAborted, writeSnapshotFile } from './snapshot-file.js'
-import type { RegistryStore } from './store.js'
+import type { RegistryDelta, RegistryStore } from './store.js'
 
 /** Changes applied incrementally at most; a bigger backlog is cheaper as a full snapshot. */
 const DELTA_LIMIT = 10_000
@@ -68,9 +68,17 @@ export interface SyncOptions {
    * tenants are decided again on it (src/proxy/held-requests.ts).
    */
   readonly onTenantsChanged?: (slugs: readonly string[] | null) => void
+  /**
+   * Told of every index change as it is installed, in order: a new index (read state.index), or a
+   * delta applied to it. The cluster primary forwards them to its workers (src/cluster/primary.ts).
+   */
+  readonly onIndexChange?: (change: IndexChange) => void
   /** Randomness for the backoff jitter (tests pin it). */
   readonly random?: () => number
 }
+
+/** A change of the index, as onIndexChange reports it. */
+export type IndexChange = { readonly kind: 'full' } | { readonly kind: 'delta', readonly delta: Extract<RegistryDelta, { complete: true }> }
 
 /** The registry sync of one proxy process. */
 export class RegistrySync {
@@ -244,6 +252,7 @@ export class RegistrySync {
     o.state.index = index
     o.state.lastSyncAt = index.loadedAt
     o.metrics.observeRegistryLoad(index)
+    o.onIndexChange?.({ kind: 'full' })
   }
 
   /** One full garbage collection, to hand the memory of a big load back (see src/gc.ts). */
@@ -267,6 +276,7 @@ export class RegistrySync {
       const result = applyDelta(index, delta, o.defaults)
       if (!result.consistent) return await this.#fullLoad('change log names a tenant the index lacks')
       for (const host of result.removedHosts) o.descriptors.delete(host)
+      o.onIndexChange?.({ kind: 'delta', delta })
       o.onTenantsChanged?.([...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)])
       o.metrics.observeIndex(index)
       this.#log.debug({ from: delta.since, to: delta.version, changes: delta.changes, ms: Math.round((performance.now() - started) * 100) / 100 }, 'registry changes applied')
@@ -414,6 +424,7 @@ export class RegistrySync {
       o.state.synced = false
       o.metrics.observeRegistryLoad(index)
       o.metrics.registryStale.set(1)
+      o.onIndexChange?.({ kind: 'full' })
       this.#log.warn({ file: o.snapshotFile, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, writtenAt }, 'loaded the last-known-good snapshot file')
       this.#collect()
       return 'loaded'
