@@ -28,8 +28,9 @@ With workers > 1 (TENANT_PROXY_WORKERS), that many processes share the traffic p
     const count = workerCount(config.workers)
     const role: ProxyRole = cluster.isWorker ? { kind: 'worker' } : count > 1 ? { kind: 'primary', workers: count } : { kind: 'single' }
     const base = createLogger(config.log.level)
-    // A worker's lines (access lines too) carry its pid: the group writes to one stdout.
-    const logger = role.kind === 'worker' ? base.child({ worker: cluster.worker?.id, pid: process.pid }) : base
+    // A worker's lines (access lines too) carry its cluster id, which the primary's "worker
+    // listening" line maps to a pid: the group writes to one stdout.
+    const logger = role.kind === 'worker' ? base.child({ worker: cluster.worker?.id }) : base
     const proxy = await startProxy(config, logger, role)
     ctx.onReload(() => {
       logger.info('SIGHUP: reloading the registry')

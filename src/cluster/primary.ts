@@ -152,7 +152,7 @@ export class WorkerGroup implements GroupView {
     const timer = setTimeout(() => {
       for (const slot of this.#slots) {
         if (slot.worker !== null && !slot.worker.isDead()) {
-          this.#log.warn({ worker: slot.n, pid: slot.worker.process.pid, timeoutMs: this.#o.stopTimeoutMs }, 'worker still running after the drain: killing it')
+          this.#log.warn({ slot: slot.n, worker: slot.worker.id, pid: slot.worker.process.pid, timeoutMs: this.#o.stopTimeoutMs }, 'worker still running after the drain: killing it')
           slot.worker.process.kill('SIGKILL')
         }
       }
@@ -175,7 +175,7 @@ export class WorkerGroup implements GroupView {
       this.#traffic ??= address
       slot.listening = true
       this.#updateUp()
-      this.#log.info({ worker: slot.n, pid: worker.process.pid }, 'worker listening')
+      this.#log.info({ slot: slot.n, worker: worker.id, pid: worker.process.pid }, 'worker listening')
       const waiting = this.#firstListening
       this.#firstListening = []
       for (const fn of waiting) fn()
@@ -188,7 +188,7 @@ export class WorkerGroup implements GroupView {
     switch (message.tp) {
       case 'hello':
       case 'resync': {
-        if (message.tp === 'resync') this.#log.warn({ worker: slot.n, reason: message.reason }, 'worker asked for a full copy of the index')
+        if (message.tp === 'resync') this.#log.warn({ slot: slot.n, worker: worker.id, reason: message.reason }, 'worker asked for a full copy of the index')
         const index = this.#o.state.index
         // No index yet: the first full the feed loads goes to every worker marked fed.
         slot.fed = true
@@ -211,14 +211,14 @@ export class WorkerGroup implements GroupView {
     slot.listening = false
     this.#updateUp()
     if (this.#stopping) {
-      this.#log.info({ worker: slot.n, pid: worker.process.pid, code, signal }, 'worker exited')
+      this.#log.info({ slot: slot.n, worker: worker.id, pid: worker.process.pid, code, signal }, 'worker exited')
       return
     }
     const lived = Date.now() - slot.startedAt
     slot.failures = lived >= HEALTHY_AFTER_MS ? 1 : slot.failures + 1
     const delay = Math.min(RESTART_MAX_MS, RESTART_MIN_MS * 2 ** Math.min(slot.failures - 1, 20))
     this.#o.metrics.workerRestarts.inc()
-    this.#log.error({ worker: slot.n, pid: worker.process.pid, code, signal, livedMs: lived, restartInMs: delay }, 'worker exited unexpectedly: restarting it')
+    this.#log.error({ slot: slot.n, worker: worker.id, pid: worker.process.pid, code, signal, livedMs: lived, restartInMs: delay }, 'worker exited unexpectedly: restarting it')
     slot.restartTimer = setTimeout(() => { if (!this.#stopping) this.#fork(slot) }, delay)
   }
 

@@ -122,9 +122,8 @@ export class IndexFollower {
     this.#status(m.status)
     o.metrics.observeIndex(index)
     o.metrics.registryLastLoad.set(index.loadedAt / 1000)
-    o.metrics.observeWorkerLag((preciseNow() - m.sentAt) / 1000)
     o.onTenantsChanged?.(null)
-    this.#log.info({ version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, indexHeapBytes: this.#indexHeapBytes }, 'index received from the primary')
+    this.#log.info({ ms: Math.round(preciseNow() - m.sentAt), version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, indexHeapBytes: this.#indexHeapBytes }, 'index received from the primary')
     this.#first.resolve()
   }
 

@@ -133,7 +133,7 @@ export class ProxyMetrics {
     this.workersUp = new client.Gauge({ name: 'tenant_proxy_workers_up', help: 'Worker processes listening with an index (workers > 1; 0 in a single-process proxy).', registers })
     this.workerRestarts = new client.Counter({ name: 'tenant_proxy_worker_restarts_total', help: 'Worker processes that exited unexpectedly and were restarted.', registers })
     this.indexHeapBytes = new client.Gauge({ name: 'tenant_proxy_index_heap_bytes', help: 'Heap the registry index took when first built, per worker process (summed over workers).', registers })
-    this.#workerLag = new client.Histogram({ name: 'tenant_proxy_worker_index_lag_seconds', help: 'Time from the primary applying a registry change (or sending a full index) to a worker applying it.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers })
+    this.#workerLag = new client.Histogram({ name: 'tenant_proxy_worker_index_lag_seconds', help: 'Time from the primary applying a registry change to a worker applying it (workers > 1).', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers })
 
     // prom-client prints a labelled series only once it has a value (labels() alone creates
     // nothing): without these zeros, dashboards show "no data" and rate() misses the first error.
