@@ -17,7 +17,8 @@ import { ProxyMetrics } from './ops/metrics.js'
 import { probeOrigins } from './ops/upstream-probe.js'
 import { buildTrafficApp } from './proxy/app.js'
 import { HeldRequests } from './proxy/held-requests.js'
-import { createProxyState, type ProxyState } from './proxy/state.js'
+import { collectGarbage } from './gc.js'
+import { createProxyState, type ProxyState } from './state.js'
 import { tlsAskHandler } from './proxy/tls-ask.js'
 import { UpstreamAgent } from './proxy/upstream-agent.js'
 import { UpstreamHealth } from './proxy/upstream-health.js'
@@ -25,6 +26,8 @@ import { UpstreamPools } from './proxy/upstream-pools.js'
 import { describeError, openRegistry, type RegistryConnection } from './registry/connect.js'
 import { migrate } from './registry/migrate.js'
 import { registryFingerprint } from './registry/snapshot-file.js'
+import type { RegistryListener } from './registry/listener.js'
+import { SnapshotWriter } from './registry/snapshot-writer.js'
 import { RegistrySync } from './registry/sync.js'
 import { WorkerGroup } from './cluster/primary.js'
 import { IndexFollower } from './cluster/worker.js'
@@ -67,15 +70,8 @@ export async function startProxy (config: Config, logger: Logger, role: ProxyRol
   })
   // Paused tenants' requests: released when the sync applies a change of their tenant.
   const held = servesTraffic ? new HeldRequests({ maxPerTenant: config.routing.pause.maxHeldPerTenant, maxTotal: config.routing.pause.maxHeld }, metrics) : null
-  const onTenantsChanged = (slugs: readonly string[] | null): void => {
-    try {
-      held?.release(slugs)
-    } catch (err) {
-      logger.error({ err }, 'a held request failed when its tenant changed')
-    }
-  }
   const group = role.kind === 'primary'
-    ? new WorkerGroup({ count: role.workers, state, metrics, logger, stopTimeoutMs: config.shutdown.drainDelayMs + config.shutdown.graceMs + 5_000 })
+    ? new WorkerGroup({ count: role.workers, metrics, logger, stopTimeoutMs: config.shutdown.drainDelayMs + config.shutdown.graceMs + 5_000 })
     : null
   let requestStop: (reason: string) => void = () => {}
   const stopRequest = new Promise<string>((resolve) => { requestStop = resolve })
@@ -89,6 +85,11 @@ export async function startProxy (config: Config, logger: Logger, role: ProxyRol
   const followRegistry = async (): Promise<{ source: RegistrySync, embedded: boolean }> => {
     const registry: RegistryConnection = await openRegistry(config, registryLog(logger), { max: 2, check: false })
     cleanups.push(async () => await registry.close())
+    const snapshotFile = config.registry.snapshotPath === '' ? null : config.registry.snapshotPath
+    const writer = snapshotFile === null
+      ? null
+      : new SnapshotWriter({ file: snapshotFile, fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema), logger: logger.child({ component: 'registry' }), collect: () => { collectGarbage() } })
+    if (writer !== null) cleanups.push(async () => await writer.stop())
     const sync = new RegistrySync({
       store: registry.store,
       url: registry.url,
@@ -101,18 +102,16 @@ export async function startProxy (config: Config, logger: Logger, role: ProxyRol
       reconnectMinMs: config.registry.reconnectMinMs,
       reconnectMaxMs: config.registry.reconnectMaxMs,
       changeRetentionS: config.registry.changeRetentionS,
-      snapshotFile: config.registry.snapshotPath === '' ? null : config.registry.snapshotPath,
+      snapshotFile,
       fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema),
       onConnect: async () => {
         const migrated = await migrate(registry.pool, registry.schema)
         if (migrated.applied.length > 0) logger.info({ from: migrated.from, to: migrated.to }, 'registry schema migrated')
       },
-      state,
-      metrics,
-      descriptors,
-      logger,
-      onTenantsChanged,
-      onIndexChange: group === null ? undefined : (change) => { group.publish(change) }
+      // In this order: requests route by the new index first, then what depends on it; a
+      // primary's workers last (they follow what this process already serves).
+      listeners: [...indexListeners(state, descriptors, held, logger), metricsListener(metrics), ...writer === null ? [] : [writer], ...group === null ? [] : [group]],
+      logger
     })
     cleanups.push(async () => await sync.stop())
     try {
@@ -126,7 +125,7 @@ export async function startProxy (config: Config, logger: Logger, role: ProxyRol
 
   /** A worker's index, fed by its primary instead of a registry connection of its own. */
   const followPrimary = async (): Promise<{ source: IndexFollower, embedded: boolean }> => {
-    const follower = new IndexFollower({ state, metrics, descriptors, defaults: config.tenantDatabase, logger, onTenantsChanged })
+    const follower = new IndexFollower({ defaults: config.tenantDatabase, metrics, logger, listeners: [...indexListeners(state, descriptors, held, logger), workerMetricsListener(metrics)] })
     cleanups.push(async () => await follower.stop())
     follower.onDrain(() => { requestStop('the primary asked this worker to drain') })
     await follower.start()
@@ -287,6 +286,76 @@ async function closeWithGrace (app: { close (): Promise<void>, server: { closeAl
     await app.close()
   } finally {
     clearTimeout(timer)
+  }
+}
+
+/** The index and feed status the data path reads. */
+/** What the data path reads follows the index: the state, cached descriptors, held requests (none in a primary). */
+function indexListeners (state: ProxyState, descriptors: DescriptorCache, held: HeldRequests | null, logger: Logger): RegistryListener[] {
+  return [stateListener(state), descriptorListener(descriptors), ...held === null ? [] : [heldListener(held, logger)]]
+}
+
+/**
+ * A worker's registry gauges: its index's size and version, and the feed as its primary reports
+ * it; loads and sync events are counted once, by the primary.
+ */
+function workerMetricsListener (metrics: ProxyMetrics): RegistryListener {
+  return {
+    indexReplaced (index) {
+      metrics.observeIndex(index)
+      metrics.registryLastLoad.set(index.loadedAt / 1000)
+    },
+    changesApplied (index) { metrics.observeIndex(index) },
+    feedChanged (status) { metrics.observeFeed(status) }
+  }
+}
+
+function stateListener (state: ProxyState): RegistryListener {
+  return {
+    indexReplaced (index, how) {
+      state.index = index
+      if (how.source === 'registry') state.lastSyncAt = index.loadedAt
+    },
+    feedChanged (status) {
+      state.synced = status.synced
+      state.stale = status.stale
+      if (status.lastSyncAt > 0) state.lastSyncAt = status.lastSyncAt
+    }
+  }
+}
+
+/** Cached descriptors of hosts no longer in the index are dropped. */
+function descriptorListener (descriptors: DescriptorCache): RegistryListener {
+  return {
+    indexReplaced (index) { descriptors.retain((host) => index.byHost.has(host)) },
+    changesApplied (_index, change) { for (const host of change.removedHosts) descriptors.delete(host) }
+  }
+}
+
+/**
+ * Held requests of paused tenants are decided again when their tenant changed: the touched
+ * slugs of a delta, or all of them after a full load (any tenant may have changed).
+ */
+function heldListener (held: HeldRequests, logger: Logger): RegistryListener {
+  const release = (slugs: readonly string[] | null): void => {
+    try {
+      held.release(slugs)
+    } catch (err) {
+      logger.error({ err }, 'a held request failed when its tenant changed')
+    }
+  }
+  return {
+    indexReplaced () { release(null) },
+    changesApplied (_index, change) { release(change.touchedSlugs) }
+  }
+}
+
+function metricsListener (metrics: ProxyMetrics): RegistryListener {
+  return {
+    indexReplaced (index) { metrics.observeRegistryLoad(index) },
+    changesApplied (index) { metrics.observeIndex(index) },
+    feedChanged (status) { metrics.observeFeed(status) },
+    syncEvent (event) { metrics.observeSync(event) }
   }
 }
 

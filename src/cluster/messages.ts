@@ -10,10 +10,9 @@
  */
 import type { MetricObjectWithValues, MetricValue } from 'prom-client'
 import type { RegistryIndex } from '../registry/index.js'
+import type { FeedStatus } from '../registry/listener.js'
 import type { DomainRow, RegistryDelta, TenantRow } from '../registry/store.js'
 
-/** What the primary knows of its feed, which decides 404 versus 503 for unknown hosts. */
-export interface FeedStatus { readonly synced: boolean, readonly stale: boolean, readonly lastSyncAt: number }
 
 /** A worker's own view, for /ready and `registry status`-like checks. */
 export interface WorkerStatus {

@@ -10,9 +10,9 @@ import type { AddressInfo } from 'node:net'
 import type { Logger } from 'pino'
 import { AggregatorRegistry } from 'prom-client'
 import type { ProxyMetrics } from '../ops/metrics.js'
-import type { ProxyState } from '../proxy/state.js'
-import type { IndexChange } from '../registry/sync.js'
-import { fullMessage, isMessage, preciseNow, type FeedStatus, type MetricsJson, type ToPrimary, type ToWorker, type WorkerStatus } from './messages.js'
+import type { RegistryIndex } from '../registry/index.js'
+import type { AppliedChange, FeedStatus, IndexReplacedListener, ChangesAppliedListener, FeedListener } from '../registry/listener.js'
+import { fullMessage, isMessage, preciseNow, type MetricsJson, type ToPrimary, type ToWorker, type WorkerStatus } from './messages.js'
 
 /** A worker that lived shorter than this before dying counts as a crash loop (the delay grows). */
 const HEALTHY_AFTER_MS = 10_000
@@ -20,13 +20,9 @@ const RESTART_MIN_MS = 250
 const RESTART_MAX_MS = 30_000
 /** How long the primary waits for a worker to answer a question (metrics, status). */
 const ASK_TIMEOUT_MS = 2_000
-/** How often the feed's status (synced, stale) is compared with what the workers were told. */
-const STATUS_EVERY_MS = 100
 
 export interface GroupOptions {
   readonly count: number
-  /** The primary's state: its index is what the workers get. */
-  readonly state: ProxyState
   readonly metrics: ProxyMetrics
   readonly logger: Logger
   /** After a drain request, how long a worker may take to exit before it is killed. */
@@ -57,8 +53,11 @@ export interface GroupView {
   readonly contentType: string
 }
 
-/** The workers of this primary. */
-export class WorkerGroup implements GroupView {
+/**
+ * The workers of this primary. A listener of the primary's registry sync: the index it replaces or
+ * changes, and its feed status, are what the workers are sent.
+ */
+export class WorkerGroup implements GroupView, IndexReplacedListener, ChangesAppliedListener, FeedListener {
   readonly #o: GroupOptions
   readonly #log: Logger
   readonly #slots: Slot[] = []
@@ -66,8 +65,8 @@ export class WorkerGroup implements GroupView {
   #traffic: AddressInfo | null = null
   #askId = 0
   readonly #asks = new Map<number, (m: Extract<ToPrimary, { tp: 'answer' }>) => void>()
-  #lastStatus = ''
-  #statusTimer: NodeJS.Timeout | null = null
+  #index: RegistryIndex | null = null
+  #feed: FeedStatus = { synced: false, stale: false, lastSyncAt: 0 }
   #firstListening: Array<() => void> = []
   readonly contentType = AggregatorRegistry.PROMETHEUS_CONTENT_TYPE
 
@@ -87,8 +86,6 @@ export class WorkerGroup implements GroupView {
       this.#slots.push(slot)
       this.#fork(slot)
     }
-    this.#statusTimer = setInterval(() => { this.#sendStatusIfChanged() }, STATUS_EVERY_MS)
-    this.#statusTimer.unref()
     await new Promise<void>((resolve) => {
       const check = (): void => {
         if (this.#slots.every((s) => s.listening)) resolve()
@@ -99,21 +96,25 @@ export class WorkerGroup implements GroupView {
     return this.#traffic as AddressInfo
   }
 
-  /** Forwards an index change of the primary to every fed worker (the sync's onIndexChange). */
-  publish (change: IndexChange): void {
-    const index = this.#o.state.index
-    if (index === null) return
-    const status = this.#status()
-    this.#lastStatus = statusKey(status)
-    if (change.kind === 'full') {
-      const message = fullMessage(index, status)
-      for (const slot of this.#slots) {
-        if (slot.worker === null || !slot.fed) continue
-        this.#send(slot, message)
-      }
-      return
-    }
-    const message: ToWorker = { tp: 'delta', delta: change.delta, status, sentAt: preciseNow() }
+  /** The primary's sync replaced its index: every fed worker gets the new one whole. */
+  indexReplaced (index: RegistryIndex): void {
+    this.#index = index
+    if (!this.#slots.some((s) => s.fed)) return
+    const message = fullMessage(index, this.#feed)
+    for (const slot of this.#slots) if (slot.fed) this.#send(slot, message)
+  }
+
+  /** The primary's sync applied a delta: every fed worker applies the same rows. */
+  changesApplied (index: RegistryIndex, change: AppliedChange): void {
+    this.#index = index
+    const message: ToWorker = { tp: 'delta', delta: change.delta, status: this.#feed, sentAt: preciseNow() }
+    for (const slot of this.#slots) if (slot.fed) this.#send(slot, message)
+  }
+
+  /** Synced or not decides 404 or 503 for an unknown host in the workers too. */
+  feedChanged (status: FeedStatus): void {
+    this.#feed = status
+    const message: ToWorker = { tp: 'status', status }
     for (const slot of this.#slots) if (slot.fed) this.#send(slot, message)
   }
 
@@ -139,7 +140,6 @@ export class WorkerGroup implements GroupView {
   /** Tells every worker to drain and waits for all to exit; kills those still there after the timeout. */
   async drain (): Promise<void> {
     this.#stopping = true
-    if (this.#statusTimer !== null) clearInterval(this.#statusTimer)
     const exits: Array<Promise<void>> = []
     for (const slot of this.#slots) {
       if (slot.restartTimer !== null) clearTimeout(slot.restartTimer)
@@ -189,10 +189,10 @@ export class WorkerGroup implements GroupView {
       case 'hello':
       case 'resync': {
         if (message.tp === 'resync') this.#log.warn({ slot: slot.n, worker: worker.id, reason: message.reason }, 'worker asked for a full copy of the index')
-        const index = this.#o.state.index
+        const index = this.#index
         // No index yet: the first full the feed loads goes to every worker marked fed.
         slot.fed = true
-        if (index !== null) this.#send(slot, fullMessage(index, this.#status()))
+        if (index !== null) this.#send(slot, fullMessage(index, this.#feed))
         this.#updateUp()
         return
       }
@@ -248,23 +248,4 @@ export class WorkerGroup implements GroupView {
       worker.send({ tp: 'ask', id, what } satisfies ToWorker)
     })
   }
-
-  #status (): FeedStatus {
-    const { synced, stale, lastSyncAt } = this.#o.state
-    return { synced, stale, lastSyncAt }
-  }
-
-  /** The feed going down or up changes no index; the workers hear of it within STATUS_EVERY_MS. */
-  #sendStatusIfChanged (): void {
-    const status = this.#status()
-    const text = statusKey(status)
-    if (text === this.#lastStatus) return
-    this.#lastStatus = text
-    for (const slot of this.#slots) if (slot.fed) this.#send(slot, { tp: 'status', status })
-  }
-}
-
-/** The part of a feed status that changes what a worker answers (lastSyncAt only moves forward). */
-function statusKey (status: FeedStatus): string {
-  return `${String(status.synced)}/${String(status.stale)}`
 }

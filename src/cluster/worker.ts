@@ -1,27 +1,25 @@
 /**
  * A cluster worker's index: built from what the primary sends over IPC (src/cluster/messages.ts)
  * instead of a registry connection of its own, so N workers cost the registry one feed, not N.
+ * It announces to the same listeners (src/registry/listener.ts) a RegistrySync would.
  * Also answers the primary's questions (metrics, status) and turns its `drain` (or its
  * disappearance) into the same shutdown SIGTERM starts.
  */
 import cluster from 'node:cluster'
 import type { Logger } from 'pino'
-import type { DescriptorCache } from '../descriptor/sign.js'
 import { collectGarbage } from '../gc.js'
 import type { ProxyMetrics } from '../ops/metrics.js'
-import type { ProxyState } from '../proxy/state.js'
-import { applyDelta, buildIndex, type DatabaseDefaults } from '../registry/index.js'
-import { isMessage, preciseNow, type FeedStatus, type ToPrimary, type ToWorker, type WorkerStatus } from './messages.js'
+import { applyDelta, buildIndex, type DatabaseDefaults, type RegistryIndex } from '../registry/index.js'
+import type { FeedStatus, RegistryListener } from '../registry/listener.js'
+import { isMessage, preciseNow, type ToPrimary, type ToWorker, type WorkerStatus } from './messages.js'
 
 /** What the follower needs; built by server.ts in a worker. */
 export interface FollowerOptions {
-  readonly state: ProxyState
-  readonly metrics: ProxyMetrics
-  readonly descriptors: DescriptorCache
   readonly defaults: DatabaseDefaults
+  readonly metrics: ProxyMetrics
   readonly logger: Logger
-  /** As RegistrySync's: the slugs a delta touched, or null after a full load. */
-  readonly onTenantsChanged?: (slugs: readonly string[] | null) => void
+  /** Told of every index change and feed status, as a RegistrySync tells its listeners. */
+  readonly listeners: readonly RegistryListener[]
 }
 
 /** The index of one worker process, fed by the primary. */
@@ -30,6 +28,8 @@ export class IndexFollower {
   readonly #log: Logger
   readonly #worker = cluster.worker
   #first: { resolve: () => void, promise: Promise<void> }
+  #index: RegistryIndex | null = null
+  #draining = false
   #indexHeapBytes: number | null = null
   #awaitingFull = false
   #drainListeners: Array<() => void> = []
@@ -76,6 +76,7 @@ export class IndexFollower {
   }
 
   #drain (): void {
+    this.#draining = true
     const listeners = this.#drainListeners
     this.#drainListeners = []
     for (const fn of listeners) fn()
@@ -99,7 +100,7 @@ export class IndexFollower {
     switch (message.tp) {
       case 'full': return this.#full(message)
       case 'delta': return this.#delta(message)
-      case 'status': return this.#status(message.status)
+      case 'status': return this.#feed(message.status)
       case 'drain': return this.#drain()
       case 'ask': return this.#answer(message.id, message.what)
     }
@@ -109,46 +110,38 @@ export class IndexFollower {
     const o = this.#o
     // The first index is measured: a full collection on either side of the build leaves the
     // index's own heap as the difference (the message's rows are alive in both readings).
-    const measure = o.state.index === null && collectGarbage()
+    const measure = this.#index === null && collectGarbage()
     const before = measure ? process.memoryUsage().heapUsed : 0
-    const index = buildIndex(m, o.defaults, o.state.index, m.loadedAt)
-    o.state.index = index
+    const index = buildIndex(m, o.defaults, this.#index, m.loadedAt)
+    this.#index = index
     this.#awaitingFull = false
+    for (const l of o.listeners) l.indexReplaced?.(index, { source: 'registry', reason: 'start' })
     if (measure && collectGarbage()) {
       this.#indexHeapBytes = Math.max(0, process.memoryUsage().heapUsed - before)
       o.metrics.indexHeapBytes.set(this.#indexHeapBytes)
     }
-    o.descriptors.retain((host) => index.byHost.has(host))
-    this.#status(m.status)
-    o.metrics.observeIndex(index)
-    o.metrics.registryLastLoad.set(index.loadedAt / 1000)
-    o.onTenantsChanged?.(null)
+    this.#feed(m.status)
     this.#log.info({ ms: Math.round(preciseNow() - m.sentAt), version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, indexHeapBytes: this.#indexHeapBytes }, 'index received from the primary')
     this.#first.resolve()
   }
 
   #delta (m: Extract<ToWorker, { tp: 'delta' }>): void {
     const o = this.#o
-    const index = o.state.index
+    const index = this.#index
     // Waiting for a full: the deltas before it are in it already.
     if (this.#awaitingFull || index === null) return
     const { delta } = m
     if (delta.since !== index.version || delta.registryId !== index.registryId) return this.#resync(`delta from version ${delta.since}, index at ${index.version}`)
     const result = applyDelta(index, delta, o.defaults)
     if (!result.consistent) return this.#resync('delta names a tenant the index lacks')
-    for (const host of result.removedHosts) o.descriptors.delete(host)
-    this.#status(m.status)
-    o.metrics.observeIndex(index)
+    const change = { from: delta.since, to: delta.version, touchedSlugs: [...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)], removedHosts: result.removedHosts, delta }
+    for (const l of o.listeners) l.changesApplied?.(index, change)
     o.metrics.observeWorkerLag((preciseNow() - m.sentAt) / 1000)
-    o.onTenantsChanged?.([...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)])
+    this.#feed(m.status)
   }
 
-  #status (status: FeedStatus): void {
-    const { state, metrics } = this.#o
-    state.synced = status.synced
-    state.stale = status.stale
-    state.lastSyncAt = status.lastSyncAt
-    metrics.registryLastSync.set(status.lastSyncAt / 1000)
+  #feed (status: FeedStatus): void {
+    for (const l of this.#o.listeners) l.feedChanged?.(status)
   }
 
   #answer (id: number, what: 'metrics' | 'status'): void {
@@ -164,8 +157,8 @@ export class IndexFollower {
 
   /** This worker as /ready lists it. */
   status (): WorkerStatus {
-    const { state } = this.#o
+    const index = this.#index
     const memory = process.memoryUsage()
-    return { pid: process.pid, version: state.index?.version ?? null, tenants: state.index?.bySlug.size ?? 0, draining: state.draining, heapUsedBytes: memory.heapUsed, rssBytes: memory.rss, indexHeapBytes: this.#indexHeapBytes }
+    return { pid: process.pid, version: index?.version ?? null, tenants: index?.bySlug.size ?? 0, draining: this.#draining, heapUsedBytes: memory.heapUsed, rssBytes: memory.rss, indexHeapBytes: this.#indexHeapBytes }
   }
 }
