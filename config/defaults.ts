@@ -17,6 +17,13 @@ export const DEFAULTS = {
     level: 'info'
   },
 
+  /**
+   * Proxy processes sharing the traffic port: 1 runs one process; more runs a primary (registry
+   * feed, ops listener) and this many workers (traffic); 'auto' is one per available CPU.
+   * Integer from 1 to 256, or 'auto'.
+   */
+  workers: 1 as number | 'auto',
+
   registry: {
     /** (secret) postgres:// URL of the tenant registry; null starts the embedded PostgreSQL. */
     databaseUrl: null as string | null,

@@ -15,12 +15,15 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/
 /** The placeholders of tenantExec.databaseUrlTemplate (src/exec/database-url.ts fills them). */
 export const URL_TEMPLATE_PLACEHOLDERS = ['database', 'host', 'port', 'slug', 'user', 'password', 'userinfo'] as const
 const HOUR_MS = 3_600_000
+/** More processes than this is a typo, not a machine (each holds its own index). */
+export const MAX_WORKERS = 256
 
 export const SCHEMA = {
   deploymentId: text({ pattern: /^[\x21-\x7e]{1,200}$/, describe: '1-200 printable ASCII characters' }),
   log: {
     level: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const)
   },
+  workers: workerCount(),
   registry: {
     databaseUrl: nullable(postgresUrl()),
     listenUrl: nullable(postgresUrl()),
@@ -213,6 +216,20 @@ function urlTemplate (): Field<string> {
       if (unknown.length > 0) return { ok: false, reason: `unknown placeholder(s) ${unknown.map((p) => `{${p}}`).join(', ')}; use ${URL_TEMPLATE_PLACEHOLDERS.map((p) => `{${p}}`).join(' ')}` }
       if (!r.value.includes('{database}')) return { ok: false, reason: 'must contain {database}' }
       return r
+    }
+  }
+}
+
+/** `workers`: a process count, or 'auto' (resolved at start by `serve`). */
+function workerCount (): Field<number | 'auto'> {
+  const count = integer(1, MAX_WORKERS)
+  return {
+    env: 'number',
+    secret: false,
+    check (value) {
+      if (value === 'auto') return { ok: true, value }
+      const r = count.check(value)
+      return r.ok ? r : { ok: false, reason: `must be "auto" or an integer from 1 to ${MAX_WORKERS}` }
     }
   }
 }

@@ -13,7 +13,8 @@ import type { ProxyMetrics } from './metrics.js'
 import type { UpstreamPools } from '../proxy/upstream-pools.js'
 import { lazySchemaCompilers } from '../schema-compilers.js'
 import { registerDescriptorApi } from './descriptor-api.js'
-import { probeOrigins, type OriginProbe } from './upstream-probe.js'
+import { probeOrigins } from './upstream-probe.js'
+import type { GroupView } from '../cluster/primary.js'
 
 /** What the ops app reads. */
 export interface OpsDeps {
@@ -27,6 +28,8 @@ export interface OpsDeps {
   readonly descriptorApi: { readonly tokens: readonly string[], readonly descriptors: DescriptorCache, readonly retryAfterS: number }
   /** The on-demand TLS ask (src/proxy/tls-ask.ts). */
   readonly tlsAsk: TlsAskHandler
+  /** A cluster primary's workers (src/cluster/primary.ts): /metrics, /up and /ready answer for all of them. */
+  readonly group?: GroupView | null
 }
 
 export const JWKS_PATH = '/.well-known/tenant-proxy/jwks.json'
@@ -37,7 +40,9 @@ export function buildOpsApp (deps: OpsDeps) {
   // Fastify's default logs the refused bytes (err.rawPacket); see client-error.ts.
   const app = Fastify({ loggerInstance: logger, logController: new LogController({ disableRequestLogging: true }), clientErrorHandler: clientErrorHandler(logger), schemaController: lazySchemaCompilers })
 
+  const group = deps.group ?? null
   app.get('/metrics', async (_request, reply) => {
+    if (group !== null) return reply.type(group.contentType).send(await group.metrics())
     const body = await deps.metrics.registry.metrics()
     return reply.type(deps.metrics.registry.contentType).send(body)
   })
@@ -45,12 +50,17 @@ export function buildOpsApp (deps: OpsDeps) {
   app.get('/ready', async (_request, reply) => {
     const { state } = deps
     const index = state.index
-    const upstreams: OriginProbe[] = await probeOrigins(deps.pools.default.addresses.map((a) => a.origin), deps.probeTimeoutMs)
+    const [upstreams, workers] = await Promise.all([
+      probeOrigins(deps.pools.default.addresses.map((a) => a.origin), deps.probeTimeoutMs),
+      group?.statuses() ?? null
+    ])
     const reachable = upstreams.some((u) => u.reachable)
-    const ready = index !== null && !state.draining && reachable
+    // With workers, every one must be listening with an index (a restarting one makes the group not ready).
+    const workersReady = group === null || (workers !== null && group.up() === group.expected && workers.length === group.expected && workers.every((w) => w.version !== null && !w.draining))
+    const ready = index !== null && !state.draining && reachable && workersReady
     const now = Date.now()
     return reply.code(ready ? 200 : 503).header('cache-control', 'no-store').send({
-      status: ready ? 'ready' : state.draining ? 'draining' : index === null ? 'starting' : 'upstream_unreachable',
+      status: ready ? 'ready' : state.draining ? 'draining' : index === null ? 'starting' : !reachable ? 'upstream_unreachable' : 'workers_not_ready',
       draining: state.draining,
       registry: index === null
         ? { loaded: false }
@@ -70,6 +80,7 @@ export function buildOpsApp (deps: OpsDeps) {
             lastSyncAt: state.lastSyncAt === 0 ? null : new Date(state.lastSyncAt).toISOString(),
             secondsSinceSync: state.lastSyncAt === 0 ? null : Math.round((now - state.lastSyncAt) / 100) / 10
           },
+      ...(group === null ? {} : { workers: { expected: group.expected, up: group.up(), processes: workers } }),
       upstreams,
       pools: deps.pools.all().map((p) => ({
         name: p.name ?? 'default',
@@ -89,8 +100,11 @@ export function buildOpsApp (deps: OpsDeps) {
   })
 
   app.get('/up', async (_request, reply) => {
-    const up = deps.state.index !== null && !deps.state.draining
-    return reply.code(up ? 200 : 503).send({ status: up ? 'ok' : deps.state.draining ? 'draining' : 'starting' })
+    // With workers: up while at least one serves (a restarting worker costs capacity, not the instance).
+    const workersUp = group?.up() ?? 1
+    const up = deps.state.index !== null && !deps.state.draining && workersUp > 0
+    const status = up ? 'ok' : deps.state.draining ? 'draining' : deps.state.index === null ? 'starting' : 'no_worker_up'
+    return reply.code(up ? 200 : 503).send(group === null ? { status } : { status, workers: { expected: group.expected, up: workersUp } })
   })
 
   app.get(TLS_ASK_PATH, deps.tlsAsk)

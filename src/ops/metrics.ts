@@ -74,6 +74,10 @@ export class ProxyMetrics {
   readonly heldTotal: client.Counter
   readonly heldDuration: client.Histogram<'end'>
   readonly heldRefused: client.Counter<'reason'>
+  readonly workersUp: client.Gauge
+  readonly workerRestarts: client.Counter
+  readonly indexHeapBytes: client.Gauge
+  readonly #workerLag: client.Histogram
 
   constructor () {
     const registers = [this.registry]
@@ -91,20 +95,20 @@ export class ProxyMetrics {
     for (const metric of [this.#requests, this.#duration, this.#upstreamDuration]) this.registry.registerMetric(metric as unknown as client.Metric)
     const inFlight = (): number => this.inFlight
     new client.Gauge({ name: 'tenant_proxy_requests_in_flight', help: 'Requests being handled on the traffic listener.', registers, collect () { this.set(inFlight()) } })
-    this.registryTenants = new client.Gauge({ name: 'tenant_proxy_registry_tenants', help: 'Tenants in the loaded registry index.', registers })
-    this.registryDomains = new client.Gauge({ name: 'tenant_proxy_registry_domains', help: 'Domains in the loaded registry index.', registers })
-    this.registryVersion = new client.Gauge({ name: 'tenant_proxy_registry_version', help: 'Registry change version of the loaded index.', registers })
-    this.registryLastLoad = new client.Gauge({ name: 'tenant_proxy_registry_last_load_timestamp_seconds', help: 'Unix time of the last successful registry load.', registers })
+    this.registryTenants = new client.Gauge({ name: 'tenant_proxy_registry_tenants', help: 'Tenants in the loaded registry index.', registers, aggregator: 'max' })
+    this.registryDomains = new client.Gauge({ name: 'tenant_proxy_registry_domains', help: 'Domains in the loaded registry index.', registers, aggregator: 'max' })
+    this.registryVersion = new client.Gauge({ name: 'tenant_proxy_registry_version', help: 'Registry change version of the loaded index.', registers, aggregator: 'max' })
+    this.registryLastLoad = new client.Gauge({ name: 'tenant_proxy_registry_last_load_timestamp_seconds', help: 'Unix time of the last successful registry load.', registers, aggregator: 'max' })
     this.registryLoads = new client.Counter({ name: 'tenant_proxy_registry_loads_total', help: 'Registry snapshot loads by result.', labelNames: ['result'], registers })
-    this.registryLastSync = new client.Gauge({ name: 'tenant_proxy_registry_last_sync_timestamp_seconds', help: 'Unix time the index was last confirmed current with the registry (load, applied change or version check).', registers })
-    this.registryFeedConnected = new client.Gauge({ name: 'tenant_proxy_registry_feed_connected', help: '1 while the LISTEN connection to the registry change feed is up and resynced.', registers })
+    this.registryLastSync = new client.Gauge({ name: 'tenant_proxy_registry_last_sync_timestamp_seconds', help: 'Unix time the index was last confirmed current with the registry (load, applied change or version check).', registers, aggregator: 'max' })
+    this.registryFeedConnected = new client.Gauge({ name: 'tenant_proxy_registry_feed_connected', help: '1 while the LISTEN connection to the registry change feed is up and resynced.', registers, aggregator: 'max' })
     this.registryFeedReconnects = new client.Counter({ name: 'tenant_proxy_registry_feed_reconnects_total', help: 'Reconnections of the registry change feed.', registers })
     this.registryFullLoads = new client.Counter({ name: 'tenant_proxy_registry_full_loads_total', help: 'Full registry loads (the whole snapshot read) by why they ran: start, reload, gap, registry_changed, backlog, inconsistent.', labelNames: ['reason'], registers })
     this.registryResumes = new client.Counter({ name: 'tenant_proxy_registry_resumes_total', help: 'Resyncs done from the change log instead of a full load, by what was resumed: reconnect (the index in memory) or file (the snapshot file).', labelNames: ['from'], registers })
     this.registryQueryFailures = new client.Counter({ name: 'tenant_proxy_registry_query_failures_total', help: 'Registry queries that failed on a live feed connection and are retried on their own (the feed is not reset), by query.', labelNames: ['query'], registers })
     this.registryFullLoadWaiting = new client.Gauge({ name: 'tenant_proxy_registry_full_load_waiting', help: '1 while a full load waits for one of the registry-wide full-load slots (registry.maxConcurrentFullLoads).', registers })
-    this.registryStale = new client.Gauge({ name: 'tenant_proxy_registry_stale', help: '1 while the index comes from the last-known-good snapshot file, not yet confirmed by the registry.', registers })
-    this.registryFeedDeaf = new client.Gauge({ name: 'tenant_proxy_registry_feed_deaf', help: '1 while the change feed connection receives none of its own heartbeat notifications (a pooler in transaction mode): changes arrive only by the periodic version check.', registers })
+    this.registryStale = new client.Gauge({ name: 'tenant_proxy_registry_stale', help: '1 while the index comes from the last-known-good snapshot file, not yet confirmed by the registry.', registers, aggregator: 'max' })
+    this.registryFeedDeaf = new client.Gauge({ name: 'tenant_proxy_registry_feed_deaf', help: '1 while the change feed connection receives none of its own heartbeat notifications (a pooler in transaction mode): changes arrive only by the periodic version check.', registers, aggregator: 'max' })
     this.registryPrunes = new client.Counter({ name: 'tenant_proxy_registry_prunes_total', help: "This proxy's attempts to prune the registry change log, by result (pruned, nothing, busy: another process pruning, denied: no privilege, error).", labelNames: ['result'], registers })
     this.descriptorSignatures = new client.Counter({ name: 'tenant_proxy_descriptor_signatures_total', help: 'Descriptors signed (cache misses and refreshes).', registers })
     this.upstreamErrors = new client.Counter({ name: 'tenant_proxy_upstream_errors_total', help: 'Upstream failures by kind.', labelNames: ['kind'], registers })
@@ -119,6 +123,8 @@ export class ProxyMetrics {
       help: 'Upstream addresses by pool: usable, or not (ejected, failing since an ejection without answering or accepting a connection, or failing health checks).',
       labelNames: ['pool', 'state'],
       registers,
+      // With workers, each process has its own view of the addresses: the highest count, not the sum.
+      aggregator: 'max',
       collect () {
         this.reset()
         const now = Date.now()
@@ -129,7 +135,7 @@ export class ProxyMetrics {
         }
       }
     })
-    this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers })
+    this.draining = new client.Gauge({ name: 'tenant_proxy_draining', help: '1 while the process is shutting down.', registers, aggregator: 'max' })
     this.opsApiRequests = new client.Counter({ name: 'tenant_proxy_ops_api_requests_total', help: 'Calls of the ops descriptor API by endpoint and result.', labelNames: ['endpoint', 'result'], registers })
     this.tlsAsks = new client.Counter({ name: 'tenant_proxy_tls_ask_total', help: 'On-demand TLS asks answered (ops and traffic listeners), by result.', labelNames: ['result'], registers })
     const heldNow = (): number => this.heldNow
@@ -137,6 +143,10 @@ export class ProxyMetrics {
     this.heldTotal = new client.Counter({ name: 'tenant_proxy_held_requests_total', help: 'Requests held because their tenant was paused.', registers })
     this.heldDuration = new client.Histogram({ name: 'tenant_proxy_held_duration_seconds', help: 'Time a request was held for a paused tenant, by how the hold ended (released, timeout, client_closed, draining).', labelNames: ['end'], buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers })
     this.heldRefused = new client.Counter({ name: 'tenant_proxy_held_refused_total', help: "A paused tenant's requests answered 503 + Retry-After, by reason: held past the pause's timeout, over a cap on held requests, or the proxy shutting down.", labelNames: ['reason'], registers })
+    this.workersUp = new client.Gauge({ name: 'tenant_proxy_workers_up', help: 'Worker processes listening with an index (workers > 1; 0 in a single-process proxy).', registers })
+    this.workerRestarts = new client.Counter({ name: 'tenant_proxy_worker_restarts_total', help: 'Worker processes that exited unexpectedly and were restarted.', registers })
+    this.indexHeapBytes = new client.Gauge({ name: 'tenant_proxy_index_heap_bytes', help: 'Heap the registry index took when first built, per worker process (summed over workers).', registers })
+    this.#workerLag = new client.Histogram({ name: 'tenant_proxy_worker_index_lag_seconds', help: 'Time from the primary applying a registry change to a worker applying it (workers > 1).', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers })
 
     // prom-client prints a labelled series only once it has a value (labels() alone creates
     // nothing): without these zeros, dashboards show "no data" and rate() misses the first error.
@@ -178,6 +188,11 @@ export class ProxyMetrics {
     this.registryTenants.set(index.bySlug.size)
     this.registryDomains.set(index.byHost.size)
     this.registryVersion.set(index.version)
+  }
+
+  /** Records how long a change took from the primary to this worker. */
+  observeWorkerLag (seconds: number): void {
+    this.#workerLag.observe(seconds)
   }
 
   /** Counts an upstream attempt that failed and was repeated on another address. */

@@ -7,6 +7,7 @@
  * the others' state.
  */
 import type { RegistryIndex } from './index.js'
+import type { RegistryDelta } from './store.js'
 
 /** Where a replacing index came from. */
 export type IndexSource = 'registry' | 'file'
@@ -46,6 +47,8 @@ export interface AppliedChange {
   readonly touchedSlugs: readonly string[]
   /** Hostnames no longer in the index. */
   readonly removedHosts: readonly string[]
+  /** The rows the delta was applied from, for a listener that replays it on another index (a cluster worker's, src/cluster/primary.ts). */
+  readonly delta: Extract<RegistryDelta, { complete: true }>
 }
 
 /** Whether the served index is known current, and since when. */

@@ -241,7 +241,7 @@ export class RegistrySync {
       const from = index.version
       const result = applyDelta(index, delta, o.defaults)
       if (!result.consistent) return await this.#fullLoad('inconsistent')
-      const change = { from, to: delta.version, touchedSlugs: [...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)], removedHosts: result.removedHosts }
+      const change = { from, to: delta.version, touchedSlugs: [...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)], removedHosts: result.removedHosts, delta }
       for (const l of o.listeners) l.changesApplied?.(index, change)
       this.#log.debug({ from: delta.since, to: delta.version, changes: delta.changes, ms: Math.round((performance.now() - started) * 100) / 100 }, 'registry changes applied')
     }
