@@ -89,7 +89,7 @@ t.test('a registry restart with nothing changed resumes from the change log: no 
   await admin.connect()
   t.teardown(async () => await admin.end())
   // The pool's migration check at connect closes once idle (10 s); the feed is the one that stays.
-  await until(async () => (await admin.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = 'tp_proxy'")).rows[0].n === 1 ? true : undefined, 'one registry connection per proxy', 20_000)
+  await until(async () => (await admin.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = 'tp_proxy'")).rows[0]?.n === 1 ? true : undefined, 'one registry connection per proxy', 20_000)
   t.pass('one registry connection')
 })
 
