@@ -26,8 +26,6 @@ import { UpstreamPools } from './proxy/upstream-pools.js'
 import { describeError, openRegistry, type RegistryConnection } from './registry/connect.js'
 import { migrate } from './registry/migrate.js'
 import { registryFingerprint } from './registry/snapshot-file.js'
-import { pruneWithPool } from './registry/prune.js'
-import { ChangeLogPruner } from './registry/pruner.js'
 import type { RegistryListener } from './registry/listener.js'
 import { SnapshotWriter } from './registry/snapshot-writer.js'
 import { RegistrySync } from './registry/sync.js'
@@ -103,12 +101,9 @@ export async function startProxy (config: Config, logger: Logger, role: ProxyRol
       versionCheckIntervalMs: config.registry.versionCheckIntervalMs,
       reconnectMinMs: config.registry.reconnectMinMs,
       reconnectMaxMs: config.registry.reconnectMaxMs,
-      pruner: new ChangeLogPruner({
-        retentionS: config.registry.changeRetentionS,
-        prune: async (retentionS) => await pruneWithPool(registry.pool, registry.schema, retentionS),
-        logger: logger.child({ component: 'registry' }),
-        count: (result) => metrics.registryPrunes.labels(result).inc()
-      }),
+      changeRetentionS: config.registry.changeRetentionS,
+      maxConcurrentFullLoads: config.registry.maxConcurrentFullLoads,
+      pageSize: config.registry.snapshotPageSize,
       snapshotFile,
       fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema),
       onConnect: async () => {

@@ -45,7 +45,7 @@ t.test('a feed whose notifications are dropped is reported deaf; changes still a
   }), logs)
   t.equal(await status(proxy.url, 'acme.example'), 200)
 
-  const deaf = await until(async () => { const r = await ready(proxy.opsUrl); return r.body.registry.feedDeaf ? r : undefined }, '/ready to report the deaf feed')
+  const deaf = await until(async () => { const r = await ready(proxy.opsUrl); return r.body.registry.feedDeaf ? r : undefined }, '/ready to report the deaf feed', 30_000)
   t.equal(deaf.code, 200, '/ready keeps its status code: a deaf feed is slow, not broken')
   t.match(deaf.body.registry, { synced: false, feedDeaf: true, notSyncedReason: /deaf.*registry\.listenUrl/ })
   t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_deaf'), 1)
@@ -74,12 +74,12 @@ t.test('a feed whose notifications are dropped is reported deaf; changes still a
   t.ok(byCheck, 'a change was applied by the periodic check (a delta, no reload) while notifications were dropped')
   t.ok(await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_reconnects_total') >= 1, 'the deaf feed was reconnected')
   // Between its reconnects (503 meanwhile, as for any reconnect) a deaf feed routes as a synced one.
-  await until(async () => await status(proxy.url, 'unknown.example') === 404 ? true : undefined, 'a 404 for an unknown host while deaf')
+  await until(async () => await status(proxy.url, 'unknown.example') === 404 ? true : undefined, 'a 404 for an unknown host while deaf', 30_000)
   t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_deaf'), 1, 'a deaf feed routes as before: unknown hosts are unknown')
 
   // Notifications flow again: the next heartbeat clears the report.
   filter.dropNotifications = false
-  const heard = await until(async () => { const r = await ready(proxy.opsUrl); return r.body.registry.synced ? r : undefined }, '/ready to report the feed synced again')
+  const heard = await until(async () => { const r = await ready(proxy.opsUrl); return r.body.registry.synced ? r : undefined }, '/ready to report the feed synced again', 30_000)
   t.match(heard.body.registry, { synced: true, feedDeaf: false, notSyncedReason: null })
   t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_deaf'), 0)
   t.ok(filter.counts.forwarded > 0, 'heartbeats reached the proxy through the relay')
@@ -97,7 +97,7 @@ t.test('a healthy feed through the relay is never deaf, and a change arrives by 
     TENANT_PROXY_REGISTRY_VERSION_CHECK_INTERVAL_MS: '3600000'
   }))
   await registry.store.addTenant({ slug: 'newco', domains: ['new.example'], databaseName: 'newco', databaseHost: null, databasePort: null, state: 'active', upstream: null, settings: {} })
-  await until(async () => await status(proxy.url, 'new.example') === 200 ? true : undefined, 'the new tenant by notification')
+  await until(async () => await status(proxy.url, 'new.example') === 200 ? true : undefined, 'the new tenant by notification', 30_000)
   t.ok(filter.counts.forwarded >= 1, 'the notification went through the listenUrl relay')
   t.match((await ready(proxy.opsUrl)).body.registry, { synced: true, feedDeaf: false })
 })

@@ -90,7 +90,7 @@ t.test('a proxy with exactly the documented grants starts, routes, follows chang
 
   // The first check prunes: denied. One warning, and the feed is not touched.
   const deniedLine = /may not prune the registry change log/
-  await until(() => proxy.logs.some((l) => deniedLine.test(l)) ? true : undefined, 'the denied prune warning')
+  await until(() => proxy.logs.some((l) => deniedLine.test(l)) ? true : undefined, 'the denied prune warning', 30_000)
   const prunesDenied = async (): Promise<number> => {
     const text = await (await request(`${opsUrl}/metrics`)).body.text()
     return Number(/^tenant_proxy_registry_prunes_total\{result="denied"\} (\d+)/m.exec(text)?.[1])
@@ -98,11 +98,11 @@ t.test('a proxy with exactly the documented grants starts, routes, follows chang
   t.equal(await prunesDenied(), 1, 'counted as denied')
   const syncedAt = await metric(opsUrl, 'tenant_proxy_registry_last_sync_timestamp_seconds')
   // Five more checks: enough for a second warning, a missed heartbeat to make the feed deaf, or a reconnect.
-  await until(async () => await metric(opsUrl, 'tenant_proxy_registry_last_sync_timestamp_seconds') >= syncedAt + 5 * CHECK_MS / 1000 ? true : undefined, 'five more version checks')
+  await until(async () => await metric(opsUrl, 'tenant_proxy_registry_last_sync_timestamp_seconds') >= syncedAt + 5 * CHECK_MS / 1000 ? true : undefined, 'five more version checks', 30_000)
 
   // A live change arrives over the same feed.
   await registry.store.addTenant({ slug: 'newco', domains: ['new.example'], databaseName: 'newco', databaseHost: null, databasePort: null, state: 'active', upstream: null, settings: {} })
-  t.equal(await until(async () => await routedTenant(trafficUrl, 'new.example') ?? undefined, 'the new tenant through the proxy'), 'newco', 'follows a live change')
+  t.equal(await until(async () => await routedTenant(trafficUrl, 'new.example') ?? undefined, 'the new tenant through the proxy', 30_000), 'newco', 'follows a live change')
 
   t.equal(proxy.logs.filter((l) => deniedLine.test(l)).length, 1, 'one warning about pruning, however many checks')
   t.equal(await prunesDenied(), 1, 'not retried at every check')
@@ -111,7 +111,7 @@ t.test('a proxy with exactly the documented grants starts, routes, follows chang
   t.equal(await metric(opsUrl, 'tenant_proxy_registry_feed_deaf'), 0, 'the heartbeat (NOTIFY) works with the read-only role')
   const ready = await (await request(`${opsUrl}/ready`)).body.json() as { registry: { synced: boolean, feedDeaf: boolean, notSyncedReason: string | null } }
   t.match(ready.registry, { synced: true, feedDeaf: false, notSyncedReason: null })
-  t.notOk(proxy.logs.some((l) => /"level":(50|60)/.test(l)), 'no error logged')
+  t.same(proxy.logs.filter((l) => /"level":(50|60)/.test(l)), [], 'no error logged')
 
   // A table a later migration adds (created by the owner) is readable without another grant.
   await admin.query('CREATE TABLE tenant_proxy.later_migration (x integer)')

@@ -247,6 +247,9 @@ export class ProxyMetrics {
       case 'full-load-wait':
         this.registryFullLoadWaiting.set(event.waiting ? 1 : 0)
         break
+      case 'prune':
+        this.registryPrunes.labels(event.result).inc()
+        break
     }
   }
 }

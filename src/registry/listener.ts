@@ -8,6 +8,7 @@
  */
 import type { RegistryIndex } from './index.js'
 import type { RegistryDelta } from './store.js'
+import type { PruneCount } from './pruner.js'
 
 /** Where a replacing index came from. */
 export type IndexSource = 'registry' | 'file'
@@ -78,6 +79,8 @@ export type SyncEvent =
   | { readonly kind: 'reconnect' }
   | { readonly kind: 'query-failed', readonly query: SyncQuery }
   | { readonly kind: 'full-load-wait', readonly waiting: boolean }
+  /** A prune of the change log was tried (src/registry/pruner.ts). */
+  | { readonly kind: 'prune', readonly result: PruneCount }
 
 export interface SyncEventListener {
   syncEvent (event: SyncEvent): void

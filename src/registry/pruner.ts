@@ -68,13 +68,11 @@ export class ChangeLogPruner {
           o.logger.debug({ reason: result.reason }, 'registry change log prune still denied')
         }
         this.#deniedWarned = true
-      } else if (result.outcome === 'pruned') {
+      } else {
         if (this.#deniedWarned) o.logger.info('this proxy may prune the registry change log again')
         this.#deniedWarned = false
-        o.logger.info({ deleted: result.deleted, through: result.through, retentionS: o.retentionS }, 'pruned the registry change log')
-      } else {
-        this.#deniedWarned = false
-        o.logger.debug({ outcome: result.outcome }, result.outcome === 'busy' ? 'another process is pruning the registry change log' : 'nothing to prune in the registry change log')
+        if (result.outcome === 'pruned') o.logger.info({ deleted: result.deleted, through: result.through, retentionS: o.retentionS }, 'pruned the registry change log')
+        else o.logger.debug({ outcome: result.outcome }, result.outcome === 'busy' ? 'another process is pruning the registry change log' : 'nothing to prune in the registry change log')
       }
     } catch (err) {
       o.count?.('error')
