@@ -239,6 +239,9 @@ async function restartWave (proxies, relay, sampler) {
     allResyncedMs: resyncMs.includes(null) ? null : Math.max(...resyncMs),
     notResynced: resyncMs.filter((x) => x === null).length,
     fullLoads: after.reduce((a, m, i) => a + (m === null ? 0 : m.loadsOk - before[i].loadsOk), 0),
+    fullLoadReasons: diffLabels(before, after),
+    // null: the proxies do not count resumes (they had no such thing).
+    resumes: after.every((m, i) => m !== null && m.resumes !== null && before[i].resumes !== null) ? after.reduce((a, m, i) => a + m.resumes - before[i].resumes, 0) : null,
     cpuS,
     netCpuS: cpuS - results.idleRestartCpuS,
     bytesToProxies: bytes1.toClient - bytes0.toClient,
@@ -255,9 +258,22 @@ async function restartWave (proxies, relay, sampler) {
     stallErrors: stalls.reduce((a, x) => a + x.errors, 0),
     stallStatuses: stalls.reduce((a, x) => { for (const [k, v] of Object.entries(x.statuses)) a[k] = (a[k] ?? 0) + v; return a }, {})
   }
-  log(`restart with ${proxies.length} proxies: server down ${s(w.downMs)}, up again ${s(w.upMs)}; every proxy resynced ${w.allResyncedMs === null ? `NOT (${w.notResynced} not)` : s(w.allResyncedMs)} after the stop began; full loads ${w.fullLoads}; registry CPU ${w.cpuS.toFixed(2)} s (${w.netCpuS.toFixed(2)} s beyond an idle restart); ${w.rows} rows in ${w.calls} statements; ${mb(w.bytesToProxies)} to the proxies over ${w.connectionsAccepted} connections; request latency max ${ms(w.stallMaxMs)} (before the restart ${ms(w.stallBaselineMaxMs)}), p99 ${ms(w.stallP99Ms)}, ${w.stallRequests} requests, statuses ${JSON.stringify(w.stallStatuses)}, ${w.stallErrors} errors`)
+  log(`restart with ${proxies.length} proxies: server down ${s(w.downMs)}, up again ${s(w.upMs)}; every proxy resynced ${w.allResyncedMs === null ? `NOT (${w.notResynced} not)` : s(w.allResyncedMs)} after the stop began; full loads ${w.fullLoads}${w.fullLoadReasons === null ? '' : ` ${JSON.stringify(w.fullLoadReasons)}`}, resumes from the change log ${w.resumes ?? 'not counted'}; registry CPU ${w.cpuS.toFixed(2)} s (${w.netCpuS.toFixed(2)} s beyond an idle restart); ${w.rows} rows in ${w.calls} statements; ${mb(w.bytesToProxies)} to the proxies over ${w.connectionsAccepted} connections; request latency max ${ms(w.stallMaxMs)} (before the restart ${ms(w.stallBaselineMaxMs)}), p99 ${ms(w.stallP99Ms)}, ${w.stallRequests} requests, statuses ${JSON.stringify(w.stallStatuses)}, ${w.stallErrors} errors`)
   for (const t of w.topStatements) log(`  ${t.calls} calls, ${t.rows} rows: ${t.query}`)
   return w
+}
+
+/** Full loads per reason between two readings of every proxy's metrics (null when not counted by reason). */
+function diffLabels (before, after) {
+  const out = {}
+  for (const [i, m] of after.entries()) {
+    if (m?.loadReasons == null || before[i].loadReasons === null) return null
+    for (const [reason, v] of Object.entries(m.loadReasons)) {
+      const d = v - (before[i].loadReasons[reason] ?? 0)
+      if (d > 0) out[reason] = (out[reason] ?? 0) + d
+    }
+  }
+  return out
 }
 
 /**
@@ -674,10 +690,22 @@ async function metrics (p) {
     const res = await http.request({ method: 'GET', path: '/metrics', headersTimeout: 5_000, bodyTimeout: 5_000 })
     const text = await res.body.text()
     const value = (re) => Number(re.exec(text)?.[1] ?? NaN)
+    /** Sum over the labels of a counter, with the value per label; null when the proxy has no such metric. */
+    const byLabel = (name) => {
+      const all = [...text.matchAll(new RegExp(`^${name}\\{\\w+="([^"]*)"\\} (\\S+)$`, 'gm'))]
+      if (all.length === 0) return null
+      return { total: all.reduce((a, m) => a + Number(m[2]), 0), labels: Object.fromEntries(all.map((m) => [m[1], Number(m[2])])) }
+    }
+    // Full loads: by reason where the proxy counts them so (a resume from the change log is not
+    // one), else every successful snapshot load.
+    const full = byLabel('tenant_proxy_registry_full_loads_total')
+    const resumes = byLabel('tenant_proxy_registry_resumes_total')
     return {
       feedConnected: value(/^tenant_proxy_registry_feed_connected (\S+)$/m),
       reconnects: value(/^tenant_proxy_registry_feed_reconnects_total (\S+)$/m),
-      loadsOk: value(/^tenant_proxy_registry_loads_total\{result="ok"\} (\S+)$/m)
+      loadsOk: full?.total ?? value(/^tenant_proxy_registry_loads_total\{result="ok"\} (\S+)$/m),
+      loadReasons: full?.labels ?? null,
+      resumes: resumes?.total ?? null
     }
   } finally {
     await http.close().catch(() => undefined)
@@ -764,7 +792,7 @@ function report () {
   for (const r of results.runs) {
     const w = r.restart
     const rssAll = r.rssAfterPropagation
-    lines.push(`| ${r.proxies} | ${s(r.boot.allUpMs)} (${s(r.boot.medianMs)}) | ${ms(r.propagation.p50)} / ${ms(r.propagation.p99)} / ${ms(r.propagation.max)}${r.propagation.timeouts > 0 ? ` (${r.propagation.timeouts} timeouts)` : ''} | ${w.allResyncedMs === null ? `**${w.notResynced} never**` : s(w.allResyncedMs)} | ${w.fullLoads} | ${r.exits.length} | ${w.cpuS.toFixed(2)} s (${w.netCpuS.toFixed(2)} s) | ${w.rows.toLocaleString('en-US')} (${w.calls}) | ${mb(w.bytesToProxies)} | ${ms(w.stallMaxMs)} (${ms(w.stallBaselineMaxMs)}; ${ms(w.stallP99Ms)}) | ${r.settled.total} · ${r.connections.boot ?? 'n/a'} / ${r.connections.restart ?? 'n/a'} | ${mb(median(rssAll))} (${mb(Math.max(...rssAll))}) |`)
+    lines.push(`| ${r.proxies} | ${s(r.boot.allUpMs)} (${s(r.boot.medianMs)}) | ${ms(r.propagation.p50)} / ${ms(r.propagation.p99)} / ${ms(r.propagation.max)}${r.propagation.timeouts > 0 ? ` (${r.propagation.timeouts} timeouts)` : ''} | ${w.allResyncedMs === null ? `**${w.notResynced} never**` : s(w.allResyncedMs)} | ${w.fullLoads}${w.resumes === null ? '' : ` (${w.resumes} resumes)`} | ${r.exits.length} | ${w.cpuS.toFixed(2)} s (${w.netCpuS.toFixed(2)} s) | ${w.rows.toLocaleString('en-US')} (${w.calls}) | ${mb(w.bytesToProxies)} | ${ms(w.stallMaxMs)} (${ms(w.stallBaselineMaxMs)}; ${ms(w.stallP99Ms)}) | ${r.settled.total} · ${r.connections.boot ?? 'n/a'} / ${r.connections.restart ?? 'n/a'} | ${mb(median(rssAll))} (${mb(Math.max(...rssAll))}) |`)
   }
   for (const f of results.failed) lines.push(`| ${f.proxies} | **failed**: ${f.error} |  |  |  |  |  |  |  |  |  |  |`)
   lines.push('')
