@@ -9,7 +9,7 @@
 import type { DescriptorTarget } from '../descriptor/sign.js'
 import { TENANT_STATES, type TenantState } from './names.js'
 import { SlugOrder, type SlugEdit } from './slug-order.js'
-import type { RegistryDelta, RegistrySnapshot, TenantRow } from './store.js'
+import type { DomainRow, RegistryDelta, RegistrySnapshot, TenantRow } from './store.js'
 
 /** Everything the data path needs about one tenant; immutable, replaced when the tenant changes. */
 export class Route implements DescriptorTarget {
@@ -58,21 +58,66 @@ export interface DatabaseDefaults { readonly defaultHost: string, readonly defau
  * Routes equal to the previous index's are reused, so descriptors cached for them stay valid.
  */
 export function buildIndex (snapshot: Pick<RegistrySnapshot, 'version' | 'registryId' | 'tenants' | 'domains'>, defaults: DatabaseDefaults, previous: RegistryIndex | null = null, now = Date.now()): RegistryIndex {
-  // Tenant id → route only while building: domains name their tenant by id.
-  const byId = new Map<number, Route>()
-  const bySlug = new Map<string, Route>()
-  for (const t of snapshot.tenants) {
-    const route = routeFor(t, defaults, previous?.bySlug.get(t.slug))
-    byId.set(t.id, route)
-    bySlug.set(t.slug, route)
+  const builder = new IndexBuilder({ version: snapshot.version, registryId: snapshot.registryId, loadedAt: now }, defaults, previous)
+  builder.addTenants(snapshot.tenants)
+  builder.addDomains(snapshot.domains)
+  return builder.finish()
+}
+
+/** What an index is of: the registry version and id it reflects and when it was built. */
+export interface IndexMeta { readonly version: number, readonly registryId: string, readonly loadedAt: number }
+
+/**
+ * Builds an index beside the one being served, a page of rows at a time (a paged full load yields
+ * to the event loop between pages). All tenants first, then all domains: a domain names its
+ * tenant by id. A domain whose tenant was not added is skipped (a paged load reads pages at
+ * different instants; the change log applied afterwards brings it back, see sync.ts).
+ */
+export class IndexBuilder {
+  readonly #meta: IndexMeta
+  readonly #defaults: DatabaseDefaults
+  readonly #previous: RegistryIndex | null
+  /** Tenant id → route only while building: domains name their tenant by id. */
+  #byId: Map<number, Route> | null = new Map()
+  readonly #bySlug = new Map<string, Route>()
+  readonly #byHost = new Map<string, Route>()
+
+  constructor (meta: IndexMeta, defaults: DatabaseDefaults, previous: RegistryIndex | null = null) {
+    this.#meta = meta
+    this.#defaults = defaults
+    this.#previous = previous
   }
-  const byHost = new Map<string, Route>()
-  for (const d of snapshot.domains) {
-    const route = byId.get(d.tenantId)
-    // The primary domain's key is the route's own string: one copy of it per tenant, not two.
-    if (route !== undefined) byHost.set(d.hostname === route.primaryHost ? route.primaryHost : d.hostname, route)
+
+  addTenants (rows: Iterable<TenantRow>): void {
+    const byId = this.#building()
+    for (const t of rows) {
+      const route = routeFor(t, this.#defaults, this.#previous?.bySlug.get(t.slug))
+      byId.set(t.id, route)
+      this.#bySlug.set(t.slug, route)
+    }
   }
-  return { version: snapshot.version, registryId: snapshot.registryId, loadedAt: now, byHost, bySlug, slugOrder: new SlugOrder(() => bySlug.keys()) }
+
+  addDomains (rows: Iterable<DomainRow>): void {
+    const byId = this.#building()
+    for (const d of rows) {
+      const route = byId.get(d.tenantId)
+      // The primary domain's key is the route's own string: one copy of it per tenant, not two.
+      if (route !== undefined) this.#byHost.set(d.hostname === route.primaryHost ? route.primaryHost : d.hostname, route)
+    }
+  }
+
+  /** The index; the builder is done. */
+  finish (): RegistryIndex {
+    this.#building()
+    this.#byId = null
+    const bySlug = this.#bySlug
+    return { version: this.#meta.version, registryId: this.#meta.registryId, loadedAt: this.#meta.loadedAt, byHost: this.#byHost, bySlug, slugOrder: new SlugOrder(() => bySlug.keys()) }
+  }
+
+  #building (): Map<number, Route> {
+    if (this.#byId === null) throw new Error('IndexBuilder used after finish()')
+    return this.#byId
+  }
 }
 
 /**
