@@ -46,6 +46,14 @@ export const DEFAULTS = {
     snapshotPath: './data/last-known-good.json',
     /** Change log rows older than this are pruned by the proxies (hourly); 0 keeps them forever. Seconds. */
     changeRetentionS: 604_800, // 7 days
+    /**
+     * Full loads (the whole registry read) running at once across every proxy of the registry,
+     * counted with advisory locks; a proxy over the cap waits (with jitter), routing from the
+     * index it has. 0: no cap. Loads.
+     */
+    maxConcurrentFullLoads: 4,
+    /** Rows per page of a full load (each page one short statement). Rows. */
+    snapshotPageSize: 10_000,
     embedded: {
       /** Data directory of the embedded PostgreSQL (relative to the working directory). Path. */
       dataDir: './data/registry',

@@ -81,6 +81,8 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
       reconnectMinMs: config.registry.reconnectMinMs,
       reconnectMaxMs: config.registry.reconnectMaxMs,
       changeRetentionS: config.registry.changeRetentionS,
+      maxConcurrentFullLoads: config.registry.maxConcurrentFullLoads,
+      pageSize: config.registry.snapshotPageSize,
       snapshotFile,
       fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema),
       onConnect: async () => {

@@ -118,10 +118,10 @@ t.test('the collection after a full registry load frees the rows it read', async
   const registry = await testRegistry(t, [{ slug: 'a', domains: ['a.example'] }, { slug: 'b', domains: ['b.example'] }])
   const config = testConfig(registry.url, 'http://127.0.0.1:1')
   let rows: WeakRef<object> | undefined
-  const snapshot = registry.store.snapshot.bind(registry.store)
-  registry.store.snapshot = async () => {
-    const s = await snapshot()
-    rows = new WeakRef(s.tenants)
+  const tenantPage = registry.store.tenantPage.bind(registry.store)
+  registry.store.tenantPage = async (...args) => {
+    const s = await tenantPage(...args)
+    rows ??= new WeakRef(s)
     // A WeakRef holds its target until the current job ends (ECMA-262 AddToKeptObjects): end it
     // here, so that from now on only the sync's own references keep the rows.
     await new Promise((resolve) => setImmediate(resolve))
@@ -141,6 +141,8 @@ t.test('the collection after a full registry load frees the rows it read', async
     reconnectMinMs: config.registry.reconnectMinMs,
     reconnectMaxMs: config.registry.reconnectMaxMs,
     changeRetentionS: 0,
+    maxConcurrentFullLoads: 4,
+    pageSize: 1,
     snapshotFile: null,
     fingerprint: 'unused',
     onConnect: async () => {},

@@ -34,6 +34,8 @@ export const SCHEMA = {
     unavailableRetryAfterS: integer(0, 86_400),
     snapshotPath: text({ allowEmpty: true }),
     changeRetentionS: integer(0, 10 * 365 * 86_400),
+    maxConcurrentFullLoads: integer(0, 10_000),
+    snapshotPageSize: integer(100, 1_000_000),
     embedded: {
       dataDir: text(),
       port: integer(1, 65_535)

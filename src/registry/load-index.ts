@@ -1,16 +1,65 @@
 /**
  * The two full loads of the index, each in a function of its own so that the rows it read are
- * unreachable once it returns. The sync collects the garbage right after a full load (src/gc.ts);
- * a collection that runs while the caller's frame still holds the rows keeps them (about 15 MB of
- * the heap at 100,000 tenants) and the resident memory of a proxy that just started with them.
+ * unreachable once it returns. The sync collects the garbage right after the first full load
+ * (src/gc.ts); a collection that runs while the caller's frame still holds the rows keeps them
+ * (about 15 MB of the heap at 100,000 tenants) and the resident memory of a proxy that just
+ * started with them.
  */
-import { buildIndex, type DatabaseDefaults, type RegistryIndex } from './index.js'
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
+import type pg from 'pg'
+import { applyDelta, buildIndex, IndexBuilder, type DatabaseDefaults, type RegistryIndex } from './index.js'
 import { readSnapshotFile } from './snapshot-file.js'
 import type { RegistryStore } from './store.js'
 
-/** Reads a full snapshot from the registry and builds its index (reusing `previous`'s unchanged routes). */
-export async function indexFromRegistry (store: RegistryStore, defaults: DatabaseDefaults, previous: RegistryIndex | null): Promise<RegistryIndex> {
-  return buildIndex(await store.snapshot(), defaults, previous)
+/** Runs a registry query on the connection the load uses (the feed connection, one query at a time). */
+export type RunQuery = <T>(fn: (client: pg.ClientBase) => Promise<T>) => Promise<T>
+
+/** Why a paged load could not produce an index; the caller may try again. */
+export class PagedLoadIncomplete extends Error {}
+
+/**
+ * Reads the whole registry in keyset pages and builds its index beside the served one (reusing
+ * `previous`'s unchanged routes). Each page is one short statement, so no statement lasts longer
+ * than its own rows take whatever the registry's size, and the event loop runs between pages.
+ *
+ * Consistency: the pages are read at different instants, so together they are no snapshot. The
+ * version V0 is read before the first page; every row that differs between V0 and the instant its
+ * page was read belongs to a tenant or domain changed after V0, which the change log names. The
+ * delta after V0 (one REPEATABLE READ transaction, read after the last page) re-reads each such
+ * tenant and domain as of its own version V1, later than every page; rows not named were the same
+ * at V0 and at every page's instant. Applied to the built index, it gives exactly the registry at
+ * V1. A domain read whose tenant was not (added or deleted between the two pages) is skipped by
+ * the builder; it was changed after V0, so the delta brings it back or removes it. This needs the
+ * change log to cover V0 and hold at most `deltaLimit` changes since: otherwise the load is
+ * incomplete (PagedLoadIncomplete) and is tried again.
+ */
+export async function indexFromRegistry (store: RegistryStore, run: RunQuery, defaults: DatabaseDefaults, previous: RegistryIndex | null, opts: { pageSize: number, deltaLimit: number }): Promise<RegistryIndex> {
+  const head = await run(async (c) => await store.head(c))
+  const builder = new IndexBuilder({ version: head.version, registryId: head.registryId, loadedAt: Date.now() }, defaults, previous)
+  let afterId = 0
+  for (;;) {
+    const page = await run(async (c) => await store.tenantPage(afterId, opts.pageSize, c))
+    builder.addTenants(page)
+    const last = page.at(-1)
+    if (last === undefined || page.length < opts.pageSize) break
+    afterId = last.id
+    await yieldToEventLoop()
+  }
+  let afterHost: string | null = null
+  for (;;) {
+    const page = await run(async (c) => await store.domainPage(afterHost, opts.pageSize, c))
+    builder.addDomains(page)
+    const last = page.at(-1)
+    if (last === undefined || page.length < opts.pageSize) break
+    afterHost = last.hostname
+    await yieldToEventLoop()
+  }
+  const index = builder.finish()
+  const delta = await run(async (c) => await store.delta(head.version, opts.deltaLimit, { client: c }))
+  if (!delta.complete) throw new PagedLoadIncomplete(`the change log since the load began is ${delta.reason === 'gap' ? 'pruned' : 'too long'}`)
+  if (delta.registryId !== head.registryId) throw new PagedLoadIncomplete('the registry changed during the load')
+  if (delta.version > index.version && !applyDelta(index, delta, defaults).consistent) throw new PagedLoadIncomplete('the change log names a tenant the load lacks')
+  return index
 }
 
 /** Reads and validates the last-known-good file (throws SnapshotFileError) and builds its index. */

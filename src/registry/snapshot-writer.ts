@@ -7,7 +7,7 @@
 import type { Logger } from 'pino'
 import { describeError } from './connect.js'
 import type { RegistryIndex } from './index.js'
-import type { AppliedChange, FeedStatus, IndexSource, RegistryListener } from './listener.js'
+import type { AppliedChange, FeedStatus, FullLoadReason, IndexSource, RegistryListener } from './listener.js'
 import { SnapshotWriteAborted, writeSnapshotFile } from './snapshot-file.js'
 
 /** How long the index must be quiet before the file is rewritten. */
@@ -37,11 +37,13 @@ export class SnapshotWriter implements RegistryListener {
     this.#o = opts
   }
 
-  indexReplaced (index: RegistryIndex, how: { readonly source: IndexSource }): void {
+  indexReplaced (index: RegistryIndex, how: { readonly source: IndexSource, readonly reason: FullLoadReason | 'file' }): void {
     this.#index = index
     this.#stale = how.source === 'file'
     if (this.#stale) return
-    this.#collectAfterWrite = true
+    // Only the first load's garbage is collected at once: a full collection blocks the event loop,
+    // and later loads replace an index while requests are served (V8 collects that garbage itself).
+    this.#collectAfterWrite = how.reason === 'start'
     this.#schedule(0)
   }
 

@@ -329,8 +329,13 @@ export class RegistryStore {
     })
   }
 
-  /** The changes after version `since` as current rows (see RegistryDelta); at most `limit` change rows. */
-  async delta (since: number, limit: number): Promise<RegistryDelta> {
+  /**
+   * The changes after version `since` as current rows (see RegistryDelta); at most `limit` change
+   * rows. `client`: run on this connection (the proxy's feed connection) instead of the pool.
+   * `paused`: also read every paused tenant as if it had changed (an index from the snapshot file
+   * does not know pauses; resuming from it must learn them).
+   */
+  async delta (since: number, limit: number, opts: { client?: pg.ClientBase, paused?: boolean } = {}): Promise<RegistryDelta> {
     return await this.#readOnly(async (c) => {
       const v = await c.query<{ version: string, registry_id: string, pruned_through: string }>(`SELECT version, registry_id, pruned_through FROM ${this.#s}.registry_state`)
       const version = Number(v.rows[0]?.version ?? 0)
@@ -349,6 +354,13 @@ export class RegistryStore {
         if (tenantId !== null) tenantIds.add(Number(tenantId))
         if (entity === 'domain') hostnames.add(key)
         else tenantSlugs.add(key)
+      }
+      if (opts.paused === true) {
+        const p = await c.query<[string, string]>({ text: `SELECT id, slug FROM ${this.#s}.tenants WHERE paused_hold_ms IS NOT NULL`, rowMode: 'array' })
+        for (const [id, slug] of p.rows) {
+          tenantIds.add(Number(id))
+          tenantSlugs.add(slug)
+        }
       }
       const ids = [...tenantIds]
       const hosts = [...hostnames]
@@ -371,7 +383,34 @@ export class RegistryStore {
         hostnames: hosts,
         domains: d.rows.map(([hostname, slug]) => ({ hostname, slug }))
       }
+    }, opts.client)
+  }
+
+  /** The registry's version, id and how far its change log was pruned; the head of a paged snapshot. */
+  async head (client?: pg.ClientBase): Promise<{ version: number, registryId: string, prunedThrough: number }> {
+    const r = await (client ?? this.#pool).query<{ version: string, registry_id: string, pruned_through: string }>(`SELECT version, registry_id, pruned_through FROM ${this.#s}.registry_state`)
+    return { version: Number(r.rows[0]?.version ?? 0), registryId: r.rows[0]?.registry_id ?? '', prunedThrough: Number(r.rows[0]?.pruned_through ?? 0) }
+  }
+
+  /**
+   * Up to `limit` tenants with an id above `afterId`, by id: one short statement per page (keyset,
+   * on the primary key), so no page lasts longer than its own rows take, whatever the registry's size.
+   */
+  async tenantPage (afterId: number, limit: number, client?: pg.ClientBase): Promise<TenantRow[]> {
+    const r = await (client ?? this.#pool).query<TenantTuple>({ text: `${tenantSelect(this.#s)} WHERE t.id > $1 ORDER BY t.id LIMIT $2`, values: [afterId, limit], rowMode: 'array' })
+    return r.rows.map(tenantRow)
+  }
+
+  /** Up to `limit` domains with a hostname after `afterHostname`, by hostname (keyset on the primary key). */
+  async domainPage (afterHostname: string | null, limit: number, client?: pg.ClientBase): Promise<DomainRow[]> {
+    const r = await (client ?? this.#pool).query<[string, string]>({
+      text: afterHostname === null
+        ? `SELECT hostname, tenant_id FROM ${this.#s}.domains ORDER BY hostname LIMIT $1`
+        : `SELECT hostname, tenant_id FROM ${this.#s}.domains WHERE hostname > $2 ORDER BY hostname LIMIT $1`,
+      values: afterHostname === null ? [limit] : [limit, afterHostname],
+      rowMode: 'array'
     })
+    return r.rows.map(([hostname, tenantId]) => ({ hostname, tenantId: Number(tenantId) }))
   }
 
   /** The registry's version and id (the feed's periodic check). */
@@ -384,8 +423,8 @@ export class RegistryStore {
    * Deletes change rows older than `retentionS` seconds (keeping the newest version's, so the log
    * is never empty after writes) and records the pruned version; proxies further behind resync.
    */
-  async pruneChanges (retentionS: number): Promise<number> {
-    return await this.#tx(async (c) => {
+  async pruneChanges (retentionS: number, client?: pg.ClientBase): Promise<number> {
+    const prune = async (c: pg.ClientBase): Promise<number> => {
       const r = await c.query<{ through: string | null }>(
         `SELECT max(version) AS through FROM ${this.#s}.changes
          WHERE changed_at < now() - make_interval(secs => $1) AND version < (SELECT max(version) FROM ${this.#s}.changes)`, [retentionS])
@@ -395,12 +434,16 @@ export class RegistryStore {
       await c.query(`UPDATE ${this.#s}.registry_state SET pruned_through = greatest(pruned_through, $1)`, [through])
       const d = await c.query(`DELETE FROM ${this.#s}.changes WHERE version <= $1`, [through])
       return d.rowCount ?? 0
-    }, { slug: null, databaseName: null, domains: [] })
+    }
+    if (client !== undefined) return await onClient(client, 'BEGIN', prune)
+    return await this.#tx(prune, { slug: null, databaseName: null, domains: [] })
   }
 
-  async #readOnly<T> (fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+  async #readOnly<T> (fn: (c: pg.ClientBase) => Promise<T>, client?: pg.ClientBase): Promise<T> {
     // REPEATABLE READ: every statement sees the same instant (the version and the rows agree).
-    return await this.#transaction('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY', 'COMMIT', fn, null)
+    const begin = 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY'
+    if (client !== undefined) return await onClient(client, begin, fn)
+    return await this.#transaction(begin, 'COMMIT', fn, null)
   }
 
   /**
@@ -433,7 +476,7 @@ export class RegistryStore {
   }
 
   /** Conflicts of the input lines with the registry, each with its line (see importTenants). */
-  async #importConflicts (c: pg.PoolClient, entries: readonly ImportEntry[], replace: boolean): Promise<ImportProblem[]> {
+  async #importConflicts (c: pg.ClientBase, entries: readonly ImportEntry[], replace: boolean): Promise<ImportProblem[]> {
     const problems: ImportProblem[] = []
     // With --replace, a tenant of the import may hand its domain or database to another one.
     const ours = replace ? entries.flatMap((e) => e.slug === null ? [] : [e.slug]) : []
@@ -771,6 +814,22 @@ export class RegistryStore {
     const n = r.rows[0]?.n ?? 0
     const slugs = r.rows.map((x) => x.slug).join(', ')
     return tpError('TENANT_PROXY_ERR_SERVER_IN_USE', [name, n, `${slugs}${n > r.rows.length ? ', …' : ''}`], cause)
+  }
+}
+
+/**
+ * Runs `fn` in a transaction on a connection the caller holds (the proxy's feed connection). On
+ * an error it rolls back, so the connection is usable again once the error reaches the caller.
+ */
+async function onClient<T> (client: pg.ClientBase, begin: string, fn: (c: pg.ClientBase) => Promise<T>): Promise<T> {
+  await client.query(begin)
+  try {
+    const result = await fn(client)
+    await client.query('COMMIT')
+    return result
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined)
+    throw err
   }
 }
 

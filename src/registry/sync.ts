@@ -18,12 +18,13 @@
 import { hostname } from 'node:os'
 import type { Logger } from 'pino'
 import { collectGarbage } from '../gc.js'
-import { ChangeFeed } from './change-feed.js'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { ChangeFeed, isConnectionError } from './change-feed.js'
 import { describeError } from './connect.js'
 import { feedApplicationName } from './feed-name.js'
 import { applyDelta, type DatabaseDefaults, type RegistryIndex } from './index.js'
-import type { FeedStatus, FullLoadReason, RegistryListener, SyncEvent } from './listener.js'
-import { indexFromFile, indexFromRegistry } from './load-index.js'
+import type { FeedStatus, FullLoadReason, RegistryListener, SyncEvent, SyncQuery } from './listener.js'
+import { indexFromFile, indexFromRegistry, PagedLoadIncomplete } from './load-index.js'
 import { SnapshotFileError, SnapshotFileMissing } from './snapshot-file.js'
 import type { RegistryStore } from './store.js'
 
@@ -35,6 +36,11 @@ const FILE_FALLBACK_MS = 1_000
 type FileOutcome = 'loaded' | 'not-needed' | 'none'
 /** Pruning of the change log runs at most this often per proxy. */
 const PRUNE_EVERY_MS = 3_600_000
+/** A paged load whose catch-up from the change log failed is tried again this many times at most. */
+const PAGED_LOAD_ATTEMPTS = 3
+/** First and longest wait for a full-load slot (with jitter). */
+const SLOT_WAIT_MIN_MS = 200
+const SLOT_WAIT_MAX_MS = 5_000
 
 /** What the sync needs; built once by server.ts. */
 export interface SyncOptions {
@@ -50,6 +56,10 @@ export interface SyncOptions {
   readonly reconnectMinMs: number
   readonly reconnectMaxMs: number
   readonly changeRetentionS: number
+  /** Full loads at once across the registry's proxies (advisory-lock slots); 0: no cap. */
+  readonly maxConcurrentFullLoads: number
+  /** Rows per page of a full load. */
+  readonly pageSize: number
   /** Last-known-good file path to start from when the registry does not answer, or null. */
   readonly snapshotFile: string | null
   readonly fingerprint: string
@@ -74,6 +84,9 @@ export class RegistrySync {
   #queue: Promise<unknown> = Promise.resolve()
   #catchUpPending = false
   #reconnectTimer: NodeJS.Timeout | null = null
+  /** A failed query's retry (see #failed). */
+  #retryTimer: NodeJS.Timeout | null = null
+  #retryAttempt = 0
   #checkTimer: NodeJS.Timeout | null = null
   #attempt = 0
   #stopped = false
@@ -144,7 +157,9 @@ export class RegistrySync {
   /** Loads a full snapshot now (SIGHUP); keeps the current index on failure. */
   async reload (): Promise<boolean> {
     try {
-      await this.#serial(async () => await this.#fullLoad('reload'))
+      const feed = this.#feed
+      if (feed === null || !feed.alive) throw new Error('the registry change feed is not connected')
+      await this.#serial(async () => await this.#fullLoad(feed, 'reload'))
       return true
     } catch (err) {
       this.#log.error({ error: describeError(err) }, this.#index === null ? 'registry load failed' : 'registry reload failed; keeping the loaded index')
@@ -152,7 +167,11 @@ export class RegistrySync {
     }
   }
 
-  /** Applies whatever the change log holds after the loaded version (also what a notification triggers). */
+  /**
+   * Applies whatever the change log holds after the loaded version (also what a notification
+   * triggers); on a feed connected but not resynced yet, resyncs. A query that fails on a live
+   * connection is retried on its own schedule; only a dead connection resets the feed.
+   */
   async catchUp (): Promise<void> {
     // Coalesce: while one catch-up waits in the queue, more notifications add nothing.
     if (this.#catchUpPending) return await this.#queue.then(() => undefined, () => undefined)
@@ -161,22 +180,26 @@ export class RegistrySync {
     try {
       await this.#serial(async () => {
         this.#catchUpPending = false
-        await this.#applyChanges()
+        if (feed === null || feed !== this.#feed || !feed.alive) return
+        if (this.#synced) await this.#applyChanges(feed)
+        else await this.#resync(feed)
       })
+      this.#retryAttempt = 0
     } catch (err) {
-      this.#lost(feed, err)
+      this.#failed(feed, this.#synced ? 'delta' : 'load', err)
     }
   }
 
   /** Stops the feed and timers; an index write under way completes. */
   async stop (): Promise<void> {
     this.#stopped = true
-    for (const timer of [this.#reconnectTimer, this.#checkTimer]) if (timer !== null) clearTimeout(timer)
+    for (const timer of [this.#reconnectTimer, this.#checkTimer, this.#retryTimer]) if (timer !== null) clearTimeout(timer)
     this.#dropFeed()
     await this.#queue.catch(() => undefined)
   }
 
-  async #connect (): Promise<void> {
+  /** Connects the feed and resyncs; false when connected but the resync failed on a live connection (retried on its own). */
+  async #connect (): Promise<boolean> {
     const o = this.#o
     const feed: ChangeFeed = new ChangeFeed(o, {
       notified: (version) => {
@@ -188,32 +211,112 @@ export class RegistrySync {
     this.#feed = feed
     await feed.open()
     await o.onConnect()
-    await this.#serial(async () => await this.#fullLoad(this.#index === null ? 'start' : 'gap'))
-    if (this.#feed !== feed) throw new Error('registry connection lost during the resync')
+    try {
+      await this.#serial(async () => await this.#resync(feed))
+    } catch (err) {
+      // A query the registry refused (a statement timeout, a privilege) on a connection that works:
+      // keep the connection and the index, and try the resync again on its own schedule.
+      if (this.#index === null || !feed.alive || this.#feed !== feed || isConnectionError(err)) throw err
+      this.#failed(feed, 'load', err)
+      return false
+    }
+    return true
+  }
+
+  /**
+   * Brings the index current on a (re)connected feed: from the change log when it still covers
+   * the index's version (a registry restart, a failover, a network blip, a start from the
+   * snapshot file), otherwise by a full load.
+   */
+  async #resync (feed: ChangeFeed): Promise<void> {
+    const index = this.#index
+    if (index === null) {
+      await this.#fullLoad(feed, 'start')
+    } else {
+      const from = this.#stale ? 'file' : 'reconnect'
+      if (await this.#applyChanges(feed, from === 'file')) {
+        this.#emit({ kind: 'resume', from })
+        this.#log.info({ from, version: this.#index?.version }, from === 'file' ? 'resumed from the snapshot file\'s version with the change log; no full load' : 'resumed from the change log after reconnecting; no full load')
+      }
+    }
+    if (this.#feed !== feed || !feed.alive) throw new Error('registry connection lost during the resync')
     this.#synced = true
     this.#stale = false
+    this.#lastSyncAt = Date.now()
     this.#publishFeed()
   }
 
-  /** Full snapshot → new index swapped in. */
-  async #fullLoad (reason: FullLoadReason): Promise<void> {
+  /** Full snapshot, read in pages on the feed connection under a full-load slot → new index swapped in. */
+  async #fullLoad (feed: ChangeFeed, reason: FullLoadReason): Promise<void> {
     const started = performance.now()
-    let index: RegistryIndex
+    const first = this.#index === null
+    let loaded: RegistryIndex
     try {
-      index = await indexFromRegistry(this.#o.store, this.#o.defaults, this.#index)
+      loaded = await this.#withSlot(feed, async () => {
+        for (let attempt = 1; ; attempt++) {
+          try {
+            return await indexFromRegistry(this.#o.store, async (fn) => await feed.run(fn), this.#o.defaults, this.#index, { pageSize: this.#o.pageSize, deltaLimit: DELTA_LIMIT })
+          } catch (err) {
+            if (!(err instanceof PagedLoadIncomplete) || attempt >= PAGED_LOAD_ATTEMPTS) throw err
+            this.#log.info({ reason: err.message, attempt }, 'full registry load could not catch up; loading again')
+          }
+        }
+      })
     } catch (err) {
       this.#emit({ kind: 'full-load', reason, ok: false })
       throw err
     }
-    this.#index = index
-    this.#lastSyncAt = index.loadedAt
-    for (const l of this.#o.listeners) l.indexReplaced?.(index, { source: 'registry', reason })
+    this.#index = loaded
+    this.#lastSyncAt = loaded.loadedAt
+    for (const l of this.#o.listeners) l.indexReplaced?.(loaded, { source: 'registry', reason })
     this.#emit({ kind: 'full-load', reason, ok: true })
     this.#reportVersion()
-    this.#log.info({ reason, version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, ms: Math.round(performance.now() - started) }, 'registry loaded')
-    // The load's rows and the previous index are garbage now: collect them at once (the snapshot
-    // writer collects once more after serialising the new index, which makes as much again).
-    this.#collect()
+    this.#log.info({ reason, version: loaded.version, tenants: loaded.bySlug.size, domains: loaded.byHost.size, ms: Math.round(performance.now() - started) }, 'registry loaded')
+    // The load's rows are garbage now: at start, before any request is served, collect them at
+    // once (the snapshot writer collects once more after serialising the index). Not later: a
+    // full collection blocks the event loop (tens of ms at 100,000 tenants) and requests with it.
+    if (first) this.#collect()
+  }
+
+  /**
+   * Runs `fn` holding one of the registry-wide full-load slots: session advisory locks
+   * (pg_try_advisory_lock(hashtext('<schema> full load'), slot)) on the feed connection, so a
+   * slot is freed when the load ends or its connection dies. Without a free slot, waits with
+   * jitter and tries again: many proxies booting together queue instead of loading at once.
+   */
+  async #withSlot<T> (feed: ChangeFeed, fn: () => Promise<T>): Promise<T> {
+    const n = this.#o.maxConcurrentFullLoads
+    if (n === 0) return await fn()
+    const key = `${this.#o.schema} full load`
+    const random = this.#o.random ?? Math.random
+    let slot = -1
+    let waits = 0
+    try {
+      for (;;) {
+        const start = Math.floor(random() * n)
+        for (let i = 0; i < n && slot < 0; i++) {
+          const candidate = (start + i) % n
+          const r = await feed.run(async (c) => await c.query<{ ok: boolean }>('SELECT pg_try_advisory_lock(hashtext($1), $2) AS ok', [key, candidate]))
+          if (r.rows[0]?.ok === true) slot = candidate
+        }
+        if (slot >= 0) break
+        if (waits === 0) {
+          this.#emit({ kind: 'full-load-wait', waiting: true })
+          this.#log.info({ maxConcurrentFullLoads: n }, 'every full-load slot of the registry is taken; waiting for one (known hosts keep routing)')
+        }
+        const ceiling = Math.min(SLOT_WAIT_MAX_MS, SLOT_WAIT_MIN_MS * 2 ** Math.min(waits, 10))
+        waits++
+        await sleep(Math.round(ceiling / 2 + random() * ceiling / 2), undefined, { ref: false })
+        if (this.#stopped || this.#feed !== feed || !feed.alive) throw new Error('registry feed closed while waiting for a full-load slot')
+      }
+    } finally {
+      if (waits > 0) this.#emit({ kind: 'full-load-wait', waiting: false })
+    }
+    try {
+      return await fn()
+    } finally {
+      await feed.run(async (c) => await c.query('SELECT pg_advisory_unlock(hashtext($1), $2)', [key, slot])).catch(() => undefined)
+    }
   }
 
   /** One full garbage collection, to hand the memory of a big load back (see src/gc.ts). */
@@ -222,20 +325,35 @@ export class RegistrySync {
     if (collectGarbage()) this.#log.debug({ ms: Math.round(performance.now() - started) }, 'collected the garbage of a full registry load')
   }
 
-  async #applyChanges (): Promise<void> {
+  /**
+   * Reads the change log after the index's version on the feed connection and applies it, or
+   * falls back to a full load when the log cannot tell. True when the log was applied (no full load).
+   * `paused`: also re-read paused tenants (the index came from the snapshot file, which has no pauses).
+   */
+  async #applyChanges (feed: ChangeFeed, paused = false): Promise<boolean> {
     const o = this.#o
     const index = this.#index
-    if (index === null) return await this.#fullLoad('start')
+    if (index === null) {
+      await this.#fullLoad(feed, 'start')
+      return false
+    }
     const started = performance.now()
-    const delta = await o.store.delta(index.version, DELTA_LIMIT)
-    if (this.#index !== index) return await this.#applyChanges()
-    if (!delta.complete) return await this.#fullLoad(delta.reason)
-    if (delta.registryId !== index.registryId) return await this.#fullLoad('registry_changed')
+    const delta = await feed.run(async (c) => await o.store.delta(index.version, DELTA_LIMIT, { client: c, paused }))
+    if (this.#index !== index) return await this.#applyChanges(feed, paused)
+    const fallback = !delta.complete ? delta.reason : delta.registryId !== index.registryId ? 'registry_changed' : null
+    if (fallback !== null) {
+      await this.#fullLoad(feed, fallback)
+      return false
+    }
+    if (!delta.complete) return false
     const now = Date.now()
-    if (delta.version > index.version) {
+    if (delta.version > index.version || paused) {
       const from = index.version
       const result = applyDelta(index, delta, o.defaults)
-      if (!result.consistent) return await this.#fullLoad('inconsistent')
+      if (!result.consistent) {
+        await this.#fullLoad(feed, 'inconsistent')
+        return false
+      }
       const change = { from, to: delta.version, touchedSlugs: [...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)], removedHosts: result.removedHosts }
       for (const l of o.listeners) l.changesApplied?.(index, change)
       this.#log.debug({ from: delta.since, to: delta.version, changes: delta.changes, ms: Math.round((performance.now() - started) * 100) / 100 }, 'registry changes applied')
@@ -244,6 +362,7 @@ export class RegistrySync {
     this.#publishFeed()
     // Also when nothing changed: a report that failed or was overtaken by a reconnect is redone.
     this.#reportVersion()
+    return true
   }
 
   /**
@@ -273,7 +392,8 @@ export class RegistrySync {
           await feed.run(async (c) => await c.query("SELECT set_config('application_name', $1, false)", [name]))
           this.#reported = { feed, name }
         } catch (err) {
-          this.#lost(feed, err)
+          // Redone after the next applied change or version check.
+          this.#failed(feed, 'report', err, false)
           return
         }
       }
@@ -294,21 +414,57 @@ export class RegistrySync {
       // Usually the notification of that version is just behind this answer on the same
       // connection; the catch-up is what matters, so this is only worth a debug line.
       if (index !== null && version > index.version) this.#log.debug({ loaded: index.version, registry: version }, 'version check found newer changes; catching up')
-      await this.catchUp()
-      await this.#prune()
     } catch (err) {
-      this.#lost(feed, err)
+      // The next check is the retry.
+      this.#failed(feed, 'check', err, false)
+      return
+    }
+    await this.catchUp()
+    await this.#prune(feed)
+  }
+
+  async #prune (feed: ChangeFeed): Promise<void> {
+    if (this.#o.changeRetentionS === 0 || Date.now() - this.#lastPruneAt < PRUNE_EVERY_MS) return
+    this.#lastPruneAt = Date.now()
+    try {
+      const deleted = await feed.run(async (c) => await this.#o.store.pruneChanges(this.#o.changeRetentionS, c))
+      if (deleted > 0) this.#log.info({ deleted, retentionS: this.#o.changeRetentionS }, 'pruned the registry change log')
+    } catch (err) {
+      // Tried again at the next period.
+      this.#failed(feed, 'prune', err, false)
     }
   }
 
-  async #prune (): Promise<void> {
-    if (this.#o.changeRetentionS === 0 || Date.now() - this.#lastPruneAt < PRUNE_EVERY_MS) return
-    this.#lastPruneAt = Date.now()
-    const deleted = await this.#o.store.pruneChanges(this.#o.changeRetentionS)
-    if (deleted > 0) this.#log.info({ deleted, retentionS: this.#o.changeRetentionS }, 'pruned the registry change log')
+  /**
+   * A registry query failed. On a dead connection the feed is lost (the feed itself said so when
+   * the query ran on it); on a live one the query is counted, logged and, with `retry`, tried
+   * again after a backoff: a refused query is never a lost feed.
+   */
+  #failed (feed: ChangeFeed | null, query: SyncQuery, err: unknown, retry = true): void {
+    if (feed === null || feed !== this.#feed || this.#stopped) return
+    if (!feed.alive || isConnectionError(err)) {
+      this.#lost(feed, err)
+      return
+    }
+    this.#emit({ kind: 'query-failed', query })
+    this.#log.warn({ query, error: describeError(err) }, retry ? 'registry query failed on a live connection; retrying it (the feed stays up)' : 'registry query failed on a live connection; the next period retries it (the feed stays up)')
+    if (retry) this.#scheduleRetry()
   }
 
-  /** The feed connection (or a query on it) failed: stop trusting the index, reconnect. */
+  #scheduleRetry (): void {
+    if (this.#stopped || this.#retryTimer !== null) return
+    const o = this.#o
+    const ceiling = Math.min(o.reconnectMaxMs, o.reconnectMinMs * 2 ** Math.min(this.#retryAttempt, 20))
+    const delay = Math.round(ceiling / 2 + (o.random ?? Math.random)() * ceiling / 2)
+    this.#retryAttempt++
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null
+      void this.catchUp()
+    }, delay)
+    this.#retryTimer.unref()
+  }
+
+  /** The feed connection died: stop trusting the index, reconnect. */
   #lost (feed: ChangeFeed | null, err: unknown): void {
     if (feed === null || feed !== this.#feed) return
     this.#dropFeed()
@@ -337,9 +493,9 @@ export class RegistrySync {
     this.#attempt++
     this.#reconnectTimer = setTimeout(() => {
       this.#reconnectTimer = null
-      this.#connect().then(() => {
+      this.#connect().then((synced) => {
         this.#emit({ kind: 'reconnect' })
-        this.#log.info({ attempts: this.#attempt }, 'registry change feed reconnected and resynced')
+        this.#log.info({ attempts: this.#attempt }, synced ? 'registry change feed reconnected and resynced' : 'registry change feed reconnected; the resync is retried')
         this.#attempt = 0
       }, (err: unknown) => {
         this.#dropFeed()
