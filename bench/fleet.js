@@ -371,7 +371,7 @@ function describeCounts (xs) {
 // ---- registry statements -----------------------------------------------------------------------
 async function statements (admin) {
   const r = await admin.query(`SELECT queryid::text AS id, query, calls::float8 AS calls, rows::float8 AS rows FROM pg_stat_statements
-    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'registry') AND query NOT LIKE '%pg_stat%'`)
+    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'registry') AND query NOT LIKE '%pg_stat%' AND query NOT LIKE '%pg_backend_pid%'`)
   return new Map(r.rows.map((x) => [x.id, x]))
 }
 
@@ -754,7 +754,7 @@ function pct (xs, p) {
 }
 
 function sleep (msec) { return new Promise((resolve) => setTimeout(resolve, msec)) }
-function mb (bytes) { return `${(bytes / 1024 / 1024).toFixed(1)} MB` }
+function mb (bytes) { return bytes < 1024 * 1024 ? `${(bytes / 1024).toFixed(1)} kB` : `${(bytes / 1024 / 1024).toFixed(1)} MB` }
 function ms (x) { return x === null || Number.isNaN(x) ? 'n/a' : x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms` }
 function s (x) { return x === null ? 'n/a' : `${(x / 1000).toFixed(2)} s` }
 function log (line) { console.error(line) }
