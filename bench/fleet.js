@@ -138,6 +138,7 @@ async function fleet (n, common, dbUrl, relay) {
   try {
     // ---- boot: all n spawned together.
     sampler.phase('boot')
+    const bootBytes0 = await relay.stats()
     const t0 = performance.now()
     const started = await Promise.allSettled(Array.from({ length: n }, (_, i) => startProxy({ ...common, TENANT_PROXY_REGISTRY_APPLICATION_NAME: `${APP}${i}`, TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: path.join(tmp, `n${n}-p${i}.json`) }, i, r.exits)))
     for (const s of started) if (s.status === 'fulfilled') proxies.push(s.value)
@@ -145,8 +146,8 @@ async function fleet (n, common, dbUrl, relay) {
     if (failed.length > 0) throw new Error(`${failed.length} of ${n} proxies did not boot: ${failed[0].reason.message}`)
     await Promise.all(proxies.map((p) => waitFor(async () => (await metrics(p).catch(() => null))?.feedConnected === 1, `proxy ${p.i} synced`, BOOT_TIMEOUT_MS)))
     const bootMs = proxies.map((p) => p.bootMs)
-    r.boot = { allUpMs: Math.max(...bootMs), medianMs: median(bootMs), allSyncedMs: performance.now() - t0, rssAtUp: proxies.map((p) => p.rssAtUp) }
-    log(`N=${n}: every proxy /up ${s(r.boot.allUpMs)} after spawn (median ${s(r.boot.medianMs)}), synced ${s(r.boot.allSyncedMs)}; VmRSS at /up median ${mb(median(r.boot.rssAtUp))}`)
+    r.boot = { allUpMs: Math.max(...bootMs), medianMs: median(bootMs), allSyncedMs: performance.now() - t0, rssAtUp: proxies.map((p) => p.rssAtUp), bytesToProxies: (await relay.stats()).toClient - bootBytes0.toClient }
+    log(`N=${n}: every proxy /up ${s(r.boot.allUpMs)} after spawn (median ${s(r.boot.medianMs)}), synced ${s(r.boot.allSyncedMs)}; VmRSS at /up median ${mb(median(r.boot.rssAtUp))}; ${mb(r.boot.bytesToProxies)} from the registry`)
 
     // ---- propagation.
     sampler.phase('propagation')
