@@ -6,9 +6,9 @@
  * must hold on any machine: every proxy booted and came back after the restart, none exited, and
  * the private PostgreSQL, the proxies and the temp directory are gone afterwards. It takes about
  * 50 s on a shared 2-core machine at a load average of 15–20 (initdb, three starts of the private
- * server, two proxy boots, one restart wave; no step is a fixed wait beyond the benchmark's
- * paced request loop), so it is slower than the 30 s aimed at but bounded, and deterministic in
- * what it asserts.
+ * server, two proxy boots, one restart wave; the benchmark's only fixed waits are measurement
+ * windows, about 1 s in quick mode, never stand-ins for an event), so it is slower than the 30 s
+ * aimed at but bounded, and deterministic in what it asserts.
  */
 import { execFile } from 'node:child_process'
 import { existsSync } from 'node:fs'
