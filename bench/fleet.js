@@ -1,0 +1,825 @@
+// Fleet benchmark: N proxies against one registry (issue 12, item 8). Starts a private PostgreSQL
+// (initdb in a temp directory, on a free loopback port, trust authentication, stopped by its PID at
+// the end and on failure; the machine's own PostgreSQL is never used), seeds it, then for each N:
+//
+//   boot          N proxies spawned together → every one answers /up 200 (and the feed is synced)
+//   propagation   SQL commit → every proxy answers with the change (p50/p99 over all pairs)
+//   restart       the registry restarted (fast shutdown, start) with nothing changed: registry CPU
+//                 seconds of the new server, rows its statements returned (pg_stat_statements),
+//                 bytes it sent to the proxies (through bench/byte-relay.js), time until every
+//                 proxy has reconnected and resynced, full loads, proxies that exited, and the
+//                 latency of a paced request loop against every proxy meanwhile (stalls)
+//   connections   client connections per proxy (pg_stat_activity by application_name): settled
+//                 after an idle period, and the most seen while booting and during the restart
+//   memory        VmRSS per proxy at /up and after the propagation run
+//
+//   npm run bench:fleet                                   # N = 4, 12, 24 with 100,000 tenants
+//   BENCH_FLEET_PROXIES=2 BENCH_FLEET_TENANTS=1000000 npm run bench:fleet   # a million, small N
+//   BENCH_FLEET_QUICK=1 npm run bench:fleet               # N = 2, 2,000 tenants, no idle wait (the test)
+//   BENCH_FLEET_CHANGES=200 BENCH_FLEET_IDLE_MS=11000 …   # changes per N; idle wait before counting settled connections
+//   BENCH_FLEET_JSON=/tmp/fleet.json …                    # also write the figures as JSON
+//   BENCH_PG_BIN=/usr/lib/postgresql/15/bin …             # where initdb and postgres are
+//
+// Prints a Markdown table (docs/fleet.md holds measured runs; this script never rewrites it).
+// Every loop is bounded in count and time; every child (PostgreSQL, relay, upstream, proxies) is
+// stopped by its PID on success, on error and on SIGINT/SIGTERM, and the temp directory removed.
+import { execFile, execFileSync, spawn } from 'node:child_process'
+import { generateKeyPairSync } from 'node:crypto'
+import { chownSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { cpus, loadavg, tmpdir } from 'node:os'
+import path from 'node:path'
+import { createInterface } from 'node:readline'
+import { promisify } from 'node:util'
+import pg from 'pg'
+import { Client } from 'undici'
+
+const QUICK = process.env.BENCH_FLEET_QUICK === '1'
+const PROXIES = (process.env.BENCH_FLEET_PROXIES ?? (QUICK ? '2' : '4,12,24')).split(',').map(Number)
+const TENANTS = Number(process.env.BENCH_FLEET_TENANTS ?? (QUICK ? 2_000 : 100_000))
+const CHANGES = Number(process.env.BENCH_FLEET_CHANGES ?? (QUICK ? 20 : 200))
+const IDLE_MS = Number(process.env.BENCH_FLEET_IDLE_MS ?? (QUICK ? 0 : 11_000))
+const JSON_OUT = process.env.BENCH_FLEET_JSON ?? null
+const PG_BIN = process.env.BENCH_PG_BIN ?? '/usr/lib/postgresql/15/bin'
+const NODE = process.env.BENCH_NODE ?? process.execPath
+const HOSTS = Math.min(1_000, TENANTS)
+const UP_POLL_MS = 25
+const CHANGE_BUDGET_MS = 2_000 // per (change, proxy): give up after this long
+const MAX_POLLS = 100_000 // per (change, proxy), besides the time budget
+// Generous: on a loaded 2-core machine 12 proxies loading 100,000 tenants together took over 60 s.
+const BOOT_TIMEOUT_MS = Math.max(180_000, TENANTS / 5) // 200 s at a million
+const RESYNC_TIMEOUT_MS = BOOT_TIMEOUT_MS
+const STALL_PACE_MS = 20 // one request per proxy every 20 ms during the restart
+const STALL_BASELINE_MS = QUICK ? 500 : 2_000
+const IDLE_RESTART_MS = QUICK ? 300 : 1_000
+const STALL_AFTER_MS = QUICK ? 300 : 1_000 // the request loops run on this long after the last proxy resynced
+const METRICS_POLL_MS = 100
+const CONN_SAMPLE_MS = 250
+const APP = 'fleet' // registry.applicationName of proxy i is `fleet<i>`
+
+for (const [name, value, min] of [['BENCH_FLEET_TENANTS', TENANTS, 1], ['BENCH_FLEET_CHANGES', CHANGES, 1], ['BENCH_FLEET_IDLE_MS', IDLE_MS, 0], ...PROXIES.map((n) => ['BENCH_FLEET_PROXIES', n, 1])]) {
+  if (!Number.isInteger(value) || value < min) throw new Error(`${name} must be integers ≥ ${min}`)
+}
+
+const run = promisify(execFile)
+const tmp = mkdtempSync(path.join(tmpdir(), 'tp-bench-fleet-'))
+const children = new Set()
+let registry = null // the private PostgreSQL
+let cleaned = false
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL')
+  // SIGQUIT: immediate shutdown of the private server (its children follow the postmaster).
+  if (registry?.child?.exitCode === null) registry.child.kill('SIGQUIT')
+  rmSync(tmp, { recursive: true, force: true })
+})
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    console.error(`\n${signal}: cleaning up`)
+    cleanup().finally(() => process.exit(130))
+  })
+}
+
+async function cleanup () {
+  if (cleaned) return
+  cleaned = true
+  // The proxies first: cutting their registry connections (the relay) under them is not the test.
+  await Promise.all([...children].filter((c) => c.isProxy).map((c) => stopChild(c)))
+  await Promise.all([...children].map((c) => stopChild(c)))
+  await registry?.stop().catch((err) => console.error(`stopping the private PostgreSQL: ${err.message}`))
+  rmSync(tmp, { recursive: true, force: true })
+}
+
+// ---- main (run at the end of the file, once every declaration is initialised) ----------------
+async function main () {
+  registry = await PrivatePostgres.create(path.join(tmp, 'pg'))
+  await registry.start()
+  const dbUrl = await registry.createDatabase('registry')
+  results.seedMs = await seed(dbUrl, TENANTS)
+  // What a restart of an idle server costs by itself (startup, background processes), to
+  // subtract from a restart with the proxies.
+  await registry.stop()
+  await registry.start()
+  await sleep(IDLE_RESTART_MS)
+  results.idleRestartCpuS = registry.treeCpuSeconds()
+  log(`private PostgreSQL on port ${registry.port}; a restart with no clients costs ${results.idleRestartCpuS.toFixed(2)} CPU-s (startup + ${s(IDLE_RESTART_MS)} idle)`)
+
+  const relay = await startRelay(registry.port)
+  const upstream = await startUpstream()
+  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' })
+  const proxyUrl = new URL(dbUrl)
+  proxyUrl.port = String(relay.port)
+  const common = { TENANT_PROXY_UPSTREAM_URLS: upstream, TENANT_PROXY_DESCRIPTOR_KEYS: key, REGISTRY_DATABASE_URL: proxyUrl.toString() }
+  // A fleet that fails is reported as such and the next N still runs.
+  for (const n of PROXIES) {
+    try {
+      results.runs.push(await fleet(n, common, dbUrl, relay))
+    } catch (err) {
+      log(`N=${n} failed: ${err.stack}`)
+      results.failed.push({ proxies: n, error: err.message })
+    }
+  }
+}
+
+/** Runs `fn` on a new connection to the registry database (the server restarts between uses). */
+async function withAdmin (fn) {
+  const c = await registry.client(registry.url('registry'))
+  try {
+    return await fn(c)
+  } finally {
+    await c.end().catch(() => undefined)
+  }
+}
+
+/** One fleet of n proxies: boot, propagation, restart, connections, memory; stopped at the end. */
+async function fleet (n, common, dbUrl, relay) {
+  const r = { proxies: n, exits: [] }
+  const sampler = connectionSampler(n)
+  const proxies = []
+  try {
+    // ---- boot: all n spawned together.
+    sampler.phase('boot')
+    const bootBytes0 = await relay.stats()
+    const t0 = performance.now()
+    const started = await Promise.allSettled(Array.from({ length: n }, (_, i) => startProxy({ ...common, TENANT_PROXY_REGISTRY_APPLICATION_NAME: `${APP}${i}`, TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: path.join(tmp, `n${n}-p${i}.json`) }, i, r.exits)))
+    for (const s of started) if (s.status === 'fulfilled') proxies.push(s.value)
+    const failed = started.filter((s) => s.status === 'rejected')
+    if (failed.length > 0) throw new Error(`${failed.length} of ${n} proxies did not boot: ${failed[0].reason.message}`)
+    await Promise.all(proxies.map((p) => waitFor(async () => (await metrics(p).catch(() => null))?.feedConnected === 1, `proxy ${p.i} synced`, BOOT_TIMEOUT_MS)))
+    const bootMs = proxies.map((p) => p.bootMs)
+    r.boot = { allUpMs: Math.max(...bootMs), medianMs: median(bootMs), allSyncedMs: performance.now() - t0, rssAtUp: proxies.map((p) => p.rssAtUp), bytesToProxies: (await relay.stats()).toClient - bootBytes0.toClient }
+    log(`N=${n}: every proxy /up ${s(r.boot.allUpMs)} after spawn (median ${s(r.boot.medianMs)}), synced ${s(r.boot.allSyncedMs)}; VmRSS at /up median ${mb(median(r.boot.rssAtUp))}; ${mb(r.boot.bytesToProxies)} from the registry`)
+
+    // ---- propagation.
+    sampler.phase('propagation')
+    for (const p of proxies) {
+      p.http = new Client(`http://127.0.0.1:${p.trafficPort}`, { pipelining: 1, keepAliveTimeout: 60_000 })
+      for (let j = 0; j < 50; j++) await probe(p.http, host(slotTenant(j % HOSTS)))
+    }
+    const writer = await registry.client(dbUrl)
+    try {
+      r.propagation = await propagate(writer, proxies)
+    } finally {
+      await writer.end().catch(() => undefined)
+    }
+    const ps = r.propagation.samples
+    r.propagation.p50 = pct(ps, 50)
+    r.propagation.p99 = pct(ps, 99)
+    r.propagation.max = pct(ps, 100)
+    delete r.propagation.samples
+    r.rssAfterPropagation = proxies.map((p) => rss(p.child.pid))
+    log(`N=${n}: propagation to every proxy over ${CHANGES} changes: p50 ${ms(r.propagation.p50)} p99 ${ms(r.propagation.p99)} max ${ms(r.propagation.max)}, ${r.propagation.timeouts} not visible within ${CHANGE_BUDGET_MS} ms; VmRSS median ${mb(median(r.rssAfterPropagation))} max ${mb(Math.max(...r.rssAfterPropagation))}`)
+
+    // ---- settled connections: after an idle period longer than pg's pool idle timeout (10 s).
+    sampler.phase('idle')
+    if (IDLE_MS > 0) await sleep(IDLE_MS)
+    r.settled = await withAdmin((c) => connectionsNow(c, n))
+    log(`N=${n}: connections after ${s(IDLE_MS)} idle: ${r.settled.total} (per proxy ${describeCounts(r.settled.perProxy)})`)
+
+    // ---- registry restart with nothing changed.
+    sampler.phase('restart')
+    r.restart = await restartWave(proxies, relay, sampler)
+    r.settledAfterRestart = await withAdmin((c) => connectionsNow(c, n))
+  } finally {
+    sampler.stop()
+    r.connections = sampler.maxima()
+    await Promise.all(proxies.map(async (p) => {
+      await p.http?.close().catch(() => undefined)
+      p.stopping = true
+      await stopChild(p.child)
+    }))
+  }
+  log(`N=${n}: most connections seen: ${Object.entries(r.connections).map(([k, v]) => `${k} ${v}`).join(', ')}; proxies that exited: ${r.exits.length}`)
+  return r
+}
+
+/**
+ * Restarts the registry (SIGINT: fast shutdown; then start) with the request loops running, and
+ * waits until every proxy has reconnected and resynced (its feed-reconnect counter went up and
+ * its feed is connected again).
+ */
+async function restartWave (proxies, relay, sampler) {
+  const before = await Promise.all(proxies.map((p) => metrics(p)))
+  const statements0 = await withAdmin(statements)
+  const loops = proxies.map((p) => stallLoop(p))
+  await sleep(STALL_BASELINE_MS)
+  for (const l of loops) l.mark()
+  const bytes0 = await relay.stats()
+  const t0 = performance.now()
+  await registry.stop()
+  const downMs = performance.now() - t0
+  await registry.start()
+  const upMs = performance.now() - t0
+  // Resynced: the reconnect counter moved and the feed is connected; bounded by RESYNC_TIMEOUT_MS.
+  const resyncMs = await Promise.all(proxies.map(async (p, i) => {
+    try {
+      await waitFor(async () => {
+        if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`proxy ${p.i} exited`)
+        // A proxy busy with a full load may not answer within the timeout: ask again.
+        const m = await metrics(p).catch(() => null)
+        return m !== null && m.reconnects > before[i].reconnects && m.feedConnected === 1
+      }, `proxy ${p.i} resynced`, RESYNC_TIMEOUT_MS, METRICS_POLL_MS)
+      return performance.now() - t0
+    } catch (err) {
+      log(`restart: ${err.message}`)
+      return null
+    }
+  }))
+  await sleep(STALL_AFTER_MS)
+  const stalls = await Promise.all(loops.map((l) => l.stop()))
+  const bytes1 = await relay.stats()
+  // CPU first: the benchmark's own queries below run on the server too; the connection sampler's
+  // backend is left out.
+  const cpuS = registry.treeCpuSeconds(sampler.backendPids())
+  const after = await Promise.all(proxies.map((p) => metrics(p).catch(() => null)))
+  const statements1 = await withAdmin(statements)
+  const rows = diffStatements(statements0, statements1)
+  const w = {
+    downMs,
+    upMs,
+    resyncMs,
+    allResyncedMs: resyncMs.includes(null) ? null : Math.max(...resyncMs),
+    notResynced: resyncMs.filter((x) => x === null).length,
+    fullLoads: after.reduce((a, m, i) => a + (m === null ? 0 : m.loadsOk - before[i].loadsOk), 0),
+    fullLoadReasons: diffLabels(before, after),
+    // null: the proxies do not count resumes (they had no such thing).
+    resumes: after.every((m, i) => m !== null && m.resumes !== null && before[i].resumes !== null) ? after.reduce((a, m, i) => a + m.resumes - before[i].resumes, 0) : null,
+    cpuS,
+    netCpuS: cpuS - results.idleRestartCpuS,
+    bytesToProxies: bytes1.toClient - bytes0.toClient,
+    bytesFromProxies: bytes1.toServer - bytes0.toServer,
+    connectionsAccepted: bytes1.accepted - bytes0.accepted,
+    rows: rows.total,
+    calls: rows.calls,
+    topStatements: rows.top,
+    stallBaselineMaxMs: Math.max(...stalls.map((x) => x.baselineMax)),
+    stallMaxMs: Math.max(...stalls.map((x) => x.max)),
+    stallP99Ms: pct(stalls.flatMap((x) => x.samples), 99),
+    stallMaxPerProxyMedianMs: median(stalls.map((x) => x.max)),
+    stallRequests: stalls.reduce((a, x) => a + x.samples.length, 0),
+    stallErrors: stalls.reduce((a, x) => a + x.errors, 0),
+    stallStatuses: stalls.reduce((a, x) => { for (const [k, v] of Object.entries(x.statuses)) a[k] = (a[k] ?? 0) + v; return a }, {})
+  }
+  log(`restart with ${proxies.length} proxies: server down ${s(w.downMs)}, up again ${s(w.upMs)}; every proxy resynced ${w.allResyncedMs === null ? `NOT (${w.notResynced} not)` : s(w.allResyncedMs)} after the stop began; full loads ${w.fullLoads}${w.fullLoadReasons === null ? '' : ` ${JSON.stringify(w.fullLoadReasons)}`}, resumes from the change log ${w.resumes ?? 'not counted'}; registry CPU ${w.cpuS.toFixed(2)} s (${w.netCpuS.toFixed(2)} s beyond an idle restart); ${w.rows} rows in ${w.calls} statements; ${mb(w.bytesToProxies)} to the proxies over ${w.connectionsAccepted} connections; request latency max ${ms(w.stallMaxMs)} (before the restart ${ms(w.stallBaselineMaxMs)}), p99 ${ms(w.stallP99Ms)}, ${w.stallRequests} requests, statuses ${JSON.stringify(w.stallStatuses)}, ${w.stallErrors} errors`)
+  for (const t of w.topStatements) log(`  ${t.calls} calls, ${t.rows} rows: ${t.query}`)
+  return w
+}
+
+/** Full loads per reason between two readings of every proxy's metrics (null when not counted by reason). */
+function diffLabels (before, after) {
+  const out = {}
+  for (const [i, m] of after.entries()) {
+    if (m?.loadReasons == null || before[i].loadReasons === null) return null
+    for (const [reason, v] of Object.entries(m.loadReasons)) {
+      const d = v - (before[i].loadReasons[reason] ?? 0)
+      if (d > 0) out[reason] = (out[reason] ?? 0) + d
+    }
+  }
+  return out
+}
+
+/**
+ * A request loop against one proxy, one request every STALL_PACE_MS over a keep-alive
+ * connection, for a host the index holds (it must keep routing while the registry is away).
+ * mark() starts the measured part; stop() ends the loop and returns its figures.
+ */
+function stallLoop (p) {
+  const http = new Client(`http://127.0.0.1:${p.trafficPort}`, { pipelining: 1, keepAliveTimeout: 60_000 })
+  const hostname = host(slotTenant((p.i * 7) % HOSTS, true))
+  const out = { samples: [], baselineMax: 0, max: 0, statuses: {}, errors: 0 }
+  let measuring = false
+  let stopped = false
+  const deadline = performance.now() + RESYNC_TIMEOUT_MS + 60_000
+  const done = (async () => {
+    for (let k = 0; k < 1_000_000 && !stopped && performance.now() < deadline; k++) {
+      const t = performance.now()
+      try {
+        const res = await http.request({ method: 'GET', path: '/', headers: { host: hostname }, headersTimeout: 30_000, bodyTimeout: 30_000 })
+        await res.body.dump()
+        if (measuring) out.statuses[res.statusCode] = (out.statuses[res.statusCode] ?? 0) + 1
+      } catch {
+        if (measuring) out.errors++
+      }
+      const latency = performance.now() - t
+      if (measuring) {
+        out.samples.push(latency)
+        out.max = Math.max(out.max, latency)
+      } else {
+        out.baselineMax = Math.max(out.baselineMax, latency)
+      }
+      await sleep(STALL_PACE_MS)
+    }
+  })()
+  return {
+    mark () { measuring = true },
+    async stop () {
+      stopped = true
+      await done
+      await http.close().catch(() => undefined)
+      return out
+    }
+  }
+}
+
+// ---- connections -----------------------------------------------------------------------------
+/** Client connections per proxy now (application_name `fleet<i>` or `fleet<i> feed …`). */
+async function connectionsNow (admin, n) {
+  const r = await admin.query(`SELECT substring(application_name from '^${APP}([0-9]+)')::int AS proxy, count(*)::int AS n
+    FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name ~ '^${APP}[0-9]+( |$)' GROUP BY 1`)
+  const perProxy = Array(n).fill(0)
+  for (const row of r.rows) if (row.proxy < n) perProxy[row.proxy] = row.n
+  return { total: perProxy.reduce((a, x) => a + x, 0), perProxy }
+}
+
+/** Samples the connections every CONN_SAMPLE_MS; the most seen per phase. Never throws (the registry restarts under it). */
+function connectionSampler (n) {
+  const maxima = {}
+  const pids = new Set()
+  let phase = 'boot'
+  let stopped = false
+  let admin = null
+  const deadline = performance.now() + 3_600_000
+  const done = (async () => {
+    while (!stopped && performance.now() < deadline) {
+      try {
+        if (admin === null) {
+          admin = await registry.client(registry.url('registry'))
+          pids.add((await admin.query('SELECT pg_backend_pid() AS pid')).rows[0].pid)
+        }
+        const c = await connectionsNow(admin, n)
+        maxima[phase] = Math.max(maxima[phase] ?? 0, c.total)
+      } catch {
+        await admin?.end().catch(() => undefined)
+        admin = null
+      }
+      await sleep(CONN_SAMPLE_MS)
+    }
+    await admin?.end().catch(() => undefined)
+  })()
+  return {
+    phase (p) { phase = p },
+    backendPids () { return pids },
+    stop () { stopped = true; return done },
+    maxima () { return maxima }
+  }
+}
+
+function describeCounts (xs) {
+  const counts = {}
+  for (const x of xs) counts[x] = (counts[x] ?? 0) + 1
+  return Object.entries(counts).map(([k, v]) => `${v}×${k}`).join(', ')
+}
+
+// ---- registry statements -----------------------------------------------------------------------
+async function statements (admin) {
+  const r = await admin.query(`SELECT queryid::text AS id, query, calls::float8 AS calls, rows::float8 AS rows FROM pg_stat_statements
+    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'registry') AND query NOT LIKE '%pg_stat%' AND query NOT LIKE '%pg_backend_pid%'`)
+  return new Map(r.rows.map((x) => [x.id, x]))
+}
+
+function diffStatements (a, b) {
+  const diffs = []
+  for (const [id, x] of b) {
+    const y = a.get(id)
+    const calls = x.calls - (y?.calls ?? 0)
+    const rows = x.rows - (y?.rows ?? 0)
+    if (calls > 0) diffs.push({ calls, rows, query: x.query.replace(/\s+/g, ' ').slice(0, 140) })
+  }
+  diffs.sort((p, q) => q.rows - p.rows || q.calls - p.calls)
+  return { total: diffs.reduce((s, d) => s + d.rows, 0), calls: diffs.reduce((s, d) => s + d.calls, 0), top: diffs.slice(0, 5) }
+}
+
+// ---- the private PostgreSQL --------------------------------------------------------------------
+class PrivatePostgres {
+  /** initdb into `dir` (as the postgres system user when this runs as root: PostgreSQL refuses root). */
+  static async create (dir) {
+    const pgDir = new PrivatePostgres()
+    pgDir.dir = dir
+    pgDir.data = path.join(dir, 'data')
+    mkdirSync(dir, { recursive: true })
+    if (process.getuid?.() === 0) {
+      pgDir.ids = { uid: Number(execFileSync('id', ['-u', 'postgres'], { encoding: 'utf8' }).trim()), gid: Number(execFileSync('id', ['-g', 'postgres'], { encoding: 'utf8' }).trim()) }
+      chownSync(tmp, pgDir.ids.uid, pgDir.ids.gid)
+      chownSync(dir, pgDir.ids.uid, pgDir.ids.gid)
+    }
+    await run(path.join(PG_BIN, 'initdb'), ['-D', pgDir.data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync', '--no-instructions'], { ...pgDir.ids, env: { PATH: process.env.PATH ?? '', LC_ALL: 'C' } })
+    pgDir.port = await freePort()
+    return pgDir
+  }
+
+  url (db) { return `postgres://postgres@127.0.0.1:${this.port}/${db}` }
+
+  /** Starts `postgres` directly (so this process holds its PID) and waits until it accepts connections. */
+  async start () {
+    const child = spawn(path.join(PG_BIN, 'postgres'), ['-D', this.data, '-p', String(this.port), '-k', this.dir,
+      '-c', 'listen_addresses=127.0.0.1', '-c', 'max_connections=300', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off',
+      '-c', 'shared_preload_libraries=pg_stat_statements', '-c', 'pg_stat_statements.save=on'], {
+      ...this.ids, stdio: ['ignore', 'ignore', 'pipe'], env: { PATH: process.env.PATH ?? '', LC_ALL: 'C' }
+    })
+    this.child = child
+    // What the test checks is gone after the run.
+    results.registryPids.push(child.pid)
+    this.log = ''
+    child.stderr.on('data', (c) => { this.log = (this.log + c.toString()).slice(-4_000) })
+    this.exited = new Promise((resolve) => child.once('exit', () => resolve()))
+    await waitFor(async () => {
+      if (child.exitCode !== null) throw new Error(`postgres exited: ${this.log}`)
+      const c = new pg.Client({ connectionString: this.url('postgres'), application_name: 'bench-fleet' })
+      c.on('error', () => {})
+      try {
+        await c.connect()
+        await c.query('SELECT 1')
+        return true
+      } catch {
+        return false
+      } finally {
+        await c.end().catch(() => undefined)
+      }
+    }, 'the private PostgreSQL to accept connections', 30_000, 20)
+  }
+
+  /** Fast shutdown (SIGINT) by PID; SIGQUIT after 30 s. */
+  async stop () {
+    const child = this.child
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return
+    child.kill('SIGINT')
+    const timer = setTimeout(() => child.kill('SIGQUIT'), 30_000)
+    await this.exited
+    clearTimeout(timer)
+  }
+
+  async client (url) {
+    const c = new pg.Client({ connectionString: url, application_name: 'bench-fleet' })
+    c.on('error', () => {})
+    await c.connect()
+    return c
+  }
+
+  async createDatabase (name) {
+    const c = await this.client(this.url('postgres'))
+    try {
+      await c.query(`CREATE DATABASE ${name}`)
+      await c.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements')
+    } finally {
+      await c.end()
+    }
+    const d = await this.client(this.url(name))
+    try {
+      await d.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements')
+    } finally {
+      await d.end()
+    }
+    return this.url(name)
+  }
+
+  /**
+   * CPU seconds of this server since it started: the postmaster's own and its reaped children's
+   * (backends that ended, /proc/<pid>/stat cutime + cstime), plus every live child's.
+   */
+  treeCpuSeconds (exclude = new Set()) {
+    const pid = this.child.pid
+    let ticks = 0
+    const self = procStat(pid)
+    if (self !== null) ticks += self.utime + self.stime + self.cutime + self.cstime
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue
+      const st = procStat(Number(entry))
+      if (st !== null && st.ppid === pid && !exclude.has(Number(entry))) ticks += st.utime + st.stime + st.cutime + st.cstime
+    }
+    return ticks / CLK_TCK
+  }
+}
+
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100
+
+function procStat (pid) {
+  let text
+  try { text = readFileSync(`/proc/${pid}/stat`, 'utf8') } catch { return null }
+  // Fields after the command (which may hold spaces) in parentheses: state is field 3.
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ')
+  return { ppid: Number(f[1]), utime: Number(f[11]), stime: Number(f[12]), cutime: Number(f[13]), cstime: Number(f[14]) }
+}
+
+/** Migrates with the CLI, then one INSERT … SELECT generate_series per table, in one transaction. */
+async function seed (url, n) {
+  const migrate = spawnChild(process.execPath, ['dist/src/main.js', 'migrate'], { REGISTRY_DATABASE_URL: url })
+  const code = await exited(migrate, 60_000)
+  if (code !== 0) throw new Error(`migrate exited with ${code}`)
+  const c = await registry.client(url)
+  const t0 = performance.now()
+  try {
+    await c.query('BEGIN')
+    await c.query(`INSERT INTO tenant_proxy.tenants (slug, database_name) SELECT 't' || i, 'db_' || i FROM generate_series(1, $1) AS i`, [n])
+    await c.query(`INSERT INTO tenant_proxy.domains (hostname, tenant_id, kind) SELECT slug || '.bench.example', id, 'primary' FROM tenant_proxy.tenants`)
+    await c.query('COMMIT')
+    await c.query('ANALYZE tenant_proxy.tenants, tenant_proxy.domains, tenant_proxy.changes')
+  } finally {
+    await c.end()
+  }
+  const seedMs = performance.now() - t0
+  log(`seeded ${n} tenants in ${s(seedMs)}`)
+  return seedMs
+}
+
+// ---- change propagation (as bench/registry.js) --------------------------------------------------
+function slotTenant (slot, half = false) {
+  return 1 + Math.floor((slot + (half ? 0.5 : 0)) * TENANTS / HOSTS)
+}
+function host (i) { return `t${i}.bench.example` }
+
+/** CHANGES sequential state flips via SQL, one transaction each; latency per (change, proxy). */
+async function propagate (writer, proxies) {
+  const samples = []
+  let timeouts = 0
+  const started = performance.now()
+  for (let k = 0; k < CHANGES; k++) {
+    const i = slotTenant(k % HOSTS)
+    await writer.query('BEGIN')
+    const r = await writer.query(`UPDATE tenant_proxy.tenants SET state = CASE state WHEN 'active' THEN 'maintenance' ELSE 'active' END WHERE slug = $1 RETURNING state`, ['t' + i])
+    await writer.query('COMMIT')
+    const committedAt = performance.now()
+    const outcomes = await Promise.all(proxies.map((p) => pollUntil(p.http, host(i), r.rows[0].state, committedAt)))
+    for (const o of outcomes) {
+      if (o === null) timeouts++
+      else samples.push(o)
+    }
+    if (performance.now() - started > CHANGES * (CHANGE_BUDGET_MS + 100)) throw new Error('propagation run exceeded its time bound')
+  }
+  // The flipped tenants back to active: the restart that follows must change nothing, and every
+  // host must route.
+  await writer.query(`UPDATE tenant_proxy.tenants SET state = 'active' WHERE state <> 'active'`)
+  return { samples, timeouts, pairs: CHANGES * proxies.length }
+}
+
+/** Requests `hostname` back to back until the response shows `state`; its latency, or null after the budget. */
+async function pollUntil (http, hostname, state, since) {
+  for (let polls = 0; polls < MAX_POLLS; polls++) {
+    const seen = await probe(http, hostname)
+    const now = performance.now()
+    if (seen === state) return now - since
+    if (now - since > CHANGE_BUDGET_MS) break
+  }
+  return null
+}
+
+async function probe (http, hostname) {
+  let res
+  let body
+  try {
+    res = await http.request({ method: 'GET', path: '/', headers: { host: hostname }, headersTimeout: 5_000, bodyTimeout: 5_000 })
+    body = await res.body.text()
+  } catch (err) {
+    return `error ${err.message}` // polled again until the change's budget is spent
+  }
+  if (res.statusCode === 200) return 'active'
+  if (res.statusCode === 503 && body.includes('TENANT_PROXY_ERR_TENANT_MAINTENANCE')) return 'maintenance'
+  return `${res.statusCode} ${body.slice(0, 100)}`
+}
+
+// ---- processes -------------------------------------------------------------------------------
+function spawnChild (cmd, args, env, stdout = 'ignore') {
+  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['pipe', stdout, 'inherit'] })
+  children.add(child)
+  child.once('exit', () => children.delete(child))
+  return child
+}
+
+async function exited (child, timeoutMs) {
+  if (child.exitCode !== null) return child.exitCode
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`child did not exit within ${timeoutMs} ms`)) }, timeoutMs)
+    child.once('exit', (code, signal) => { clearTimeout(timer); resolve(code ?? signal) })
+  })
+}
+
+/** SIGTERM (drain delay 0: the proxy exits at once), SIGKILL after 10 s. */
+async function stopChild (child) {
+  if (child.exitCode !== null || child.signalCode !== null) { children.delete(child); return }
+  await new Promise((resolve) => {
+    const timer = setTimeout(() => { child.kill('SIGKILL'); resolve() }, 10_000)
+    child.once('exit', () => { clearTimeout(timer); resolve() })
+    child.kill('SIGTERM')
+  })
+  children.delete(child)
+}
+
+async function firstLine (child, what) {
+  const lines = createInterface({ input: child.stdout })
+  const line = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not start in 10 s`)), 10_000)
+    lines.once('line', (l) => { clearTimeout(timer); resolve(l) })
+    child.once('exit', (code) => reject(new Error(`${what} exited with ${code}`)))
+  })
+  return { line, lines }
+}
+
+async function startUpstream () {
+  const child = spawnChild(process.execPath, ['bench/upstream.js'], {}, 'pipe')
+  const { line, lines } = await firstLine(child, 'upstream')
+  lines.close()
+  child.stdout.resume()
+  return `http://127.0.0.1:${JSON.parse(line).port}`
+}
+
+/** bench/byte-relay.js in front of the registry; stats() asks it for its counters. */
+async function startRelay (targetPort) {
+  const child = spawnChild(process.execPath, ['bench/byte-relay.js', String(targetPort)], {}, 'pipe')
+  const { line, lines } = await firstLine(child, 'byte relay')
+  const queue = []
+  lines.on('line', (l) => queue.shift()?.(JSON.parse(l)))
+  return {
+    port: JSON.parse(line).port,
+    async stats () {
+      return await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('byte relay did not answer in 5 s')), 5_000)
+        queue.push((x) => { clearTimeout(timer); resolve(x) })
+        child.stdin.write('stats\n')
+      })
+    }
+  }
+}
+
+/** Spawns `serve` and waits for its first /up 200; bootMs is spawn → that answer. */
+async function startProxy (env, i, exits) {
+  const trafficPort = await freePort()
+  const opsPort = await freePort()
+  const t0 = performance.now()
+  const child = spawnChild(NODE, ['dist/src/main.js', 'serve'], {
+    TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1',
+    TENANT_PROXY_TRAFFIC_PORT: String(trafficPort),
+    TENANT_PROXY_OPS_HOST: '127.0.0.1',
+    TENANT_PROXY_OPS_PORT: String(opsPort),
+    TENANT_PROXY_LOG_LEVEL: process.env.BENCH_LOG_LEVEL ?? 'warn',
+    TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0',
+    TENANT_PROXY_SHUTDOWN_GRACE_MS: '1000',
+    ...env
+  }, 'pipe')
+  child.isProxy = true
+  const p = { i, child, trafficPort, opsPort, stopping: false }
+  results.proxyPids.push(child.pid)
+  child.once('exit', (code, signal) => {
+    if (!p.stopping) {
+      exits.push({ proxy: i, code, signal })
+      log(`proxy ${i} EXITED with ${code ?? signal}`)
+    }
+  })
+  // The proxy logs JSON to stdout (warn and up): forward it, tagged, to our stderr.
+  createInterface({ input: child.stdout }).on('line', (line) => process.stderr.write(`  [proxy ${i}] ${line}\n`))
+  const up = new Client(`http://127.0.0.1:${trafficPort}`)
+  try {
+    await waitFor(async () => {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`proxy ${i} exited with ${child.exitCode ?? child.signalCode} before /up answered`)
+      try {
+        const res = await up.request({ method: 'GET', path: '/up', headers: { host: 'bench.invalid' }, headersTimeout: 2_000, bodyTimeout: 2_000 })
+        await res.body.dump()
+        return res.statusCode === 200
+      } catch {
+        return false
+      }
+    }, `proxy ${i} /up`, BOOT_TIMEOUT_MS, UP_POLL_MS)
+  } finally {
+    await up.close().catch(() => undefined)
+  }
+  p.bootMs = performance.now() - t0
+  p.rssAtUp = rss(child.pid)
+  return p
+}
+
+/** The registry figures of a proxy's /metrics. */
+async function metrics (p) {
+  const http = new Client(`http://127.0.0.1:${p.opsPort}`)
+  try {
+    const res = await http.request({ method: 'GET', path: '/metrics', headersTimeout: 5_000, bodyTimeout: 5_000 })
+    const text = await res.body.text()
+    const value = (re) => Number(re.exec(text)?.[1] ?? NaN)
+    /** Sum over the labels of a counter, with the value per label; null when the proxy has no such metric. */
+    const byLabel = (name) => {
+      const all = [...text.matchAll(new RegExp(`^${name}\\{\\w+="([^"]*)"\\} (\\S+)$`, 'gm'))]
+      if (all.length === 0) return null
+      return { total: all.reduce((a, m) => a + Number(m[2]), 0), labels: Object.fromEntries(all.map((m) => [m[1], Number(m[2])])) }
+    }
+    // Full loads: by reason where the proxy counts them so (a resume from the change log is not
+    // one), else every successful snapshot load.
+    const full = byLabel('tenant_proxy_registry_full_loads_total')
+    const resumes = byLabel('tenant_proxy_registry_resumes_total')
+    return {
+      feedConnected: value(/^tenant_proxy_registry_feed_connected (\S+)$/m),
+      reconnects: value(/^tenant_proxy_registry_feed_reconnects_total (\S+)$/m),
+      loadsOk: full?.total ?? value(/^tenant_proxy_registry_loads_total\{result="ok"\} (\S+)$/m),
+      loadReasons: full?.labels ?? null,
+      resumes: resumes?.total ?? null
+    }
+  } finally {
+    await http.close().catch(() => undefined)
+  }
+}
+
+async function freePort () {
+  return await new Promise((resolve, reject) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+    server.on('error', reject)
+  })
+}
+
+// ---- helpers ---------------------------------------------------------------------------------
+/** Polls `probe` every `pauseMs` until it returns true; throws naming `what` after `timeoutMs`. */
+async function waitFor (probe, what, timeoutMs, pauseMs = 50) {
+  const deadline = performance.now() + timeoutMs
+  for (;;) {
+    if (await probe()) return
+    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await sleep(pauseMs)
+  }
+}
+
+function rss (pid) {
+  try {
+    return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN) * 1024
+  } catch {
+    return NaN
+  }
+}
+
+function median (xs) {
+  const v = [...xs].sort((a, b) => a - b)
+  return v.length === 0 ? NaN : v.length % 2 === 1 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2
+}
+
+/** Nearest-rank percentile; 100 is the maximum. */
+function pct (xs, p) {
+  if (xs.length === 0) return NaN
+  const v = [...xs].sort((a, b) => a - b)
+  return v[Math.min(v.length, Math.max(1, Math.ceil(p / 100 * v.length))) - 1]
+}
+
+function sleep (msec) { return new Promise((resolve) => setTimeout(resolve, msec)) }
+function mb (bytes) { return bytes < 1024 * 1024 ? `${(bytes / 1024).toFixed(1)} kB` : `${(bytes / 1024 / 1024).toFixed(1)} MB` }
+function ms (x) { return x === null || Number.isNaN(x) ? 'n/a' : x < 10 ? `${x.toFixed(2)} ms` : `${x.toFixed(1)} ms` }
+function s (x) { return x === null ? 'n/a' : `${(x / 1000).toFixed(2)} s` }
+function log (line) { console.error(line) }
+
+function revision () {
+  try {
+    const head = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim()
+    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src'], { encoding: 'utf8' }).trim() !== ''
+    return `${head}${dirty ? ' + uncommitted changes in src/' : ''}`
+  } catch {
+    return 'unknown (not a git checkout)'
+  }
+}
+
+function nodeVersion () {
+  return NODE === process.execPath ? process.version : execFileSync(NODE, ['--version'], { encoding: 'utf8' }).trim()
+}
+
+function commandLine () {
+  const env = Object.keys(process.env).filter((k) => k.startsWith('BENCH_FLEET_') && k !== 'BENCH_FLEET_JSON').sort().map((k) => `${k}=${process.env[k]}`)
+  return [...env, 'npm run bench:fleet'].join(' ')
+}
+
+// ---- report ----------------------------------------------------------------------------------
+function report () {
+  const la = (x) => x.map((v) => v.toFixed(2)).join(' ')
+  const lines = [
+    `${results.startedAt} · code ${results.code} · node ${results.node} · nproc ${results.nproc} · load average ${la(results.loadAtStart)} at start, ${la(results.loadAtEnd)} at end · ${TENANTS.toLocaleString('en-US')} tenants (one domain each) · ${CHANGES} changes per N`,
+    '',
+    `Command: \`${results.command}\``,
+    '',
+    '| N | boot: all /up (median) | propagation p50 / p99 / max | restart: every proxy resynced | full loads | exits | registry CPU (beyond an idle restart) | rows returned (statements) | bytes to proxies | request latency max during restart (before; p99) | connections settled · most at boot / restart | VmRSS per proxy median (max) |',
+    '|---:|---|---|---|---:|---:|---|---|---|---|---|---|'
+  ]
+  for (const r of results.runs) {
+    const w = r.restart
+    const rssAll = r.rssAfterPropagation
+    lines.push(`| ${r.proxies} | ${s(r.boot.allUpMs)} (${s(r.boot.medianMs)}) | ${ms(r.propagation.p50)} / ${ms(r.propagation.p99)} / ${ms(r.propagation.max)}${r.propagation.timeouts > 0 ? ` (${r.propagation.timeouts} timeouts)` : ''} | ${w.allResyncedMs === null ? `**${w.notResynced} never**` : s(w.allResyncedMs)} | ${w.fullLoads}${w.resumes === null ? '' : ` (${w.resumes} resumes)`} | ${r.exits.length} | ${w.cpuS.toFixed(2)} s (${w.netCpuS.toFixed(2)} s) | ${w.rows.toLocaleString('en-US')} (${w.calls}) | ${mb(w.bytesToProxies)} | ${ms(w.stallMaxMs)} (${ms(w.stallBaselineMaxMs)}; ${ms(w.stallP99Ms)}) | ${r.settled.total} · ${r.connections.boot ?? 'n/a'} / ${r.connections.restart ?? 'n/a'} | ${mb(median(rssAll))} (${mb(Math.max(...rssAll))}) |`)
+  }
+  for (const f of results.failed) lines.push(`| ${f.proxies} | **failed**: ${f.error} |  |  |  |  |  |  |  |  |  |  |`)
+  lines.push('')
+  const twelve = results.runs.find((r) => r.proxies === 12)
+  const targets = [
+    ['propagation p99 ≤ 50 ms to every replica with 12 proxies', twelve === undefined ? 'not run (no N = 12)' : ms(twelve.propagation.p99), twelve === undefined ? null : twelve.propagation.p99 <= 50 && twelve.propagation.timeouts === 0],
+    ['no proxy exits and no full reload during a registry restart with nothing changed', results.runs.map((r) => `N=${r.proxies}: ${r.exits.length} exits, ${r.restart.fullLoads} full loads`).join('; '), results.failed.length === 0 && results.runs.every((r) => r.exits.length === 0 && r.restart.fullLoads === 0 && r.restart.notResynced === 0)],
+    ['connections = N (+ at most a few during loads)', results.runs.map((r) => `N=${r.proxies}: settled ${r.settled.total}, most at boot ${r.connections.boot}, during the restart ${r.connections.restart}`).join('; '), results.failed.length === 0 && results.runs.every((r) => r.settled.total === r.proxies && (r.connections.restart ?? 0) <= r.proxies + 3)]
+  ]
+  lines.push('| target | figure | result |', '|---|---|---|')
+  for (const [what, figure, pass] of targets) lines.push(`| ${what} | ${figure} | ${pass === null ? 'n/a' : pass ? 'pass' : '**FAIL**'} |`)
+  results.targets = targets.map(([what, figure, pass]) => ({ what, figure, pass }))
+  console.log(lines.join('\n'))
+}
+
+// ---- run -------------------------------------------------------------------------------------
+const results = { command: commandLine(), startedAt: new Date().toISOString(), code: revision(), node: nodeVersion(), nproc: cpus().length, loadAtStart: loadavg(), tenants: TENANTS, changes: CHANGES, tmp, registryPids: [], proxyPids: [], runs: [], failed: [] }
+try {
+  await main()
+  results.loadAtEnd = loadavg()
+  report()
+  if (JSON_OUT !== null) writeFileSync(JSON_OUT, JSON.stringify(results, null, 2) + '\n')
+  if (results.failed.length > 0) process.exitCode = 1
+} catch (err) {
+  console.error(err)
+  process.exitCode = 1
+} finally {
+  await cleanup()
+}
