@@ -27,6 +27,11 @@ export const DEFAULTS = {
   registry: {
     /** (secret) postgres:// URL of the tenant registry; null starts the embedded PostgreSQL. */
     databaseUrl: null as string | null,
+    /**
+     * (secret) postgres:// URL of the change feed's LISTEN connection, straight to PostgreSQL when
+     * databaseUrl goes through a pooler in transaction mode (which loses notifications); null: databaseUrl.
+     */
+    listenUrl: null as string | null,
     /** PostgreSQL schema holding the registry tables. Identifier. */
     schema: 'tenant_proxy',
     /** application_name of registry connections, so `pg_stat_activity` shows the proxies. Text, 1-32 printable ASCII characters. */
@@ -51,7 +56,7 @@ export const DEFAULTS = {
      * starting while the registry is down routes from it. Empty disables. Path.
      */
     snapshotPath: './data/last-known-good.json',
-    /** Change log rows older than this are pruned by the proxies (hourly); 0 keeps them forever. Seconds. */
+    /** Change log rows older than this are pruned (hourly, by one proxy at a time, or `registry prune`); 0 keeps them forever. Seconds. */
     changeRetentionS: 604_800, // 7 days
     embedded: {
       /** Data directory of the embedded PostgreSQL (relative to the working directory). Path. */

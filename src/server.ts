@@ -26,6 +26,8 @@ import { UpstreamPools } from './proxy/upstream-pools.js'
 import { describeError, openRegistry, type RegistryConnection } from './registry/connect.js'
 import { migrate } from './registry/migrate.js'
 import { registryFingerprint } from './registry/snapshot-file.js'
+import { pruneWithPool } from './registry/prune.js'
+import { ChangeLogPruner } from './registry/pruner.js'
 import type { RegistryListener } from './registry/listener.js'
 import { SnapshotWriter } from './registry/snapshot-writer.js'
 import { RegistrySync } from './registry/sync.js'
@@ -92,7 +94,7 @@ export async function startProxy (config: Config, logger: Logger, role: ProxyRol
     if (writer !== null) cleanups.push(async () => await writer.stop())
     const sync = new RegistrySync({
       store: registry.store,
-      url: registry.url,
+      url: registry.listenUrl,
       schema: registry.schema,
       applicationName: config.registry.applicationName,
       connectTimeoutMs: config.registry.connectTimeoutMs,
@@ -101,7 +103,12 @@ export async function startProxy (config: Config, logger: Logger, role: ProxyRol
       versionCheckIntervalMs: config.registry.versionCheckIntervalMs,
       reconnectMinMs: config.registry.reconnectMinMs,
       reconnectMaxMs: config.registry.reconnectMaxMs,
-      changeRetentionS: config.registry.changeRetentionS,
+      pruner: new ChangeLogPruner({
+        retentionS: config.registry.changeRetentionS,
+        prune: async (retentionS) => await pruneWithPool(registry.pool, registry.schema, retentionS),
+        logger: logger.child({ component: 'registry' }),
+        count: (result) => metrics.registryPrunes.labels(result).inc()
+      }),
       snapshotFile,
       fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema),
       onConnect: async () => {
@@ -319,6 +326,7 @@ function stateListener (state: ProxyState): RegistryListener {
     feedChanged (status) {
       state.synced = status.synced
       state.stale = status.stale
+      state.feedDeaf = status.deaf
       if (status.lastSyncAt > 0) state.lastSyncAt = status.lastSyncAt
     }
   }

@@ -17,11 +17,16 @@ export interface ProxyState {
   synced: boolean
   /** True while the index comes from the snapshot file and the registry has not confirmed it. */
   stale: boolean
+  /**
+   * Why the change feed counts as deaf (its heartbeat notifications do not arrive, src/registry/heartbeat.ts),
+   * or null. A deaf feed still routes as synced (the periodic check keeps the index current); /ready says it is not.
+   */
+  feedDeaf: string | null
   /** Last time the index was confirmed current with the registry, ms since the epoch (0: never). */
   lastSyncAt: number
 }
 
 /** A fresh state: nothing loaded, not draining. */
 export function createProxyState (): ProxyState {
-  return { index: null, draining: false, synced: false, stale: false, lastSyncAt: 0 }
+  return { index: null, draining: false, synced: false, stale: false, feedDeaf: null, lastSyncAt: 0 }
 }

@@ -129,6 +129,16 @@ t.test('secret values are never echoed in errors', async (t) => {
   t.notMatch(message, /hunter2|hunter3/)
 })
 
+t.test('registry.listenUrl: the change feed URL beside a pooled databaseUrl, a secret, null by default', async (t) => {
+  t.equal(loadConfig({ env: {} }).registry.listenUrl, null)
+  const config = loadConfig({ env: { REGISTRY_DATABASE_URL: 'postgres://u:p@pgbouncer:6432/registry', TENANT_PROXY_REGISTRY_LISTEN_URL: 'postgres://u:p@db:5432/registry' } })
+  t.equal(config.registry.listenUrl, 'postgres://u:p@db:5432/registry')
+  t.equal(config.registry.databaseUrl, 'postgres://u:p@pgbouncer:6432/registry')
+  const message = problems({ TENANT_PROXY_REGISTRY_LISTEN_URL: 'mysql://user:hunter2@db/x' })
+  t.match(message, /registry\.listenUrl: must start with postgres:\/\/ or postgresql:\/\/ \(from TENANT_PROXY_REGISTRY_LISTEN_URL\)/)
+  t.notMatch(message, /hunter2/)
+})
+
 t.test('config file: unknown keys, wrong shapes and bad JSON are named', async (t) => {
   const files = {
     '/c.json': JSON.stringify({ traffic: { port: 81, bogus: 1 }, routing: 'x', nope: {} }),

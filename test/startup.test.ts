@@ -140,7 +140,6 @@ t.test('the collection after a full registry load frees the rows it read', async
     versionCheckIntervalMs: 0,
     reconnectMinMs: config.registry.reconnectMinMs,
     reconnectMaxMs: config.registry.reconnectMaxMs,
-    changeRetentionS: 0,
     snapshotFile: null,
     fingerprint: 'unused',
     onConnect: async () => {},

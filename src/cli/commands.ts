@@ -41,6 +41,7 @@ export const COMMANDS: readonly CommandEntry[] = [
   { name: 'registry status', load: async () => (await import('./registry.js')).registryStatus },
   { name: 'registry export', load: async () => (await import('./transfer.js')).registryExport },
   { name: 'registry import', load: async () => (await import('./transfer.js')).registryImport },
+  { name: 'registry prune', load: async () => (await import('./prune.js')).registryPrune },
   { name: 'registry adopt', load: async () => (await import('./adopt.js')).registryAdopt },
   { name: 'doctor', load: async () => (await import('./doctor.js')).doctorCommand },
   { name: 'keys generate', load: async () => (await import('./keys.js')).keysGenerate },

@@ -66,7 +66,7 @@ export class WorkerGroup implements GroupView, IndexReplacedListener, ChangesApp
   #askId = 0
   readonly #asks = new Map<number, (m: Extract<ToPrimary, { tp: 'answer' }>) => void>()
   #index: RegistryIndex | null = null
-  #feed: FeedStatus = { synced: false, stale: false, lastSyncAt: 0 }
+  #feed: FeedStatus = { synced: false, stale: false, lastSyncAt: 0, deaf: null }
   #firstListening: Array<() => void> = []
   readonly contentType = AggregatorRegistry.PROMETHEUS_CONTENT_TYPE
 

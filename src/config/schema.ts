@@ -26,6 +26,7 @@ export const SCHEMA = {
   workers: workerCount(),
   registry: {
     databaseUrl: nullable(postgresUrl()),
+    listenUrl: nullable(postgresUrl()),
     schema: text({ pattern: IDENTIFIER, describe: 'a lower-case SQL identifier (^[a-z_][a-z0-9_]{0,62}$)' }),
     // 32, not PostgreSQL's 63: the feed connection's name adds " feed v=<version> <host>/<pid>" (src/registry/feed-name.ts).
     applicationName: text({ pattern: /^[\x20-\x7e]{1,32}$/, describe: '1-32 printable ASCII characters' }),

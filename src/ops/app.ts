@@ -72,8 +72,11 @@ export function buildOpsApp (deps: OpsDeps) {
             loadedAt: new Date(index.loadedAt).toISOString(),
             snapshotAgeSeconds: Math.round((now - index.loadedAt) / 100) / 10,
             // Feed up and resynced: the index is current. Stale: from the last-known-good file.
-            synced: state.synced,
+            synced: state.synced && state.feedDeaf === null,
             stale: state.stale,
+            // Why the index may lag the registry: not connected, from the file, or a deaf feed.
+            notSyncedReason: notSyncedReason(state),
+            feedDeaf: state.feedDeaf !== null,
             lastSyncAt: state.lastSyncAt === 0 ? null : new Date(state.lastSyncAt).toISOString(),
             secondsSinceSync: state.lastSyncAt === 0 ? null : Math.round((now - state.lastSyncAt) / 100) / 10
           },
@@ -114,4 +117,12 @@ export function buildOpsApp (deps: OpsDeps) {
   registerDescriptorApi(app, { ...deps.descriptorApi, state: deps.state, metrics: deps.metrics, logger })
 
   return app
+}
+
+/** Why /ready reports the index as not synced, or null when it is. */
+function notSyncedReason (state: ProxyState): string | null {
+  if (state.stale) return 'routing from the last-known-good snapshot file; the registry has not answered yet'
+  if (state.feedDeaf !== null) return `the registry change feed is deaf: ${state.feedDeaf}${state.synced ? '' : ' (reconnecting)'}`
+  if (!state.synced) return 'the registry change feed is not connected (reconnecting)'
+  return null
 }

@@ -54,6 +54,8 @@ export class ProxyMetrics {
   readonly registryFeedConnected: client.Gauge
   readonly registryFeedReconnects: client.Counter
   readonly registryStale: client.Gauge
+  readonly registryFeedDeaf: client.Gauge
+  readonly registryPrunes: client.Counter<'result'>
   readonly registryFullLoads: client.Counter<'reason'>
   readonly registryResumes: client.Counter<'from'>
   readonly registryQueryFailures: client.Counter<'query'>
@@ -106,6 +108,8 @@ export class ProxyMetrics {
     this.registryQueryFailures = new client.Counter({ name: 'tenant_proxy_registry_query_failures_total', help: 'Registry queries that failed on a live feed connection and are retried on their own (the feed is not reset), by query.', labelNames: ['query'], registers })
     this.registryFullLoadWaiting = new client.Gauge({ name: 'tenant_proxy_registry_full_load_waiting', help: '1 while a full load waits for one of the registry-wide full-load slots (registry.maxConcurrentFullLoads).', registers })
     this.registryStale = new client.Gauge({ name: 'tenant_proxy_registry_stale', help: '1 while the index comes from the last-known-good snapshot file, not yet confirmed by the registry.', registers, aggregator: 'max' })
+    this.registryFeedDeaf = new client.Gauge({ name: 'tenant_proxy_registry_feed_deaf', help: '1 while the change feed connection receives none of its own heartbeat notifications (a pooler in transaction mode): changes arrive only by the periodic version check.', registers, aggregator: 'max' })
+    this.registryPrunes = new client.Counter({ name: 'tenant_proxy_registry_prunes_total', help: "This proxy's attempts to prune the registry change log, by result (pruned, nothing, busy: another process pruning, denied: no privilege, error).", labelNames: ['result'], registers })
     this.descriptorSignatures = new client.Counter({ name: 'tenant_proxy_descriptor_signatures_total', help: 'Descriptors signed (cache misses and refreshes).', registers })
     this.upstreamErrors = new client.Counter({ name: 'tenant_proxy_upstream_errors_total', help: 'Upstream failures by kind.', labelNames: ['kind'], registers })
     // Per attempt, like retries: a refused connection that a retry hid still shows here (an address
@@ -151,6 +155,7 @@ export class ProxyMetrics {
       this.upstreamAttemptErrors.labels(kind).inc(0)
     }
     for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result).inc(0)
+    for (const result of ['pruned', 'nothing', 'busy', 'denied', 'error'] as const) this.registryPrunes.labels(result).inc(0)
     for (const reason of FULL_LOAD_REASONS) this.registryFullLoads.labels(reason).inc(0)
     for (const from of RESUME_FROM) this.registryResumes.labels(from).inc(0)
     for (const query of SYNC_QUERIES) this.registryQueryFailures.labels(query).inc(0)
@@ -219,6 +224,7 @@ export class ProxyMetrics {
   observeFeed (status: FeedStatus): void {
     this.registryFeedConnected.set(status.synced ? 1 : 0)
     this.registryStale.set(status.stale ? 1 : 0)
+    this.registryFeedDeaf.set(status.deaf === null ? 0 : 1)
     if (status.lastSyncAt > 0) this.registryLastSync.set(status.lastSyncAt / 1000)
   }
 

@@ -19,12 +19,16 @@ export interface ChangeFeedOptions {
   readonly applicationName: string
   readonly connectTimeoutMs: number
   readonly statementTimeoutMs: number
+  /** This process's heartbeat channel (src/registry/heartbeat.ts), LISTENed beside the schema's. */
+  readonly heartbeatChannel?: string
 }
 
 /** What the feed tells its owner. */
 export interface ChangeFeedEvents {
   /** A notification on the channel: the registry committed `version` (NaN when the payload is not a number). */
   notified (version: number): void
+  /** A notification on the heartbeat channel. */
+  heartbeat? (payload: string | undefined): void
   /** The connection died (null: it ended); called at most once, never after close(). */
   lost (err: unknown): void
 }
@@ -56,6 +60,7 @@ export class ChangeFeed {
     this.#client.on('end', () => this.#die(null))
     this.#client.on('notification', (msg) => {
       if (msg.channel === opts.schema) this.#events.notified(Number(msg.payload))
+      else if (msg.channel === opts.heartbeatChannel) this.#events.heartbeat?.(msg.payload)
     })
   }
 
@@ -68,7 +73,9 @@ export class ChangeFeed {
   async open (): Promise<void> {
     try {
       await this.#client.connect()
-      await this.#client.query(`LISTEN "${this.#o.schema}"`)
+      // One statement, so both LISTENs hold on the same server session even behind a pooler.
+      const heartbeat = this.#o.heartbeatChannel
+      await this.#client.query(`LISTEN "${this.#o.schema}"${heartbeat === undefined ? '' : `; LISTEN "${heartbeat}"`}`)
     } catch (err) {
       this.close()
       throw err

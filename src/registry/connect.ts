@@ -22,6 +22,11 @@ export interface RegistryConnection {
   readonly schema: string
   /** Connection string (with password): for dedicated clients such as the change feed; never log it. */
   readonly url: string
+  /**
+   * Connection string of the change feed's LISTEN connection: registry.listenUrl (direct to
+   * PostgreSQL when `url` goes through a transaction-mode pooler, which loses notifications), else `url`.
+   */
+  readonly listenUrl: string
   readonly embedded: boolean
   close (): Promise<void>
 }
@@ -61,6 +66,7 @@ export async function openRegistry (config: Config, logger: RegistryLogger, opts
     store: new RegistryStore(pool, registry.schema),
     schema: registry.schema,
     url,
+    listenUrl: registry.listenUrl ?? url,
     embedded: embedded !== null,
     async close () {
       await pool.end()

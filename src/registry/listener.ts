@@ -59,6 +59,11 @@ export interface FeedStatus {
   readonly stale: boolean
   /** Last time the index was confirmed current with the registry, ms since the epoch (0: never). */
   readonly lastSyncAt: number
+  /**
+   * Why the feed is deaf (its own heartbeat notifications do not arrive, src/registry/heartbeat.ts),
+   * or null. A deaf feed still counts as synced for routing: the periodic check keeps the index current.
+   */
+  readonly deaf: string | null
 }
 
 /** The feed's status changed, or the index was confirmed current again (lastSyncAt). */

@@ -380,24 +380,6 @@ export class RegistryStore {
     return { version: Number(r.rows[0]?.version ?? 0), registryId: r.rows[0]?.registry_id ?? '' }
   }
 
-  /**
-   * Deletes change rows older than `retentionS` seconds (keeping the newest version's, so the log
-   * is never empty after writes) and records the pruned version; proxies further behind resync.
-   */
-  async pruneChanges (retentionS: number): Promise<number> {
-    return await this.#tx(async (c) => {
-      const r = await c.query<{ through: string | null }>(
-        `SELECT max(version) AS through FROM ${this.#s}.changes
-         WHERE changed_at < now() - make_interval(secs => $1) AND version < (SELECT max(version) FROM ${this.#s}.changes)`, [retentionS])
-      const through = r.rows[0]?.through
-      if (through === null || through === undefined) return 0
-      // Raise pruned_through before deleting, in the same transaction: no reader sees the hole without the mark.
-      await c.query(`UPDATE ${this.#s}.registry_state SET pruned_through = greatest(pruned_through, $1)`, [through])
-      const d = await c.query(`DELETE FROM ${this.#s}.changes WHERE version <= $1`, [through])
-      return d.rowCount ?? 0
-    }, { slug: null, databaseName: null, domains: [] })
-  }
-
   async #readOnly<T> (fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
     // REPEATABLE READ: every statement sees the same instant (the version and the rows agree).
     return await this.#transaction('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY', 'COMMIT', fn, null)

@@ -21,6 +21,7 @@ import { collectGarbage } from '../gc.js'
 import { ChangeFeed } from './change-feed.js'
 import { describeError } from './connect.js'
 import { feedApplicationName } from './feed-name.js'
+import { FeedHeartbeat } from './heartbeat.js'
 import { applyDelta, type DatabaseDefaults, type RegistryIndex } from './index.js'
 import type { FeedStatus, FullLoadReason, RegistryListener, SyncEvent } from './listener.js'
 import { indexFromFile, indexFromRegistry } from './load-index.js'
@@ -33,8 +34,6 @@ const DELTA_LIMIT = 10_000
 const FILE_FALLBACK_MS = 1_000
 /** What reading the last-known-good file at start came to (see #loadFile). */
 type FileOutcome = 'loaded' | 'not-needed' | 'none'
-/** Pruning of the change log runs at most this often per proxy. */
-const PRUNE_EVERY_MS = 3_600_000
 
 /** What the sync needs; built once by server.ts. */
 export interface SyncOptions {
@@ -49,7 +48,8 @@ export interface SyncOptions {
   readonly versionCheckIntervalMs: number
   readonly reconnectMinMs: number
   readonly reconnectMaxMs: number
-  readonly changeRetentionS: number
+  /** Pruning of the change log on its own schedule (src/registry/pruner.ts), ticked by each check; never a feed problem. */
+  readonly pruner?: { tick (): Promise<void> }
   /** Last-known-good file path to start from when the registry does not answer, or null. */
   readonly snapshotFile: string | null
   readonly fingerprint: string
@@ -77,7 +77,9 @@ export class RegistrySync {
   #checkTimer: NodeJS.Timeout | null = null
   #attempt = 0
   #stopped = false
-  #lastPruneAt = 0
+  readonly #heartbeat: FeedHeartbeat
+  /** Why the feed is deaf, or null (see #deafChanged). */
+  #deaf: string | null = null
   /** A version report is in flight on the feed connection (see #reportVersion). */
   #reporting = false
   /** The feed connection and the application_name last reported on it. */
@@ -86,6 +88,7 @@ export class RegistrySync {
   constructor (opts: SyncOptions) {
     this.#o = opts
     this.#log = opts.logger.child({ component: 'registry' })
+    this.#heartbeat = new FeedHeartbeat(opts.schema, (deaf, misses) => this.#deafChanged(deaf, misses))
   }
 
   /** The served index (null until the first load). */
@@ -178,15 +181,17 @@ export class RegistrySync {
 
   async #connect (): Promise<void> {
     const o = this.#o
-    const feed: ChangeFeed = new ChangeFeed(o, {
+    const feed: ChangeFeed = new ChangeFeed({ ...o, heartbeatChannel: this.#heartbeat.channel }, {
       notified: (version) => {
         const index = this.#index
         if (index === null || !(version <= index.version)) void this.catchUp()
       },
+      heartbeat: (payload) => this.#heartbeat.receive(this.#heartbeat.channel, payload),
       lost: (err) => this.#lost(feed, err)
     })
     this.#feed = feed
     await feed.open()
+    this.#heartbeat.connected()
     await o.onConnect()
     await this.#serial(async () => await this.#fullLoad(this.#index === null ? 'start' : 'gap'))
     if (this.#feed !== feed) throw new Error('registry connection lost during the resync')
@@ -295,21 +300,32 @@ export class RegistrySync {
       // connection; the catch-up is what matters, so this is only worth a debug line.
       if (index !== null && version > index.version) this.#log.debug({ loaded: index.version, registry: version }, 'version check found newer changes; catching up')
       await this.catchUp()
-      await this.#prune()
+      // The heartbeat: judged and sent at each check, on the feed connection (see heartbeat.ts).
+      const beat = this.#heartbeat.beat()
+      if (beat.reconnect) return this.#lost(feed, null, 'deaf')
+      await feed.run(async (c) => await c.query('SELECT pg_notify($1, $2)', [this.#heartbeat.channel, beat.payload]))
     } catch (err) {
       this.#lost(feed, err)
     }
+    // Housekeeping on a pooled connection of its own: whatever happens there is not the feed's.
+    void this.#o.pruner?.tick()
   }
 
-  async #prune (): Promise<void> {
-    if (this.#o.changeRetentionS === 0 || Date.now() - this.#lastPruneAt < PRUNE_EVERY_MS) return
-    this.#lastPruneAt = Date.now()
-    const deleted = await this.#o.store.pruneChanges(this.#o.changeRetentionS)
-    if (deleted > 0) this.#log.info({ deleted, retentionS: this.#o.changeRetentionS }, 'pruned the registry change log')
+  /** The heartbeat found the feed deaf, or hearing again (see heartbeat.ts). */
+  #deafChanged (deaf: boolean, misses: number): void {
+    if (deaf) {
+      const seconds = Math.round(misses * this.#o.versionCheckIntervalMs / 100) / 10
+      this.#deaf = `none of its own heartbeat notifications arrived in ${seconds} s (${misses} checks); behind a pooler in transaction mode set registry.listenUrl direct to PostgreSQL`
+      this.#log.warn({ misses, seconds }, 'registry change feed is deaf: notifications do not reach it (a pooler in transaction mode?); changes arrive only by the periodic version check; reconnecting')
+    } else {
+      this.#deaf = null
+      this.#log.info('registry change feed hears notifications again')
+    }
+    this.#publishFeed()
   }
 
   /** The feed connection (or a query on it) failed: stop trusting the index, reconnect. */
-  #lost (feed: ChangeFeed | null, err: unknown): void {
+  #lost (feed: ChangeFeed | null, err: unknown, why: 'lost' | 'deaf' = 'lost'): void {
     if (feed === null || feed !== this.#feed) return
     this.#dropFeed()
     const wasUp = this.#synced
@@ -318,7 +334,8 @@ export class RegistrySync {
     // A feed that was not up yet has nothing to lose: the attempt connecting it fails, and its
     // caller reports that and retries (a start without a registry is not a "lost" feed).
     if (this.#stopped || !wasUp) return
-    this.#log.warn({ error: err === null ? 'connection closed' : describeError(err) }, 'registry change feed lost; known hosts keep routing, unknown hosts get 503 until it is back')
+    if (why === 'deaf') this.#log.info({ misses: this.#heartbeat.misses }, 'reconnecting the deaf registry change feed')
+    else this.#log.warn({ error: err === null ? 'connection closed' : describeError(err) }, 'registry change feed lost; known hosts keep routing, unknown hosts get 503 until it is back')
     this.#scheduleReconnect()
   }
 
@@ -358,7 +375,7 @@ export class RegistrySync {
   }
 
   #publishFeed (): void {
-    const status: FeedStatus = { synced: this.#synced, stale: this.#stale, lastSyncAt: this.#lastSyncAt }
+    const status: FeedStatus = { synced: this.#synced, stale: this.#stale, lastSyncAt: this.#lastSyncAt, deaf: this.#deaf }
     for (const l of this.#o.listeners) l.feedChanged?.(status)
   }
 
