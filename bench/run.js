@@ -244,13 +244,14 @@ async function startTenantProxy (dbUrl, origin, key, workers, baseline = null) {
   const name = baseline !== null ? 'baseline' : workers === null ? 'tenant-proxy' : `tenant-proxy ×${workers}`
   const plan = cpuPlan(workers ?? 1)
   const trafficPort = await freePort()
+  const opsPort = await freePort()
   const logFile = path.join(tmp, `${name.replace(/\W+/g, '-')}.log`)
   const env = {
     REGISTRY_DATABASE_URL: dbUrl,
     TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1',
     TENANT_PROXY_TRAFFIC_PORT: String(trafficPort),
     TENANT_PROXY_OPS_HOST: '127.0.0.1',
-    TENANT_PROXY_OPS_PORT: String(await freePort()),
+    TENANT_PROXY_OPS_PORT: String(opsPort),
     TENANT_PROXY_UPSTREAM_URLS: origin,
     TENANT_PROXY_DESCRIPTOR_KEYS: key,
     TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: '',
@@ -281,6 +282,8 @@ async function startTenantProxy (dbUrl, origin, key, workers, baseline = null) {
     while ((count = processTree(child.pid).length) < workers && Date.now() < deadline) await sleep(100)
     if (count < workers) throw new BenchError(`${name}: asked for ${workers} workers with TENANT_PROXY_WORKERS, but the proxy runs ${count} process${count === 1 ? '' : 'es'}: this build ignores the setting`)
     log(`${name}: ${count} processes`)
+    t.workerMemory = await workerMemory(opsPort)
+    log(`${name}: ${describeWorkerMemory(t.workerMemory)}`)
   }
   return t
 }
@@ -762,6 +765,30 @@ async function status (port, urlPath, hostname) {
   }
 }
 
+/** The per-worker memory a primary's /ready lists (after start, index loaded), or null if it lists none. */
+async function workerMemory (opsPort) {
+  const deadline = Date.now() + START_TIMEOUT_MS
+  for (;;) {
+    const http = new Pool(`http://127.0.0.1:${opsPort}`, { connections: 1 })
+    try {
+      const res = await http.request({ method: 'GET', path: '/ready', headersTimeout: 5_000, bodyTimeout: 5_000 })
+      const body = await res.body.json()
+      const processes = body.workers?.processes ?? null
+      if (processes === null) return null
+      if (processes.length === body.workers.expected && processes.every((p) => p.indexHeapBytes !== null)) return processes
+    } catch { /* not answering yet */ } finally {
+      await http.close()
+    }
+    if (Date.now() > deadline) return null
+    await sleep(200)
+  }
+}
+
+function describeWorkerMemory (processes) {
+  if (processes === null) return 'no per-worker memory in /ready'
+  return processes.map((p) => `worker ${p.slot}: RSS ${mb(p.rssBytes)}, heap ${mb(p.heapUsedBytes)}, index ${mb(p.indexHeapBytes)}`).join('; ')
+}
+
 // ---- report --------------------------------------------------------------------------------
 function report ({ targets, rounds }) {
   const row = (t) => {
@@ -819,6 +846,12 @@ function report ({ targets, rounds }) {
       if (nginx !== undefined) lines.push(`| ${tp.t.name} / nginx | ${ratio(tp.rps, nginx.rps)} | ${ratio(tp.cpu, nginx.cpu)} | ${ratio(tp.p99, nginx.p99)} |`)
       if (base !== undefined && tp !== base) lines.push(`| ${tp.t.name} / baseline | ${ratio(tp.rps, base.rps)} | ${ratio(tp.cpu, base.cpu)} | ${ratio(tp.p99, base.p99)} |`)
     }
+    lines.push('')
+  }
+  const withWorkers = tps.filter((r) => r.t.workerMemory !== undefined && r.t.workerMemory !== null)
+  if (withWorkers.length > 0) {
+    lines.push('Memory of each worker after start (its /ready entry; the index measured by a full GC on either side of building it):', '')
+    for (const r of withWorkers) lines.push(`- ${r.t.name}: ${describeWorkerMemory(r.t.workerMemory)}`)
     lines.push('')
   }
   const measured = tps.filter((r) => r !== base) // the targets are this checkout's, not the baseline's

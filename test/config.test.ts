@@ -2,6 +2,7 @@ import t from 'tap'
 import { DEFAULTS } from '../config/defaults.js'
 import { configKeys, envName, loadConfig } from '../src/config/load.js'
 import { isTpError } from '../src/errors.js'
+import { workerCount } from '../src/cli/serve.js'
 import { runCli } from './helpers/cli.js'
 
 function problems (env: Record<string, string>, opts: { configPath?: string, files?: Record<string, string> } = {}): string {
@@ -93,6 +94,17 @@ t.test('every error names the full key path and the reason', async (t) => {
     [{ TENANT_PROXY_OPS_PORT: '8080' }, /ops\.port: must differ from traffic\.port/]
   ]
   for (const [env, expected] of cases) t.match(problems(env), expected, JSON.stringify(env))
+})
+
+t.test('workers: an integer from 1 to 256 or "auto" (one per available CPU); anything else names the key and its variable', async (t) => {
+  t.equal(loadConfig({ env: {} }).workers, 1, 'one process by default')
+  t.equal(loadConfig({ env: { TENANT_PROXY_WORKERS: '4' } }).workers, 4)
+  t.equal(loadConfig({ env: { TENANT_PROXY_WORKERS: 'auto' } }).workers, 'auto')
+  t.equal(workerCount('auto', 6), 6, 'auto: the CPUs available')
+  t.equal(workerCount(3, 6), 3)
+  for (const value of ['0', '257', '1.5', 'all', '-2']) {
+    t.match(problems({ TENANT_PROXY_WORKERS: value }), /workers: must be "auto" or an integer from 1 to 256 \(got .*from TENANT_PROXY_WORKERS\)/, value)
+  }
 })
 
 t.test('forwarding options: header names checked, X-Forwarded-Host only through hostFromForwardedHost', async (t) => {

@@ -121,6 +121,9 @@ export class IndexFollower {
       o.metrics.indexHeapBytes.set(this.#indexHeapBytes)
     }
     this.#feed(m.status)
+    // The message's rows (and a previous index) are garbage once this handler returns: collect
+    // them then, as the sync does after a full load, or an idle worker keeps them resident.
+    setImmediate(() => { collectGarbage() })
     this.#log.info({ ms: Math.round(preciseNow() - m.sentAt), version: index.version, tenants: index.bySlug.size, domains: index.byHost.size, indexHeapBytes: this.#indexHeapBytes }, 'index received from the primary')
     this.#first.resolve()
   }
