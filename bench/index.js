@@ -1,0 +1,227 @@
+// Benchmark of the in-memory registry index by itself: the memory it holds per tenant, the time
+// to build it, the cost of one lookup through the resolver, and a proxy's boot from a snapshot
+// file of that size (spawn → first /up 200, resident memory at /up and settled). Synthetic
+// tenants shaped as bench/registry.js seeds them (slug t<i>, database db_<i>, one primary domain
+// t<i>.bench.example). Needs no PostgreSQL: the boot points the registry at a closed loopback
+// port, so the proxy routes from the file, as a proxy whose registry is down does. Not run in CI.
+//
+//   npm run bench:index                                  # 100,000 and 1,000,000 tenants (builds dist/ first)
+//   BENCH_INDEX_TENANTS=1000000 npm run bench:index      # one size
+//   BENCH_INDEX_LOOKUPS=1000000 BENCH_BOOTS=3 npm run bench:index
+//   BENCH_ONLY=memory npm run bench:index                # parts: memory (in-process build, bytes, lookups), boot
+//
+// Prints one line per figure and a markdown table at the end; writes nothing under docs/.
+import { execFileSync, spawn } from 'node:child_process'
+import { generateKeyPairSync } from 'node:crypto'
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { Client } from 'undici'
+
+const SIZES = (process.env.BENCH_INDEX_TENANTS ?? '100000,1000000').split(',').map(Number)
+const LOOKUPS = Number(process.env.BENCH_INDEX_LOOKUPS ?? 1_000_000)
+const BOOTS = Number(process.env.BENCH_BOOTS ?? 3)
+const PARTS = new Set((process.env.BENCH_ONLY ?? 'memory,boot').split(','))
+const SCHEMA = 'tenant_proxy'
+const DEFAULTS = { defaultHost: 'localhost', defaultPort: 5432 }
+for (const n of SIZES) if (!Number.isInteger(n) || n < 1 || n > 5_000_000) throw new Error('BENCH_INDEX_TENANTS: integers 1 … 5,000,000')
+if (!Number.isInteger(LOOKUPS) || LOOKUPS < 1 || LOOKUPS > 10_000_000) throw new Error('BENCH_INDEX_LOOKUPS: 1 … 10,000,000')
+if (!Number.isInteger(BOOTS) || BOOTS < 1 || BOOTS > 20) throw new Error('BENCH_BOOTS: 1 … 20')
+
+if (process.argv[2] === '--child-memory') {
+  await memoryChild(Number(process.argv[3]))
+  process.exit(0)
+}
+
+const { buildIndex } = await import('../dist/src/registry/index.js')
+const { writeSnapshotFile, registryFingerprint } = await import('../dist/src/registry/snapshot-file.js')
+
+const tmp = mkdtempSync(path.join(tmpdir(), 'tp-bench-index-'))
+const children = new Set()
+process.on('exit', () => {
+  for (const c of children) c.kill('SIGKILL')
+  rmSync(tmp, { recursive: true, force: true })
+})
+
+const rows = []
+const revision = (() => { try { return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim() } catch { return 'unknown' } })()
+for (const n of SIZES) {
+  if (PARTS.has('memory')) {
+    // A fresh process per size: a heap that held the previous size would blur the figures.
+    const out = execFileSync(process.execPath, ['--expose-gc', 'bench/index.js', '--child-memory', String(n)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 600_000 })
+    const m = JSON.parse(out.trim().split('\n').at(-1))
+    log(`${n} tenants in-process: build ${m.buildMs.toFixed(0)} ms; heap +${mb(m.heapDelta)} (${(m.heapDelta / n).toFixed(0)} B/tenant), RSS +${mb(m.rssDelta)} (${(m.rssDelta / n).toFixed(0)} B/tenant), RSS ${mb(m.rss)}; lookups ${m.lookupNs.toFixed(0)} ns (hits), ${m.missNs.toFixed(0)} ns (misses), ${m.slugNs.toFixed(0)} ns (wildcard slug)`)
+    rows.push(`| ${n.toLocaleString('en-US')} | in-process build | ${(m.buildMs / 1000).toFixed(2)} s | heap ${(m.heapDelta / n).toFixed(0)} B/tenant, RSS ${(m.rssDelta / n).toFixed(0)} B/tenant (RSS ${mb(m.rss)}) | exact ${m.lookupNs.toFixed(0)} ns · miss ${m.missNs.toFixed(0)} ns · wildcard ${m.slugNs.toFixed(0)} ns |`)
+  }
+  if (PARTS.has('boot')) {
+    const b = await bootFromFile(n)
+    log(`${n} tenants from the snapshot file (${mb(b.fileBytes)}): /up in ${b.boots.map((x) => (x / 1000).toFixed(2)).join(', ')} s; VmRSS at /up ${mb(b.atUp)}, settled ${mb(b.settled)}, peak ${mb(b.hwm)}; known host → ${b.routed}`)
+    rows.push(`| ${n.toLocaleString('en-US')} | serve from the snapshot file (median of ${BOOTS}) | ${(median(b.boots) / 1000).toFixed(2)} s | VmRSS at /up ${mb(b.atUp)}, settled ${mb(b.settled)} (${(b.settled / n).toFixed(0)} B/tenant all in), peak ${mb(b.hwm)} | known host → ${b.routed} |`)
+  }
+}
+console.log(`\nnode ${process.version} · code ${revision} · ${new Date().toISOString()}\n`)
+console.log('| tenants | what | time | memory | lookups / check |\n|---|---|---|---|---|')
+for (const r of rows) console.log(r)
+
+// ---- in-process: memory and lookups ------------------------------------------------------------
+async function memoryChild (n) {
+  const { buildIndex } = await import('../dist/src/registry/index.js')
+  const { Resolver } = await import('../dist/src/routing/resolve.js')
+  const resolver = new Resolver({ wwwFallback: true, wildcardDomains: ['wild.example'], reservedLabels: ['www'], passthroughHosts: [] })
+  const settle = () => { for (let i = 0; i < 3; i++) globalThis.gc() }
+  settle()
+  const before = process.memoryUsage()
+  const t0 = performance.now()
+  // Rows built inside a function so that they are garbage once it returns (as in a real load).
+  const index = build(n, buildIndex)
+  const buildMs = performance.now() - t0
+  settle()
+  const after = process.memoryUsage()
+  // Hosts built fresh (not interned, no cached hash), as a request's Host header is.
+  const pick = (k) => 1 + ((k * 2654435761) >>> 0) % n
+  const hosts = Array.from({ length: LOOKUPS }, (_, k) => ['t', String(pick(k)), '.bench.example'].join(''))
+  const misses = Array.from({ length: LOOKUPS }, (_, k) => ['x', String(pick(k)), '.bench.example'].join(''))
+  const slugs = Array.from({ length: LOOKUPS }, (_, k) => ['t', String(pick(k)), '.wild.example'].join(''))
+  const time = (list, expect) => {
+    let found = 0
+    const t = process.hrtime.bigint()
+    for (let k = 0; k < list.length; k++) if (resolver.resolve(index, list[k]).kind === 'tenant') found++
+    const ns = Number(process.hrtime.bigint() - t) / list.length
+    if (found !== expect) throw new Error(`expected ${expect} hits, got ${found}`)
+    return ns
+  }
+  const lookupNs = time(hosts, LOOKUPS)
+  const missNs = time(misses, 0)
+  const slugNs = time(slugs, LOOKUPS)
+  console.log(JSON.stringify({ buildMs, heapDelta: after.heapUsed + after.external + after.arrayBuffers - before.heapUsed - before.external - before.arrayBuffers, rssDelta: after.rss - before.rss, rss: after.rss, lookupNs, missNs, slugNs }))
+}
+
+function build (n, buildIndex) {
+  const tenants = []
+  const domains = []
+  for (let i = 1; i <= n; i++) {
+    tenants.push({ id: i, slug: `t${i}`, databaseName: `db_${i}`, databaseHost: null, databasePort: null, state: 'active', upstream: null, epoch: 1, primaryHost: `t${i}.bench.example`, holdMs: null })
+    domains.push({ hostname: `t${i}.bench.example`, tenantId: i })
+  }
+  return buildIndex({ version: 1, registryId: 'bench', tenants, domains }, DEFAULTS)
+}
+
+// ---- serve from the snapshot file ---------------------------------------------------------------
+async function bootFromFile (n) {
+  const closed = await freePort() // nothing listens there: the registry is down
+  const url = `postgres://postgres@127.0.0.1:${closed}/bench`
+  const file = path.join(tmp, `snapshot-${n}.json`)
+  await writeSnapshotFile(file, build(n, buildIndex), registryFingerprint(url, path.join(tmp, 'embedded'), SCHEMA))
+  const fileBytes = statSync(file).size
+  const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' })
+  const boots = []
+  let atUp = 0
+  let settled = 0
+  let hwm = 0
+  let routed = null
+  for (let i = 0; i < BOOTS; i++) {
+    const p = await startProxy({
+      REGISTRY_DATABASE_URL: url,
+      TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: file,
+      TENANT_PROXY_REGISTRY_CONNECT_TIMEOUT_MS: '1000',
+      TENANT_PROXY_UPSTREAM_URLS: 'http://127.0.0.1:9',
+      TENANT_PROXY_DESCRIPTOR_KEYS: key
+    }, `${n} boot ${i + 1}`)
+    boots.push(p.bootMs)
+    if (i === 0) {
+      atUp = rss(p.child.pid).rss
+      // Settled: after the post-load collection and a quiet second.
+      await sleep(2_000)
+      const r = rss(p.child.pid)
+      settled = r.rss
+      hwm = r.hwm
+      routed = await status(p.trafficPort, `t${n}.bench.example`)
+    }
+    await stop(p.child)
+  }
+  return { boots, atUp, settled, hwm, routed, fileBytes }
+}
+
+async function startProxy (env, label, timeoutMs = 180_000) {
+  const trafficPort = await freePort()
+  const opsPort = await freePort()
+  const t0 = performance.now()
+  const child = spawn(process.execPath, ['dist/src/main.js', 'serve'], {
+    env: {
+      ...process.env,
+      TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1',
+      TENANT_PROXY_TRAFFIC_PORT: String(trafficPort),
+      TENANT_PROXY_OPS_HOST: '127.0.0.1',
+      TENANT_PROXY_OPS_PORT: String(opsPort),
+      TENANT_PROXY_LOG_LEVEL: 'error',
+      TENANT_PROXY_SHUTDOWN_DRAIN_DELAY_MS: '0',
+      TENANT_PROXY_SHUTDOWN_GRACE_MS: '1000',
+      ...env
+    },
+    stdio: ['ignore', 'ignore', 'inherit']
+  })
+  children.add(child)
+  child.once('exit', () => children.delete(child))
+  const up = new Client(`http://127.0.0.1:${trafficPort}`)
+  try {
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`${label}: proxy exited with ${child.exitCode ?? child.signalCode}`)
+      try {
+        const res = await up.request({ method: 'GET', path: '/up', headers: { host: 'bench.invalid' }, headersTimeout: 2_000, bodyTimeout: 2_000 })
+        await res.body.dump()
+        if (res.statusCode === 200) break
+      } catch { // not listening yet
+      }
+      if (performance.now() - t0 > timeoutMs) throw new Error(`${label}: no /up 200 within ${timeoutMs} ms`)
+      await sleep(10)
+    }
+  } finally {
+    await up.close().catch(() => undefined)
+  }
+  return { child, trafficPort, bootMs: performance.now() - t0 }
+}
+
+async function stop (child) {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  await new Promise((resolve) => {
+    const timer = setTimeout(() => { child.kill('SIGKILL'); resolve() }, 10_000)
+    child.once('exit', () => { clearTimeout(timer); resolve() })
+    child.kill('SIGTERM')
+  })
+}
+
+async function status (port, hostname) {
+  const http = new Client(`http://127.0.0.1:${port}`)
+  try {
+    const res = await http.request({ method: 'GET', path: '/', headers: { host: hostname }, headersTimeout: 10_000, bodyTimeout: 10_000 })
+    await res.body.dump()
+    return res.statusCode
+  } finally {
+    await http.close()
+  }
+}
+
+async function freePort () {
+  return await new Promise((resolve, reject) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+    server.on('error', reject)
+  })
+}
+
+function rss (pid) {
+  const text = readFileSync(`/proc/${pid}/status`, 'utf8')
+  const kb = (field) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN)
+  return { rss: kb('VmRSS') * 1024, hwm: kb('VmHWM') * 1024 }
+}
+
+function median (xs) {
+  const s = [...xs].sort((a, b) => a - b)
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2
+}
+function sleep (msec) { return new Promise((resolve) => setTimeout(resolve, msec)) }
+function mb (bytes) { return `${(bytes / 1024 / 1024).toFixed(1)} MB` }
+function log (line) { console.error(line) }
