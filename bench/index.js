@@ -8,6 +8,7 @@
 //   npm run bench:index                                  # 100,000 and 1,000,000 tenants (builds dist/ first)
 //   BENCH_INDEX_TENANTS=1000000 npm run bench:index      # one size
 //   BENCH_INDEX_LOOKUPS=1000000 BENCH_BOOTS=3 npm run bench:index
+//   BENCH_INDEX_ROOT=/path/to/other/checkout node bench/index.js   # measure another build (its dist/)
 //   BENCH_ONLY=memory npm run bench:index                # parts: memory (in-process build, bytes, lookups), boot
 //
 // Prints one line per figure and a markdown table at the end; writes nothing under docs/.
@@ -17,12 +18,16 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { pathToFileURL } from 'node:url'
 import { Client } from 'undici'
 
 const SIZES = (process.env.BENCH_INDEX_TENANTS ?? '100000,1000000').split(',').map(Number)
 const LOOKUPS = Number(process.env.BENCH_INDEX_LOOKUPS ?? 1_000_000)
 const BOOTS = Number(process.env.BENCH_BOOTS ?? 3)
 const PARTS = new Set((process.env.BENCH_ONLY ?? 'memory,boot').split(','))
+// Another build to measure (a directory holding dist/), e.g. a copy built from an older commit.
+const ROOT = path.resolve(process.env.BENCH_INDEX_ROOT ?? '.')
+const dist = (file) => pathToFileURL(path.join(ROOT, 'dist', file)).href
 const SCHEMA = 'tenant_proxy'
 const DEFAULTS = { defaultHost: 'localhost', defaultPort: 5432 }
 for (const n of SIZES) if (!Number.isInteger(n) || n < 1 || n > 5_000_000) throw new Error('BENCH_INDEX_TENANTS: integers 1 … 5,000,000')
@@ -34,8 +39,8 @@ if (process.argv[2] === '--child-memory') {
   process.exit(0)
 }
 
-const { buildIndex } = await import('../dist/src/registry/index.js')
-const { writeSnapshotFile, registryFingerprint } = await import('../dist/src/registry/snapshot-file.js')
+const { buildIndex } = await import(dist('src/registry/index.js'))
+const { writeSnapshotFile, registryFingerprint } = await import(dist('src/registry/snapshot-file.js'))
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'tp-bench-index-'))
 const children = new Set()
@@ -66,8 +71,8 @@ for (const r of rows) console.log(r)
 
 // ---- in-process: memory and lookups ------------------------------------------------------------
 async function memoryChild (n) {
-  const { buildIndex } = await import('../dist/src/registry/index.js')
-  const { Resolver } = await import('../dist/src/routing/resolve.js')
+  const { buildIndex } = await import(dist('src/registry/index.js'))
+  const { Resolver } = await import(dist('src/routing/resolve.js'))
   const resolver = new Resolver({ wwwFallback: true, wildcardDomains: ['wild.example'], reservedLabels: ['www'], passthroughHosts: [] })
   const settle = () => { for (let i = 0; i < 3; i++) globalThis.gc() }
   settle()
@@ -147,7 +152,7 @@ async function startProxy (env, label, timeoutMs = 180_000) {
   const trafficPort = await freePort()
   const opsPort = await freePort()
   const t0 = performance.now()
-  const child = spawn(process.execPath, ['dist/src/main.js', 'serve'], {
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/src/main.js'), 'serve'], {
     env: {
       ...process.env,
       TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1',
