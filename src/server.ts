@@ -13,7 +13,8 @@ import { ProxyMetrics } from './ops/metrics.js'
 import { probeOrigins } from './ops/upstream-probe.js'
 import { buildTrafficApp } from './proxy/app.js'
 import { HeldRequests } from './proxy/held-requests.js'
-import { createProxyState, type ProxyState } from './proxy/state.js'
+import { collectGarbage } from './gc.js'
+import { createProxyState, type ProxyState } from './state.js'
 import { tlsAskHandler } from './proxy/tls-ask.js'
 import { UpstreamAgent } from './proxy/upstream-agent.js'
 import { UpstreamHealth } from './proxy/upstream-health.js'
@@ -21,6 +22,8 @@ import { UpstreamPools } from './proxy/upstream-pools.js'
 import { describeError, openRegistry, type RegistryConnection } from './registry/connect.js'
 import { migrate } from './registry/migrate.js'
 import { registryFingerprint } from './registry/snapshot-file.js'
+import type { RegistryListener } from './registry/listener.js'
+import { SnapshotWriter } from './registry/snapshot-writer.js'
 import { RegistrySync } from './registry/sync.js'
 import { tpError } from './errors.js'
 
@@ -61,6 +64,11 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
   try {
     const registry: RegistryConnection = await openRegistry(config, registryLog(logger), { max: 2, check: false })
     cleanups.push(async () => await registry.close())
+    const snapshotFile = config.registry.snapshotPath === '' ? null : config.registry.snapshotPath
+    const writer = snapshotFile === null
+      ? null
+      : new SnapshotWriter({ file: snapshotFile, fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema), logger: logger.child({ component: 'registry' }), collect: () => { collectGarbage() } })
+    if (writer !== null) cleanups.push(async () => await writer.stop())
     const sync = new RegistrySync({
       store: registry.store,
       url: registry.url,
@@ -73,23 +81,15 @@ export async function startProxy (config: Config, logger: Logger): Promise<Proxy
       reconnectMinMs: config.registry.reconnectMinMs,
       reconnectMaxMs: config.registry.reconnectMaxMs,
       changeRetentionS: config.registry.changeRetentionS,
-      snapshotFile: config.registry.snapshotPath === '' ? null : config.registry.snapshotPath,
+      snapshotFile,
       fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema),
       onConnect: async () => {
         const migrated = await migrate(registry.pool, registry.schema)
         if (migrated.applied.length > 0) logger.info({ from: migrated.from, to: migrated.to }, 'registry schema migrated')
       },
-      state,
-      metrics,
-      descriptors,
-      logger,
-      onTenantsChanged: (slugs) => {
-        try {
-          held.release(slugs)
-        } catch (err) {
-          logger.error({ err }, 'a held request failed when its tenant changed')
-        }
-      }
+      // In this order: requests route by the new index first, then what depends on it.
+      listeners: [stateListener(state), descriptorListener(descriptors), heldListener(held, logger), metricsListener(metrics), ...writer === null ? [] : [writer]],
+      logger
     })
     cleanups.push(async () => await sync.stop())
     try {
@@ -207,6 +207,56 @@ async function closeWithGrace (app: { close (): Promise<void>, server: { closeAl
     await app.close()
   } finally {
     clearTimeout(timer)
+  }
+}
+
+/** The index and feed status the data path reads. */
+function stateListener (state: ProxyState): RegistryListener {
+  return {
+    indexReplaced (index, how) {
+      state.index = index
+      if (how.source === 'registry') state.lastSyncAt = index.loadedAt
+    },
+    feedChanged (status) {
+      state.synced = status.synced
+      state.stale = status.stale
+      if (status.lastSyncAt > 0) state.lastSyncAt = status.lastSyncAt
+    }
+  }
+}
+
+/** Cached descriptors of hosts no longer in the index are dropped. */
+function descriptorListener (descriptors: DescriptorCache): RegistryListener {
+  return {
+    indexReplaced (index) { descriptors.retain((host) => index.byHost.has(host)) },
+    changesApplied (_index, change) { for (const host of change.removedHosts) descriptors.delete(host) }
+  }
+}
+
+/**
+ * Held requests of paused tenants are decided again when their tenant changed: the touched
+ * slugs of a delta, or all of them after a full load (any tenant may have changed).
+ */
+function heldListener (held: HeldRequests, logger: Logger): RegistryListener {
+  const release = (slugs: readonly string[] | null): void => {
+    try {
+      held.release(slugs)
+    } catch (err) {
+      logger.error({ err }, 'a held request failed when its tenant changed')
+    }
+  }
+  return {
+    indexReplaced () { release(null) },
+    changesApplied (_index, change) { release(change.touchedSlugs) }
+  }
+}
+
+function metricsListener (metrics: ProxyMetrics): RegistryListener {
+  return {
+    indexReplaced (index) { metrics.observeRegistryLoad(index) },
+    changesApplied (index) { metrics.observeIndex(index) },
+    feedChanged (status) { metrics.observeFeed(status) },
+    syncEvent (event) { metrics.observeSync(event) }
   }
 }
 

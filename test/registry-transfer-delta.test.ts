@@ -163,7 +163,7 @@ t.test('a pruned change log makes the delta incomplete, so the proxy resyncs', a
   await pool.query("UPDATE tenant_proxy.changes SET changed_at = now() - interval '1 hour'")
   t.ok(await store.pruneChanges(1) > 0, 'rows pruned')
   const delta = await store.delta(old.version, 10_000)
-  t.match(delta, { complete: false, reason: /pruned/ })
+  t.match(delta, { complete: false, reason: 'gap' })
   const current = await store.snapshot()
   t.match(await store.delta(current.version - 1, 10_000), { complete: true }, 'a proxy at the newest version minus one still applies incrementally')
   t.match(await store.delta(old.version, 1), { complete: false }, 'a backlog over the limit is incomplete too')

@@ -16,12 +16,9 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import Fastify from 'fastify'
 import t from 'tap'
 import { request } from 'undici'
-import { loadKeyring } from '../src/descriptor/keyring.js'
-import { DescriptorCache } from '../src/descriptor/sign.js'
 import { collectGarbage } from '../src/gc.js'
 import { createLogger } from '../src/log.js'
-import { ProxyMetrics } from '../src/ops/metrics.js'
-import { createProxyState } from '../src/proxy/state.js'
+import { createProxyState } from '../src/state.js'
 import { lazySchemaCompilers } from '../src/schema-compilers.js'
 import { RegistrySync } from '../src/registry/sync.js'
 import { es256Pem, testConfig, testRegistry } from './helpers/proxy.js'
@@ -131,7 +128,6 @@ t.test('the collection after a full registry load frees the rows it read', async
     return s
   }
   const state = createProxyState()
-  const metrics = new ProxyMetrics()
   const logger = createLogger('silent')
   const sync = new RegistrySync({
     store: registry.store,
@@ -148,9 +144,7 @@ t.test('the collection after a full registry load frees the rows it read', async
     snapshotFile: null,
     fingerprint: 'unused',
     onConnect: async () => {},
-    state,
-    metrics,
-    descriptors: new DescriptorCache({ keyring: loadKeyring(config.descriptor.keys), issuer: 'test', audience: 'test', ttlS: 60, refreshMarginS: 10 }),
+    listeners: [{ indexReplaced (index) { state.index = index } }],
     logger
   })
   t.teardown(async () => await sync.stop())

@@ -7,6 +7,7 @@ import client from 'prom-client'
 import { IndexedCounter, IndexedHistogram } from './fast-metrics.js'
 import { UPSTREAM_ERROR_KINDS, type UpstreamErrorKind } from '../proxy/upstream-errors.js'
 import { TLS_ASK_RESULTS, type TlsAskResult } from '../proxy/tls-ask.js'
+import { FULL_LOAD_REASONS, RESUME_FROM, SYNC_QUERIES, type FeedStatus, type FullLoadReason, type ResumeFrom, type SyncEvent, type SyncQuery } from '../registry/listener.js'
 
 /** How a request ended, as counted and logged. */
 export type Outcome = 'routed' | 'unknown_host' | 'suspended' | 'maintenance' | 'passthrough' | 'health' | 'bad_request' | 'registry_unavailable' | 'paused'
@@ -53,6 +54,10 @@ export class ProxyMetrics {
   readonly registryFeedConnected: client.Gauge
   readonly registryFeedReconnects: client.Counter
   readonly registryStale: client.Gauge
+  readonly registryFullLoads: client.Counter<'reason'>
+  readonly registryResumes: client.Counter<'from'>
+  readonly registryQueryFailures: client.Counter<'query'>
+  readonly registryFullLoadWaiting: client.Gauge
   readonly descriptorSignatures: client.Counter
   readonly upstreamErrors: client.Counter<'kind'>
   readonly upstreamAttemptErrors: client.Counter<'kind'>
@@ -92,6 +97,10 @@ export class ProxyMetrics {
     this.registryLastSync = new client.Gauge({ name: 'tenant_proxy_registry_last_sync_timestamp_seconds', help: 'Unix time the index was last confirmed current with the registry (load, applied change or version check).', registers })
     this.registryFeedConnected = new client.Gauge({ name: 'tenant_proxy_registry_feed_connected', help: '1 while the LISTEN connection to the registry change feed is up and resynced.', registers })
     this.registryFeedReconnects = new client.Counter({ name: 'tenant_proxy_registry_feed_reconnects_total', help: 'Reconnections of the registry change feed.', registers })
+    this.registryFullLoads = new client.Counter({ name: 'tenant_proxy_registry_full_loads_total', help: 'Full registry loads (the whole snapshot read) by why they ran: start, reload, gap, registry_changed, backlog, inconsistent.', labelNames: ['reason'], registers })
+    this.registryResumes = new client.Counter({ name: 'tenant_proxy_registry_resumes_total', help: 'Resyncs done from the change log instead of a full load, by what was resumed: reconnect (the index in memory) or file (the snapshot file).', labelNames: ['from'], registers })
+    this.registryQueryFailures = new client.Counter({ name: 'tenant_proxy_registry_query_failures_total', help: 'Registry queries that failed on a live feed connection and are retried on their own (the feed is not reset), by query.', labelNames: ['query'], registers })
+    this.registryFullLoadWaiting = new client.Gauge({ name: 'tenant_proxy_registry_full_load_waiting', help: '1 while a full load waits for one of the registry-wide full-load slots (registry.maxConcurrentFullLoads).', registers })
     this.registryStale = new client.Gauge({ name: 'tenant_proxy_registry_stale', help: '1 while the index comes from the last-known-good snapshot file, not yet confirmed by the registry.', registers })
     this.descriptorSignatures = new client.Counter({ name: 'tenant_proxy_descriptor_signatures_total', help: 'Descriptors signed (cache misses and refreshes).', registers })
     this.upstreamErrors = new client.Counter({ name: 'tenant_proxy_upstream_errors_total', help: 'Upstream failures by kind.', labelNames: ['kind'], registers })
@@ -132,6 +141,9 @@ export class ProxyMetrics {
       this.upstreamAttemptErrors.labels(kind).inc(0)
     }
     for (const result of ['ok', 'error'] as const) this.registryLoads.labels(result).inc(0)
+    for (const reason of FULL_LOAD_REASONS) this.registryFullLoads.labels(reason).inc(0)
+    for (const from of RESUME_FROM) this.registryResumes.labels(from).inc(0)
+    for (const query of SYNC_QUERIES) this.registryQueryFailures.labels(query).inc(0)
     for (const endpoint of OPS_API_ENDPOINTS) for (const result of OPS_API_RESULTS) this.opsApiRequests.labels(endpoint, result).inc(0)
     for (const result of TLS_ASK_RESULTS) this.tlsAsks.labels(result).inc(0)
     for (const end of HELD_ENDS) this.heldDuration.zero({ end })
@@ -186,5 +198,34 @@ export class ProxyMetrics {
     this.registryLastLoad.set(index.loadedAt / 1000)
     this.registryLastSync.set(index.loadedAt / 1000)
     this.registryLoads.labels('ok').inc()
+  }
+
+  /** Records the registry feed's status (src/registry/listener.ts). */
+  observeFeed (status: FeedStatus): void {
+    this.registryFeedConnected.set(status.synced ? 1 : 0)
+    this.registryStale.set(status.stale ? 1 : 0)
+    if (status.lastSyncAt > 0) this.registryLastSync.set(status.lastSyncAt / 1000)
+  }
+
+  /** Counts what the registry sync did (src/registry/listener.ts). */
+  observeSync (event: SyncEvent): void {
+    switch (event.kind) {
+      case 'full-load':
+        if (event.ok) this.registryFullLoads.labels(event.reason satisfies FullLoadReason).inc()
+        else this.registryLoads.labels('error').inc()
+        break
+      case 'resume':
+        this.registryResumes.labels(event.from satisfies ResumeFrom).inc()
+        break
+      case 'reconnect':
+        this.registryFeedReconnects.inc()
+        break
+      case 'query-failed':
+        this.registryQueryFailures.labels(event.query satisfies SyncQuery).inc()
+        break
+      case 'full-load-wait':
+        this.registryFullLoadWaiting.set(event.waiting ? 1 : 0)
+        break
+    }
   }
 }

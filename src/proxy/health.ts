@@ -3,7 +3,7 @@
  * touching a tenant database, so a deploy never depends on one tenant's state.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { ProxyState } from './state.js'
+import type { ProxyState } from '../state.js'
 import type { UpstreamHealth } from './upstream-health.js'
 
 /** The route handler: 200 once the registry is loaded and the process is not draining. */

@@ -306,28 +306,46 @@ class Columns {
   }
 
   #growTenants (): void {
-    const cap = this.id.length * 2
-    this.id = grow(this.id, new Float64Array(cap))
-    this.epoch = grow(this.epoch, new Float64Array(cap))
-    this.generation = grow(this.generation, new Float64Array(cap))
-    this.port = grow(this.port, new Uint16Array(cap))
-    this.state = grow(this.state, new Uint8Array(cap))
-    this.dbHost = grow(this.dbHost, new Uint32Array(cap))
-    this.upstream = grow(this.upstream, new Uint32Array(cap))
-    this.slug = grow(this.slug, new Int32Array(cap))
-    this.dbName = grow(this.dbName, new Int32Array(cap))
-    this.primary = grow(this.primary, new Int32Array(cap))
+    this.#resizeTenants(this.id.length + Math.max(1024, this.id.length >> 2))
+  }
+
+  /**
+   * Gives back column space a paged build grew past its rows (a quarter at most, a build from one
+   * snapshot none), keeping room for the deltas to come.
+   */
+  trim (): void {
+    const want = this.tenants + Math.max(1024, this.tenants >> 5)
+    if (this.id.length > want + (want >> 3)) this.#resizeTenants(want)
+    const wantDomains = this.domains + Math.max(1024, this.domains >> 5)
+    if (this.host.length > wantDomains + (wantDomains >> 3)) this.#resizeDomains(wantDomains)
+  }
+
+  #resizeTenants (cap: number): void {
+    this.id = resized(this.id, new Float64Array(cap))
+    this.epoch = resized(this.epoch, new Float64Array(cap))
+    this.generation = resized(this.generation, new Float64Array(cap))
+    this.port = resized(this.port, new Uint16Array(cap))
+    this.state = resized(this.state, new Uint8Array(cap))
+    this.dbHost = resized(this.dbHost, new Uint32Array(cap))
+    this.upstream = resized(this.upstream, new Uint32Array(cap))
+    this.slug = resized(this.slug, new Int32Array(cap))
+    this.dbName = resized(this.dbName, new Int32Array(cap))
+    this.primary = resized(this.primary, new Int32Array(cap))
   }
 
   #growDomains (): void {
-    const cap = this.host.length * 2
-    this.host = grow(this.host, new Int32Array(cap))
-    this.tenant = grow(this.tenant, new Int32Array(cap))
+    this.#resizeDomains(this.host.length + Math.max(1024, this.host.length >> 2))
+  }
+
+  #resizeDomains (cap: number): void {
+    this.host = resized(this.host, new Int32Array(cap))
+    this.tenant = resized(this.tenant, new Int32Array(cap))
   }
 }
 
-function grow<T extends Float64Array | Uint32Array | Int32Array | Uint16Array | Uint8Array> (old: T, next: T): T {
-  next.set(old)
+/** `next` holding the start of `old` (as much as fits). */
+function resized<T extends Float64Array | Uint32Array | Int32Array | Uint16Array | Uint8Array> (old: T, next: T): T {
+  next.set(old.length <= next.length ? old : old.subarray(0, next.length))
   return next
 }
 
@@ -421,28 +439,121 @@ function columnsOf (index: RegistryIndex): Columns {
  * stay valid.
  */
 export function buildIndex (snapshot: Pick<RegistrySnapshot, 'version' | 'registryId' | 'tenants' | 'domains'>, defaults: DatabaseDefaults, previous: RegistryIndex | null = null, now = Date.now()): RegistryIndex {
-  const tenants = snapshot.tenants
-  const domains: readonly DomainRow[] = snapshot.domains
-  // About 30 bytes of strings per tenant and 20 per extra domain: one arena growth at most.
-  const c = new Columns(tenants.length, domains.length, tenants.length * 32 + Math.max(0, domains.length - tenants.length) * 20)
-  const prev = previous === null ? null : columnsOf(previous)
-  // Tenant id → row only while building: domains name their tenant by id.
-  const byId = new Map<number, number>()
-  for (const t of tenants) {
-    if (c.findTenant(t.slug) !== -1) continue
-    const row = c.tenants
-    const dbHost = t.databaseHost ?? defaults.defaultHost
-    const dbPort = t.databasePort ?? defaults.defaultPort
-    const p = prev === null ? -1 : prev.findTenant(t.slug)
-    c.setTenant(row, t, dbHost, dbPort, p !== -1 && prev?.same(p, t, dbHost, dbPort) === true ? prev.generation[p] as number : ++generations)
-    c.slugTable.insert(c.arena, c.slug, row, hashString(t.slug))
-    byId.set(t.id, row)
+  const builder = new IndexBuilder({ version: snapshot.version, registryId: snapshot.registryId, loadedAt: now }, defaults, previous, { tenants: snapshot.tenants.length, domains: snapshot.domains.length })
+  builder.addTenants(snapshot.tenants)
+  builder.addDomains(snapshot.domains)
+  return builder.finish()
+}
+
+/** What an index is of: the registry version and id it reflects and when it was built. */
+export interface IndexMeta { readonly version: number, readonly registryId: string, readonly loadedAt: number }
+
+/**
+ * Builds an index beside the one being served, a page of rows at a time (a paged full load yields
+ * to the event loop between pages). All tenants first, then all domains: a domain names its
+ * tenant by id. A domain whose tenant was not added is skipped (a paged load reads pages at
+ * different instants; the change log applied afterwards brings it back, see sync.ts).
+ */
+export class IndexBuilder {
+  readonly #meta: IndexMeta
+  readonly #defaults: DatabaseDefaults
+  readonly #previous: Columns | null
+  #columns: Columns | null
+  /** Tenant id → row only while building: domains name their tenant by id. */
+  readonly #byId: IdTable
+
+  /** `expected`: row counts when known (a load from one snapshot), to size the columns once. */
+  constructor (meta: IndexMeta, defaults: DatabaseDefaults, previous: RegistryIndex | null = null, expected: { tenants: number, domains: number } = { tenants: 0, domains: 0 }) {
+    this.#meta = meta
+    this.#defaults = defaults
+    this.#previous = previous === null ? null : columnsOf(previous)
+    // About 30 bytes of strings per tenant and 20 per extra domain: one arena growth at most.
+    this.#columns = new Columns(expected.tenants, expected.domains, expected.tenants * 32 + Math.max(0, expected.domains - expected.tenants) * 20)
+    this.#byId = new IdTable(expected.tenants)
   }
-  for (const d of domains) {
-    const row = byId.get(d.tenantId)
-    if (row !== undefined) c.setDomain(d.hostname, row)
+
+  addTenants (rows: Iterable<TenantRow>): void {
+    const c = this.#building()
+    const prev = this.#previous
+    for (const t of rows) {
+      const hash = hashString(t.slug)
+      if (c.slugTable.find(c.arena, c.slug, t.slug, hash) !== -1) continue
+      const row = c.tenants
+      const dbHost = t.databaseHost ?? this.#defaults.defaultHost
+      const dbPort = t.databasePort ?? this.#defaults.defaultPort
+      const p = prev === null ? -1 : prev.findTenant(t.slug)
+      c.setTenant(row, t, dbHost, dbPort, p !== -1 && prev?.same(p, t, dbHost, dbPort) === true ? prev.generation[p] as number : ++generations)
+      c.slugTable.insert(c.arena, c.slug, row, hash)
+      this.#byId.insert(c.id, row)
+    }
   }
-  return new CompactIndex(snapshot.version, snapshot.registryId, now, c)
+
+  addDomains (rows: Iterable<DomainRow>): void {
+    const c = this.#building()
+    for (const d of rows) {
+      const row = this.#byId.find(c.id, d.tenantId)
+      if (row !== -1) c.setDomain(d.hostname, row)
+    }
+  }
+
+  /** The index; the builder is done. */
+  finish (): RegistryIndex {
+    const c = this.#building()
+    this.#columns = null
+    c.trim()
+    return new CompactIndex(this.#meta.version, this.#meta.registryId, this.#meta.loadedAt, c)
+  }
+
+  #building (): Columns {
+    if (this.#columns === null) throw new Error('IndexBuilder used after finish()')
+    return this.#columns
+  }
+}
+
+/**
+ * Tenant id → row while building, open addressing over the id column: 4 bytes a slot at a load of
+ * at most one half, where a Map of a million numbers holds about 40 MB until the build ends.
+ */
+class IdTable {
+  #slots: Int32Array
+  #size = 0
+
+  constructor (expected: number) {
+    let cap = 16
+    while (cap < expected * 2 + 2) cap *= 2
+    this.#slots = new Int32Array(cap)
+  }
+
+  find (ids: Float64Array, id: number): number {
+    const slots = this.#slots
+    const mask = slots.length - 1
+    for (let i = idHash(id) & mask; ; i = (i + 1) & mask) {
+      const v = slots[i] as number
+      if (v === 0) return -1
+      if (ids[v - 1] === id) return v - 1
+    }
+  }
+
+  /** Adds row `row` under ids[row] (ids are unique in a snapshot). */
+  insert (ids: Float64Array, row: number): void {
+    if ((this.#size + 1) * 2 > this.#slots.length) {
+      const old = this.#slots
+      this.#slots = new Int32Array(old.length * 2)
+      this.#size = 0
+      for (const v of old) if (v !== 0) this.insert(ids, v - 1)
+    }
+    const slots = this.#slots
+    const mask = slots.length - 1
+    let i = idHash(ids[row] as number) & mask
+    while (slots[i] !== 0) i = (i + 1) & mask
+    slots[i] = row + 1
+    this.#size++
+  }
+}
+
+/** A 32-bit mix of an integer id (ids may exceed 2^32: the high part is mixed in). */
+function idHash (id: number): number {
+  return Math.imul((id | 0) ^ Math.imul((id / 4294967296) | 0, 0x85ebca6b), 0x9e3779b1) >>> 16 ^ (id | 0)
 }
 
 /**

@@ -143,11 +143,11 @@ export interface DomainRow { hostname: string, tenantId: number }
  * What changed after a version, read in one REPEATABLE READ transaction: the current rows of
  * every tenant and domain touched after `since`, up to `version`. Applying it to an index at
  * `since` gives the index at `version`. `complete` is false when the log cannot tell (rows pruned
- * past `since`, or more changes than `limit`): the caller loads a full snapshot instead.
+ * past `since`: 'gap'; more changes than `limit`: 'backlog'): the caller loads a full snapshot instead.
  */
 export type RegistryDelta =
   | { complete: true, since: number, version: number, registryId: string, changes: number, tenantSlugs: string[], tenants: TenantRow[], hostnames: string[], domains: Array<{ hostname: string, slug: string }> }
-  | { complete: false, since: number, version: number, registryId: string, reason: string }
+  | { complete: false, since: number, version: number, registryId: string, reason: 'gap' | 'backlog' }
 
 type TenantTuple = [string, string, string, string | null, number | null, TenantState, string | null, string, string | null, number | null]
 
@@ -335,13 +335,13 @@ export class RegistryStore {
       const v = await c.query<{ version: string, registry_id: string, pruned_through: string }>(`SELECT version, registry_id, pruned_through FROM ${this.#s}.registry_state`)
       const version = Number(v.rows[0]?.version ?? 0)
       const registryId = v.rows[0]?.registry_id ?? ''
-      if (Number(v.rows[0]?.pruned_through ?? 0) > since) return { complete: false, since, version, registryId, reason: 'change log pruned past the loaded version' }
+      if (Number(v.rows[0]?.pruned_through ?? 0) > since) return { complete: false, since, version, registryId, reason: 'gap' }
       const ch = await c.query<[string, string, string, string | null]>({
         text: `SELECT version, entity, key, tenant_id FROM ${this.#s}.changes WHERE version > $1 ORDER BY id LIMIT $2`,
         values: [since, limit + 1],
         rowMode: 'array'
       })
-      if (ch.rows.length > limit) return { complete: false, since, version, registryId, reason: `more than ${limit} changes` }
+      if (ch.rows.length > limit) return { complete: false, since, version, registryId, reason: 'backlog' }
       const tenantIds = new Set<number>()
       const tenantSlugs = new Set<string>()
       const hostnames = new Set<string>()

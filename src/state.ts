@@ -2,7 +2,7 @@
  * The mutable state the request path reads: the current registry index and whether the process
  * is draining. Replaced by reference, so a request sees one consistent index.
  */
-import type { RegistryIndex } from '../registry/index.js'
+import type { RegistryIndex } from './registry/index.js'
 
 /** Shared between server.ts (writer) and the apps (readers). */
 export interface ProxyState {
