@@ -61,7 +61,8 @@ export class Route implements DescriptorTarget {
     this.#slugRef = slugRef
     this.#dbNameRef = dbNameRef
     this.#primaryRef = primaryRef
-    Object.freeze(this)
+    // Not frozen (readonly in the type is the contract): a route is made on every lookup that
+    // misses the route cache, and freezing costs as much as the rest of its construction.
   }
 
   // The strings are decoded on first use: the data path reads the state and upstream of most
@@ -201,7 +202,7 @@ class Columns {
     const up = this.upstream[t] as number
     return new Route(this.id[t] as number, TENANT_STATES[this.state[t] as number] as TenantState, up === 0 ? null : this.strings[up - 1] as string,
       this.epoch[t] as number, this.strings[this.dbHost[t] as number] as string, this.port[t] as number, this.hold.get(t) ?? null,
-      this.generation[t] as number, { bytes: this.arena.bytes, odd: this.arena.odd }, this.slug[t] as number, this.dbName[t] as number, this.primary[t] as number)
+      this.generation[t] as number, this.arena, this.slug[t] as number, this.dbName[t] as number, this.primary[t] as number)
   }
 
   /** True when row `t` states what `row` does (resolved against the defaults). */

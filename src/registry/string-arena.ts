@@ -6,9 +6,10 @@
  * string that is not, or longer than 255, is kept as a JS string in a side list instead, so any
  * string round-trips.
  *
- * Append-only: bytes are never rewritten in place, so a reference stays valid for the buffer it
- * was read from (a Route decodes its strings lazily from the buffer it was made with). A string
- * that is no longer used is only counted (`dead`); the owner builds a fresh arena when that grows.
+ * Append-only: bytes are never rewritten, and a growth copies them, so a reference stays valid for
+ * the life of the arena (a Route decodes its strings lazily from the arena it was made with). A
+ * string that is no longer used is only counted (`dead`); the owner builds a fresh arena when
+ * that grows, and routes made before keep the old one.
  */
 
 /** The reference of no string (a null slug or host). */
