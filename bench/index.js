@@ -9,7 +9,10 @@
 //   BENCH_INDEX_TENANTS=1000000 npm run bench:index      # one size
 //   BENCH_INDEX_LOOKUPS=1000000 BENCH_BOOTS=3 npm run bench:index
 //   BENCH_INDEX_ROOT=/path/to/other/checkout node bench/index.js   # measure another build (its dist/)
-//   BENCH_ONLY=memory npm run bench:index                # parts: memory (in-process build, bytes, lookups), boot
+//   BENCH_ONLY=memory npm run bench:index                # parts: memory (in-process build, bytes, lookups),
+//                                                        # load (a fresh process reads the snapshot file and builds the index, as serve does
+//                                                        # before /up: CPU time and RSS, robust on a busy machine), boot (serve → /up)
+//   BENCH_BOOT_TIMEOUT_S=600 …                           # how long a boot may take (default 180)
 //
 // Prints one line per figure and a markdown table at the end; writes nothing under docs/.
 import { execFileSync, spawn } from 'node:child_process'
@@ -24,16 +27,23 @@ import { Client } from 'undici'
 const SIZES = (process.env.BENCH_INDEX_TENANTS ?? '100000,1000000').split(',').map(Number)
 const LOOKUPS = Number(process.env.BENCH_INDEX_LOOKUPS ?? 1_000_000)
 const BOOTS = Number(process.env.BENCH_BOOTS ?? 3)
-const PARTS = new Set((process.env.BENCH_ONLY ?? 'memory,boot').split(','))
+const PARTS = new Set((process.env.BENCH_ONLY ?? 'memory,load,boot').split(','))
+const BOOT_TIMEOUT_MS = Number(process.env.BENCH_BOOT_TIMEOUT_S ?? 180) * 1000
 // Another build to measure (a directory holding dist/), e.g. a copy built from an older commit.
 const ROOT = path.resolve(process.env.BENCH_INDEX_ROOT ?? '.')
 const dist = (file) => pathToFileURL(path.join(ROOT, 'dist', file)).href
 const SCHEMA = 'tenant_proxy'
+/** The registry fingerprint of the load part's files (any string: no proxy checks it against a config). */
+const FINGERPRINT = 'bench-index'
 const DEFAULTS = { defaultHost: 'localhost', defaultPort: 5432 }
 for (const n of SIZES) if (!Number.isInteger(n) || n < 1 || n > 5_000_000) throw new Error('BENCH_INDEX_TENANTS: integers 1 … 5,000,000')
 if (!Number.isInteger(LOOKUPS) || LOOKUPS < 1 || LOOKUPS > 10_000_000) throw new Error('BENCH_INDEX_LOOKUPS: 1 … 10,000,000')
 if (!Number.isInteger(BOOTS) || BOOTS < 1 || BOOTS > 20) throw new Error('BENCH_BOOTS: 1 … 20')
 
+if (process.argv[2] === '--child-load') {
+  await loadChild(process.argv[3], process.argv[4])
+  process.exit(0)
+}
 if (process.argv[2] === '--child-memory') {
   await memoryChild(Number(process.argv[3]))
   process.exit(0)
@@ -59,6 +69,11 @@ for (const n of SIZES) {
     const ns = (x) => `${x.cpuNs.toFixed(0)} ns CPU (${x.ns.toFixed(0)} ns wall)`
     log(`${n} tenants in-process: build ${m.buildMs.toFixed(0)} ms (CPU ${m.buildCpuMs.toFixed(0)} ms); heap and buffers +${mb(m.heapDelta)} (${(m.heapDelta / n).toFixed(0)} B/tenant), RSS +${mb(m.rssDelta)} (${(m.rssDelta / n).toFixed(0)} B/tenant), RSS ${mb(m.rss)}; lookups ${ns(m.lookup)} (hits), ${ns(m.miss)} (misses), ${ns(m.slug)} (wildcard slug)`)
     rows.push(`| ${n.toLocaleString('en-US')} | in-process build | ${(m.buildMs / 1000).toFixed(2)} s (CPU ${(m.buildCpuMs / 1000).toFixed(2)} s) | heap and buffers ${(m.heapDelta / n).toFixed(0)} B/tenant, RSS ${(m.rssDelta / n).toFixed(0)} B/tenant (RSS ${mb(m.rss)}) | exact ${ns(m.lookup)} · miss ${ns(m.miss)} · wildcard ${ns(m.slug)} |`)
+  }
+  if (PARTS.has('load')) {
+    const l = await loadFromFile(n)
+    log(`${n} tenants: snapshot file (${mb(l.fileBytes)}) read and indexed in a fresh process: ${(l.ms / 1000).toFixed(2)} s (CPU ${(l.cpuMs / 1000).toFixed(2)} s); VmRSS after the collection ${mb(l.rss)} (before the load ${mb(l.rssBefore)}), peak ${mb(l.hwm)}`)
+    rows.push(`| ${n.toLocaleString('en-US')} | snapshot file read and indexed in a fresh process (what serve does before /up), then the post-load collection | ${(l.ms / 1000).toFixed(2)} s (CPU ${(l.cpuMs / 1000).toFixed(2)} s) | VmRSS ${mb(l.rss)} (${mb(l.rssBefore)} before the load; ${((l.rss - l.rssBefore) / n).toFixed(0)} B/tenant), peak ${mb(l.hwm)} | ${l.tenants} tenants |`)
   }
   if (PARTS.has('boot')) {
     const b = await bootFromFile(n)
@@ -119,6 +134,28 @@ function build (n, buildIndex) {
   return buildIndex({ version: 1, registryId: 'bench', tenants, domains }, DEFAULTS)
 }
 
+// ---- the snapshot file, read in a fresh process ------------------------------------------------
+async function loadFromFile (n) {
+  const file = path.join(tmp, `load-${n}.json`)
+  await writeSnapshotFile(file, build(n, buildIndex), FINGERPRINT)
+  const out = execFileSync(process.execPath, ['bench/index.js', '--child-load', file, String(n)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 1_800_000 })
+  return { ...JSON.parse(out.trim().split('\n').at(-1)), fileBytes: statSync(file).size }
+}
+
+async function loadChild (file) {
+  const { indexFromFile } = await import(dist('src/registry/load-index.js'))
+  const { collectGarbage } = await import(dist('src/gc.js'))
+  const rssBefore = rss(process.pid).rss
+  const t0 = performance.now()
+  const cpu0 = process.cpuUsage()
+  const { index } = await indexFromFile(file, FINGERPRINT, DEFAULTS)
+  collectGarbage()
+  const cpu = process.cpuUsage(cpu0)
+  const ms = performance.now() - t0
+  const r = rss(process.pid)
+  console.log(JSON.stringify({ ms, cpuMs: (cpu.user + cpu.system) / 1000, rss: r.rss, hwm: r.hwm, rssBefore, tenants: index.bySlug.size }))
+}
+
 // ---- serve from the snapshot file ---------------------------------------------------------------
 async function bootFromFile (n) {
   const closed = await freePort() // nothing listens there: the registry is down
@@ -157,7 +194,7 @@ async function bootFromFile (n) {
   return { boots, cpus, atUp, settled, hwm, routed, fileBytes }
 }
 
-async function startProxy (env, label, timeoutMs = 180_000) {
+async function startProxy (env, label, timeoutMs = BOOT_TIMEOUT_MS) {
   const trafficPort = await freePort()
   const opsPort = await freePort()
   const t0 = performance.now()
