@@ -9,6 +9,11 @@ export interface DescriptorTarget {
   readonly slug: string
   readonly epoch: number
   readonly db: { readonly name: string, readonly host: string, readonly port: number }
+  /**
+   * When set, two targets with the same generation state the same facts (the registry index makes
+   * route objects on demand, so one tenant's unchanged facts may come in another object).
+   */
+  readonly generation?: number
 }
 
 /** Descriptor v1 claims (docs/descriptor.md). */
@@ -57,9 +62,9 @@ interface Entry {
 
 /**
  * One token per canonical host, reused until `refreshMarginS` before it expires, less a random
- * part of up to half the margin. An entry is only valid for the route object it was signed for:
- * the registry index replaces a tenant's object when anything about it changes, so a changed
- * tenant is re-signed on its next request.
+ * part of up to half the margin. An entry is only valid for the target it was signed for (the same
+ * object, or the same generation): the registry index gives a tenant a new generation when
+ * anything about it changes, so a changed tenant is re-signed on its next request.
  *
  * Why the jitter: hosts signed together (a restart, a full reload, a burst of new hosts) would
  * otherwise all fall due in the same second, ttlS - refreshMarginS later, and again every cycle;
@@ -87,7 +92,7 @@ export class DescriptorCache {
     const now = this.#opts.now()
     const entry = this.#entries.get(host)
     // The hit path reads one map entry and allocates nothing: it runs on every proxied request.
-    if (entry !== undefined && entry.target === target && now < entry.refreshAt) return entry.token
+    if (entry !== undefined && sameTarget(entry.target, target) && now < entry.refreshAt) return entry.token
     const { token, exp } = this.#sign(target, host, now)
     const refreshAt = this.#refreshAt(exp)
     if (entry !== undefined) {
@@ -110,7 +115,7 @@ export class DescriptorCache {
   issue (target: DescriptorTarget, host: string): { token: string, exp: number } {
     const now = this.#opts.now()
     const entry = this.#entries.get(host)
-    if (entry !== undefined && entry.target === target && now < entry.refreshAt) return { token: entry.token, exp: entry.exp }
+    if (entry !== undefined && sameTarget(entry.target, target) && now < entry.refreshAt) return { token: entry.token, exp: entry.exp }
     return this.#sign(target, host, now)
   }
 
@@ -160,3 +165,8 @@ export class DescriptorCache {
 }
 
 function noop (): void {}
+
+/** The same object, or two routes of the same generation (see DescriptorTarget.generation). */
+function sameTarget (a: DescriptorTarget, b: DescriptorTarget): boolean {
+  return a === b || (a.generation !== undefined && a.generation === b.generation)
+}

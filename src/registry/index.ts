@@ -2,32 +2,83 @@
  * The in-memory registry index the proxy answers from: canonical host → route, slug → route.
  * A full load builds a new index that is swapped in with one assignment; a live change is applied
  * to the current index synchronously, in one turn of the event loop, so a request sees the
- * registry before or after a write, never half of it. Memory matters at a million tenants: one
- * flat object per tenant, interned state strings, and no map beyond the two lookups (plus, once
- * the ops descriptor API lists tenants, one array of the slugs in order).
+ * registry before or after a write, never half of it.
+ *
+ * Memory matters at a million tenants (issue 12: at most 300 bytes per tenant), so the index is
+ * columns, not objects: one row per tenant in parallel typed arrays (id, epoch, port, state,
+ * interned database host and upstream, references to its strings), one row per domain (hostname,
+ * tenant row), the strings packed in a StringArena and two KeyTables from hostname and slug to
+ * rows. A Route object is made only when a lookup asks for one, and a small direct-mapped cache
+ * keeps the routes of the hosts that get traffic, so a hit allocates nothing.
+ *
+ * A tenant row carries a generation, taken from a process-wide counter whenever the row is
+ * created with new facts; a route made later from an unchanged row has the same generation, and
+ * the descriptor cache keys its tokens on it (what route object identity used to be).
+ *
+ * Rows of deleted tenants are not reused within an index (a domain row that a writer other than
+ * the CLI left pointing at one routes nowhere instead of to a stranger); a full load starts fresh.
  */
 import type { DescriptorTarget } from '../descriptor/sign.js'
+import { KeyTable } from './key-table.js'
 import { TENANT_STATES, type TenantState } from './names.js'
 import { SlugOrder, type SlugEdit } from './slug-order.js'
+import { NO_STRING, StringArena, decodeRef, equalsRef, hashString, type ArenaView } from './string-arena.js'
 import type { DomainRow, RegistryDelta, RegistrySnapshot, TenantRow } from './store.js'
 
-/** Everything the data path needs about one tenant; immutable, replaced when the tenant changes. */
+/** State code of a deleted tenant's row. */
+const GONE = 255
+/** Routes kept made (direct-mapped by tenant row); about 100 bytes each when full. */
+const ROUTE_CACHE = 16_384
+/** Arena bytes no longer used above which a delta rebuilds the arena (and above half of it). */
+const COMPACT_DEAD_BYTES = 1 << 20
+
+let generations = 0
+
+/** Everything the data path needs about one tenant; immutable, made anew when the tenant changes. */
 export class Route implements DescriptorTarget {
+  readonly #arena: ArenaView
+  readonly #slugRef: number
+  readonly #dbNameRef: number
+  readonly #primaryRef: number
+  #slug: string | null = null
+  #dbName: string | null = null
+  #primary: string | null | undefined
+
   constructor (
     readonly id: number,
-    readonly slug: string,
     readonly state: TenantState,
     readonly upstream: string | null,
     readonly epoch: number,
-    readonly dbName: string,
     readonly dbHost: string,
     readonly dbPort: number,
-    /** The primary domain (the same string as its key in byHost), or null when the tenant has none. */
-    readonly primaryHost: string | null,
     /** Non-null while the tenant is paused (`tenants pause`): how long a request may be held, ms. */
-    readonly holdMs: number | null = null
+    readonly holdMs: number | null,
+    /** Equal for two routes of the same tenant with the same facts (see the module comment). */
+    readonly generation: number,
+    arena: ArenaView, slugRef: number, dbNameRef: number, primaryRef: number
   ) {
-    Object.freeze(this)
+    this.#arena = arena
+    this.#slugRef = slugRef
+    this.#dbNameRef = dbNameRef
+    this.#primaryRef = primaryRef
+    // Not frozen (readonly in the type is the contract): a route is made on every lookup that
+    // misses the route cache, and freezing costs as much as the rest of its construction.
+  }
+
+  // The strings are decoded on first use: the data path reads the state and upstream of most
+  // requests and the strings of few (signing, refusals, holds).
+  get slug (): string {
+    return (this.#slug ??= decodeRef(this.#arena, this.#slugRef) as string)
+  }
+
+  get dbName (): string {
+    return (this.#dbName ??= decodeRef(this.#arena, this.#dbNameRef) as string)
+  }
+
+  /** The primary domain, or null when the tenant has none. */
+  get primaryHost (): string | null {
+    if (this.#primary === undefined) this.#primary = decodeRef(this.#arena, this.#primaryRef)
+    return this.#primary
   }
 
   /** The database as the descriptor states it (built on demand: only signing reads it). */
@@ -36,7 +87,17 @@ export class Route implements DescriptorTarget {
   }
 }
 
-/** A loaded registry. Only server-side sync code writes to it. */
+/** A read-only map view of the index (hostname → route, or slug → route). */
+export interface RouteMap extends Iterable<[string, Route]> {
+  readonly size: number
+  get: (key: string) => Route | undefined
+  has: (key: string) => boolean
+  keys: () => IterableIterator<string>
+  values: () => IterableIterator<Route>
+  entries: () => IterableIterator<[string, Route]>
+}
+
+/** A loaded registry. Only server-side sync code writes to it (applyDelta). */
 export interface RegistryIndex {
   /** Registry change version the index reflects. */
   version: number
@@ -44,8 +105,8 @@ export interface RegistryIndex {
   readonly registryId: string
   /** When it was built, ms since the epoch. */
   readonly loadedAt: number
-  readonly byHost: Map<string, Route>
-  readonly bySlug: Map<string, Route>
+  readonly byHost: RouteMap
+  readonly bySlug: RouteMap
   /** bySlug's keys in order, built on first use (the tenant list) and kept in order by applyDelta. */
   readonly slugOrder: SlugOrder
 }
@@ -53,12 +114,333 @@ export interface RegistryIndex {
 /** Where tenants with a null database host/port live. */
 export interface DatabaseDefaults { readonly defaultHost: string, readonly defaultPort: number }
 
+/** The columns; see the module comment. */
+class Columns {
+  arena: StringArena
+  // Tenant rows.
+  tenants = 0
+  live = 0
+  id: Float64Array
+  epoch: Float64Array
+  generation: Float64Array
+  port: Uint16Array
+  state: Uint8Array
+  dbHost: Uint32Array
+  /** Interned upstream + 1; 0 for none. */
+  upstream: Uint32Array
+  slug: Int32Array
+  dbName: Int32Array
+  primary: Int32Array
+  /** Paused tenants only (few): row → hold ms. */
+  readonly hold = new Map<number, number>()
+  // Domain rows.
+  domains = 0
+  host: Int32Array
+  tenant: Int32Array
+  readonly freeDomains: number[] = []
+  readonly hostTable: KeyTable
+  readonly slugTable: KeyTable
+  /** Database hosts and upstream names: a few distinct strings, each stored once. */
+  readonly strings: string[] = []
+  readonly #stringIds = new Map<string, number>()
+  #routes: Array<Route | undefined> = new Array<Route | undefined>(ROUTE_CACHE).fill(undefined)
+
+  constructor (tenants: number, domains: number, arenaBytes: number) {
+    this.arena = new StringArena(arenaBytes)
+    const t = Math.max(16, tenants)
+    this.id = new Float64Array(t)
+    this.epoch = new Float64Array(t)
+    this.generation = new Float64Array(t)
+    this.port = new Uint16Array(t)
+    this.state = new Uint8Array(t)
+    this.dbHost = new Uint32Array(t)
+    this.upstream = new Uint32Array(t)
+    this.slug = new Int32Array(t)
+    this.dbName = new Int32Array(t)
+    this.primary = new Int32Array(t)
+    const d = Math.max(16, domains)
+    this.host = new Int32Array(d)
+    this.tenant = new Int32Array(d)
+    this.hostTable = new KeyTable(domains)
+    this.slugTable = new KeyTable(tenants)
+  }
+
+  intern (s: string): number {
+    let n = this.#stringIds.get(s)
+    if (n === undefined) {
+      n = this.strings.length
+      this.strings.push(s)
+      this.#stringIds.set(s, n)
+    }
+    return n
+  }
+
+  internedId (s: string): number | undefined {
+    return this.#stringIds.get(s)
+  }
+
+  findTenant (slug: string): number {
+    return this.slugTable.find(this.arena, this.slug, slug, hashString(slug))
+  }
+
+  findDomain (host: string): number {
+    return this.hostTable.find(this.arena, this.host, host, hashString(host))
+  }
+
+  /** The route of tenant row `t`, from the cache when it is current. */
+  route (t: number): Route {
+    const k = t & (ROUTE_CACHE - 1)
+    const cached = this.#routes[k]
+    if (cached !== undefined && cached.generation === this.generation[t] && cached.id === this.id[t]) return cached
+    const r = this.makeRoute(t)
+    this.#routes[k] = r
+    return r
+  }
+
+  /** A route of row `t` that is not cached (for walks over every tenant). */
+  makeRoute (t: number): Route {
+    const up = this.upstream[t] as number
+    return new Route(this.id[t] as number, TENANT_STATES[this.state[t] as number] as TenantState, up === 0 ? null : this.strings[up - 1] as string,
+      this.epoch[t] as number, this.strings[this.dbHost[t] as number] as string, this.port[t] as number, this.hold.get(t) ?? null,
+      this.generation[t] as number, this.arena, this.slug[t] as number, this.dbName[t] as number, this.primary[t] as number)
+  }
+
+  /** True when row `t` states what `row` does (resolved against the defaults). */
+  same (t: number, row: TenantRow, dbHost: string, dbPort: number): boolean {
+    const a = this.arena
+    // An upstream never interned here is new: -1 matches no row.
+    const up = row.upstream === null ? 0 : (this.internedId(row.upstream) ?? -2) + 1
+    return this.id[t] === row.id && this.state[t] === stateCode(row.state) && this.epoch[t] === row.epoch && this.port[t] === dbPort &&
+      this.upstream[t] === up && this.strings[this.dbHost[t] as number] === dbHost && (this.hold.get(t) ?? null) === (row.holdMs ?? null) &&
+      equalsRef(a, this.slug[t] as number, row.slug) && equalsRef(a, this.dbName[t] as number, row.databaseName) &&
+      (row.primaryHost === null ? this.primary[t] === NO_STRING : equalsRef(a, this.primary[t] as number, row.primaryHost))
+  }
+
+  /** Writes `row` into tenant row `t` (a new row when t is this.tenants), with `generation`. */
+  setTenant (t: number, row: TenantRow, dbHost: string, dbPort: number, generation: number): void {
+    if (t === this.tenants) {
+      if (t === this.id.length) this.#growTenants()
+      this.tenants++
+      this.live++
+    } else {
+      this.arena.release(this.slug[t] as number)
+      this.arena.release(this.dbName[t] as number)
+      this.arena.release(this.primary[t] as number)
+    }
+    this.id[t] = row.id
+    this.epoch[t] = row.epoch
+    this.generation[t] = generation
+    this.port[t] = dbPort
+    this.state[t] = stateCode(row.state)
+    this.dbHost[t] = this.intern(dbHost)
+    this.upstream[t] = row.upstream === null ? 0 : this.intern(row.upstream) + 1
+    this.slug[t] = this.arena.add(row.slug)
+    this.dbName[t] = this.arena.add(row.databaseName)
+    this.primary[t] = row.primaryHost === null ? NO_STRING : this.arena.add(row.primaryHost)
+    if (row.holdMs !== undefined && row.holdMs !== null) this.hold.set(t, row.holdMs)
+    else this.hold.delete(t)
+  }
+
+  /** Points `hostname` at tenant row `t` (adding the domain row when new). */
+  setDomain (hostname: string, t: number): void {
+    const hash = hashString(hostname)
+    const d = this.hostTable.find(this.arena, this.host, hostname, hash)
+    if (d !== -1) {
+      this.tenant[d] = t
+      return
+    }
+    let row = this.freeDomains.pop()
+    if (row === undefined) {
+      if (this.domains === this.host.length) this.#growDomains()
+      row = this.domains++
+    }
+    // The primary domain's key is the tenant's own string: one copy of it, not two.
+    const primary = this.primary[t] as number
+    this.host[row] = primary !== NO_STRING && equalsRef(this.arena, primary, hostname) ? primary : this.arena.add(hostname)
+    this.tenant[row] = t
+    this.hostTable.insert(this.arena, this.host, row, hash)
+  }
+
+  removeDomain (hostname: string): boolean {
+    const d = this.hostTable.remove(this.arena, this.host, hostname, hashString(hostname))
+    if (d === -1) return false
+    const t = this.tenant[d] as number
+    if (this.host[d] !== this.primary[t]) this.arena.release(this.host[d] as number)
+    this.host[d] = NO_STRING
+    this.tenant[d] = -1
+    this.freeDomains.push(d)
+    return true
+  }
+
+  /** Drops tenant row `t` (its slug is already out of the slug table). */
+  removeTenant (t: number): void {
+    this.state[t] = GONE
+    this.hold.delete(t)
+    this.arena.release(this.slug[t] as number)
+    this.arena.release(this.dbName[t] as number)
+    this.arena.release(this.primary[t] as number)
+    this.live--
+  }
+
+  /** Rebuilds the arena with only the strings in use, once enough of it is dead. */
+  compactIfWasteful (): void {
+    const old = this.arena
+    if (old.dead < COMPACT_DEAD_BYTES || old.dead * 2 < old.used) return
+    const arena = new StringArena(old.used - old.dead + 1024)
+    // A domain sharing its tenant's primary string (compared as old references) shares the new one.
+    const shared: number[] = []
+    for (const d of this.hostTable.rows()) {
+      const t = this.tenant[d] as number
+      if (this.state[t] !== GONE && this.host[d] === this.primary[t]) shared.push(d)
+      else this.host[d] = arena.add(decodeRef(old, this.host[d] as number) as string)
+    }
+    for (let t = 0; t < this.tenants; t++) {
+      if (this.state[t] === GONE) continue
+      this.slug[t] = arena.add(decodeRef(old, this.slug[t] as number) as string)
+      this.dbName[t] = arena.add(decodeRef(old, this.dbName[t] as number) as string)
+      const p = this.primary[t] as number
+      this.primary[t] = p === NO_STRING ? NO_STRING : arena.add(decodeRef(old, p) as string)
+    }
+    for (const d of shared) this.host[d] = this.primary[this.tenant[d] as number] as number
+    this.arena = arena
+    // Cached routes keep the old buffer (they read their strings from it); new ones read the new one.
+  }
+
+  #growTenants (): void {
+    this.#resizeTenants(this.id.length + Math.max(1024, this.id.length >> 2))
+  }
+
+  /**
+   * Gives back column space a paged build grew past its rows (a quarter at most, a build from one
+   * snapshot none), keeping room for the deltas to come.
+   */
+  trim (): void {
+    const want = this.tenants + Math.max(1024, this.tenants >> 5)
+    if (this.id.length > want + (want >> 3)) this.#resizeTenants(want)
+    const wantDomains = this.domains + Math.max(1024, this.domains >> 5)
+    if (this.host.length > wantDomains + (wantDomains >> 3)) this.#resizeDomains(wantDomains)
+  }
+
+  #resizeTenants (cap: number): void {
+    this.id = resized(this.id, new Float64Array(cap))
+    this.epoch = resized(this.epoch, new Float64Array(cap))
+    this.generation = resized(this.generation, new Float64Array(cap))
+    this.port = resized(this.port, new Uint16Array(cap))
+    this.state = resized(this.state, new Uint8Array(cap))
+    this.dbHost = resized(this.dbHost, new Uint32Array(cap))
+    this.upstream = resized(this.upstream, new Uint32Array(cap))
+    this.slug = resized(this.slug, new Int32Array(cap))
+    this.dbName = resized(this.dbName, new Int32Array(cap))
+    this.primary = resized(this.primary, new Int32Array(cap))
+  }
+
+  #growDomains (): void {
+    this.#resizeDomains(this.host.length + Math.max(1024, this.host.length >> 2))
+  }
+
+  #resizeDomains (cap: number): void {
+    this.host = resized(this.host, new Int32Array(cap))
+    this.tenant = resized(this.tenant, new Int32Array(cap))
+  }
+}
+
+/** `next` holding the start of `old` (as much as fits). */
+function resized<T extends Float64Array | Uint32Array | Int32Array | Uint16Array | Uint8Array> (old: T, next: T): T {
+  next.set(old.length <= next.length ? old : old.subarray(0, next.length))
+  return next
+}
+
+function stateCode (state: TenantState): number {
+  const code = TENANT_STATES.indexOf(state)
+  if (code === -1) throw new Error(`unknown tenant state ${String(state)}`)
+  return code
+}
+
+/** hostname → route over the domain rows. */
+class HostMap implements RouteMap {
+  readonly #c: Columns
+  constructor (c: Columns) { this.#c = c }
+  get size (): number { return this.#c.hostTable.size }
+  get (host: string): Route | undefined {
+    const c = this.#c
+    const d = c.findDomain(host)
+    if (d === -1) return undefined
+    const t = c.tenant[d] as number
+    return c.state[t] === GONE ? undefined : c.route(t)
+  }
+
+  has (host: string): boolean { return this.#c.findDomain(host) !== -1 }
+  * keys (): IterableIterator<string> { for (const d of this.#c.hostTable.rows()) yield decodeRef(this.#c.arena, this.#c.host[d] as number) as string }
+  * values (): IterableIterator<Route> { for (const [, r] of this.entries()) yield r }
+  * entries (): IterableIterator<[string, Route]> {
+    const c = this.#c
+    for (const d of c.hostTable.rows()) {
+      const t = c.tenant[d] as number
+      if (c.state[t] !== GONE) yield [decodeRef(c.arena, c.host[d] as number) as string, c.makeRoute(t)]
+    }
+  }
+
+  [Symbol.iterator] (): IterableIterator<[string, Route]> { return this.entries() }
+}
+
+/** slug → route over the tenant rows, in row order. */
+class SlugMap implements RouteMap {
+  readonly #c: Columns
+  constructor (c: Columns) { this.#c = c }
+  get size (): number { return this.#c.slugTable.size }
+  get (slug: string): Route | undefined {
+    const t = this.#c.findTenant(slug)
+    return t === -1 ? undefined : this.#c.route(t)
+  }
+
+  has (slug: string): boolean { return this.#c.findTenant(slug) !== -1 }
+  * keys (): IterableIterator<string> {
+    const c = this.#c
+    // Row order, read afresh at every step: a delta applied between two steps may grow the columns.
+    for (let t = 0; t < c.tenants; t++) if (c.state[t] !== GONE) yield decodeRef(c.arena, c.slug[t] as number) as string
+  }
+
+  * values (): IterableIterator<Route> {
+    const c = this.#c
+    for (let t = 0; t < c.tenants; t++) if (c.state[t] !== GONE) yield c.makeRoute(t)
+  }
+
+  * entries (): IterableIterator<[string, Route]> {
+    const c = this.#c
+    for (let t = 0; t < c.tenants; t++) if (c.state[t] !== GONE) yield [decodeRef(c.arena, c.slug[t] as number) as string, c.makeRoute(t)]
+  }
+
+  [Symbol.iterator] (): IterableIterator<[string, Route]> { return this.entries() }
+}
+
+class CompactIndex implements RegistryIndex {
+  version: number
+  readonly byHost: RouteMap
+  readonly bySlug: RouteMap
+  readonly slugOrder: SlugOrder
+  readonly columns: Columns
+
+  constructor (version: number, readonly registryId: string, readonly loadedAt: number, columns: Columns) {
+    this.version = version
+    this.columns = columns
+    this.byHost = new HostMap(columns)
+    this.bySlug = new SlugMap(columns)
+    this.slugOrder = new SlugOrder(() => this.bySlug.keys())
+  }
+}
+
+function columnsOf (index: RegistryIndex): Columns {
+  if (!(index instanceof CompactIndex)) throw new Error('not an index made by buildIndex')
+  return index.columns
+}
+
 /**
  * Builds an index from a snapshot; null database host/port take the configured default server.
- * Routes equal to the previous index's are reused, so descriptors cached for them stay valid.
+ * Tenants equal to the previous index's keep their generation, so descriptors cached for them
+ * stay valid.
  */
 export function buildIndex (snapshot: Pick<RegistrySnapshot, 'version' | 'registryId' | 'tenants' | 'domains'>, defaults: DatabaseDefaults, previous: RegistryIndex | null = null, now = Date.now()): RegistryIndex {
-  const builder = new IndexBuilder({ version: snapshot.version, registryId: snapshot.registryId, loadedAt: now }, defaults, previous)
+  const builder = new IndexBuilder({ version: snapshot.version, registryId: snapshot.registryId, loadedAt: now }, defaults, previous, { tenants: snapshot.tenants.length, domains: snapshot.domains.length })
   builder.addTenants(snapshot.tenants)
   builder.addDomains(snapshot.domains)
   return builder.finish()
@@ -76,48 +458,103 @@ export interface IndexMeta { readonly version: number, readonly registryId: stri
 export class IndexBuilder {
   readonly #meta: IndexMeta
   readonly #defaults: DatabaseDefaults
-  readonly #previous: RegistryIndex | null
-  /** Tenant id → route only while building: domains name their tenant by id. */
-  #byId: Map<number, Route> | null = new Map()
-  readonly #bySlug = new Map<string, Route>()
-  readonly #byHost = new Map<string, Route>()
+  readonly #previous: Columns | null
+  #columns: Columns | null
+  /** Tenant id → row only while building: domains name their tenant by id. */
+  readonly #byId: IdTable
 
-  constructor (meta: IndexMeta, defaults: DatabaseDefaults, previous: RegistryIndex | null = null) {
+  /** `expected`: row counts when known (a load from one snapshot), to size the columns once. */
+  constructor (meta: IndexMeta, defaults: DatabaseDefaults, previous: RegistryIndex | null = null, expected: { tenants: number, domains: number } = { tenants: 0, domains: 0 }) {
     this.#meta = meta
     this.#defaults = defaults
-    this.#previous = previous
+    this.#previous = previous === null ? null : columnsOf(previous)
+    // About 30 bytes of strings per tenant and 20 per extra domain: one arena growth at most.
+    this.#columns = new Columns(expected.tenants, expected.domains, expected.tenants * 32 + Math.max(0, expected.domains - expected.tenants) * 20)
+    this.#byId = new IdTable(expected.tenants)
   }
 
   addTenants (rows: Iterable<TenantRow>): void {
-    const byId = this.#building()
+    const c = this.#building()
+    const prev = this.#previous
     for (const t of rows) {
-      const route = routeFor(t, this.#defaults, this.#previous?.bySlug.get(t.slug))
-      byId.set(t.id, route)
-      this.#bySlug.set(t.slug, route)
+      const hash = hashString(t.slug)
+      if (c.slugTable.find(c.arena, c.slug, t.slug, hash) !== -1) continue
+      const row = c.tenants
+      const dbHost = t.databaseHost ?? this.#defaults.defaultHost
+      const dbPort = t.databasePort ?? this.#defaults.defaultPort
+      const p = prev === null ? -1 : prev.findTenant(t.slug)
+      c.setTenant(row, t, dbHost, dbPort, p !== -1 && prev?.same(p, t, dbHost, dbPort) === true ? prev.generation[p] as number : ++generations)
+      c.slugTable.insert(c.arena, c.slug, row, hash)
+      this.#byId.insert(c.id, row)
     }
   }
 
   addDomains (rows: Iterable<DomainRow>): void {
-    const byId = this.#building()
+    const c = this.#building()
     for (const d of rows) {
-      const route = byId.get(d.tenantId)
-      // The primary domain's key is the route's own string: one copy of it per tenant, not two.
-      if (route !== undefined) this.#byHost.set(d.hostname === route.primaryHost ? route.primaryHost : d.hostname, route)
+      const row = this.#byId.find(c.id, d.tenantId)
+      if (row !== -1) c.setDomain(d.hostname, row)
     }
   }
 
   /** The index; the builder is done. */
   finish (): RegistryIndex {
-    this.#building()
-    this.#byId = null
-    const bySlug = this.#bySlug
-    return { version: this.#meta.version, registryId: this.#meta.registryId, loadedAt: this.#meta.loadedAt, byHost: this.#byHost, bySlug, slugOrder: new SlugOrder(() => bySlug.keys()) }
+    const c = this.#building()
+    this.#columns = null
+    c.trim()
+    return new CompactIndex(this.#meta.version, this.#meta.registryId, this.#meta.loadedAt, c)
   }
 
-  #building (): Map<number, Route> {
-    if (this.#byId === null) throw new Error('IndexBuilder used after finish()')
-    return this.#byId
+  #building (): Columns {
+    if (this.#columns === null) throw new Error('IndexBuilder used after finish()')
+    return this.#columns
   }
+}
+
+/**
+ * Tenant id → row while building, open addressing over the id column: 4 bytes a slot at a load of
+ * at most one half, where a Map of a million numbers holds about 40 MB until the build ends.
+ */
+class IdTable {
+  #slots: Int32Array
+  #size = 0
+
+  constructor (expected: number) {
+    let cap = 16
+    while (cap < expected * 2 + 2) cap *= 2
+    this.#slots = new Int32Array(cap)
+  }
+
+  find (ids: Float64Array, id: number): number {
+    const slots = this.#slots
+    const mask = slots.length - 1
+    for (let i = idHash(id) & mask; ; i = (i + 1) & mask) {
+      const v = slots[i] as number
+      if (v === 0) return -1
+      if (ids[v - 1] === id) return v - 1
+    }
+  }
+
+  /** Adds row `row` under ids[row] (ids are unique in a snapshot). */
+  insert (ids: Float64Array, row: number): void {
+    if ((this.#size + 1) * 2 > this.#slots.length) {
+      const old = this.#slots
+      this.#slots = new Int32Array(old.length * 2)
+      this.#size = 0
+      for (const v of old) if (v !== 0) this.insert(ids, v - 1)
+    }
+    const slots = this.#slots
+    const mask = slots.length - 1
+    let i = idHash(ids[row] as number) & mask
+    while (slots[i] !== 0) i = (i + 1) & mask
+    slots[i] = row + 1
+    this.#size++
+  }
+}
+
+/** A 32-bit mix of an integer id (ids may exceed 2^32: the high part is mixed in). */
+function idHash (id: number): number {
+  return Math.imul((id | 0) ^ Math.imul((id / 4294967296) | 0, 0x85ebca6b), 0x9e3779b1) >>> 16 ^ (id | 0)
 }
 
 /**
@@ -127,9 +564,11 @@ export class IndexBuilder {
  */
 export function primaryHostOf (index: RegistryIndex, route: Route): string | null {
   const host = route.primaryHost
-  return host !== null && index.byHost.get(host) === route ? host : null
+  if (host === null) return null
+  const c = columnsOf(index)
+  const d = c.findDomain(host)
+  return d !== -1 && c.id[c.tenant[d] as number] === route.id && c.state[c.tenant[d] as number] !== GONE ? host : null
 }
-
 
 /** What applying a delta did. */
 export interface DeltaResult {
@@ -144,55 +583,67 @@ export interface DeltaResult {
  * synchronously: no request observes the index between the first and the last assignment.
  *
  * The change log names every slug a touched tenant had or has (a rename logs both), so the old
- * routes are found by slug; any route found there belongs to a touched tenant, because a slug
- * only moves between tenants that were both written.
+ * rows are found by slug; any row found there belongs to a touched tenant, because a slug only
+ * moves between tenants that were both written.
  */
 export function applyDelta (index: RegistryIndex, delta: Extract<RegistryDelta, { complete: true }>, defaults: DatabaseDefaults): DeltaResult {
+  const c = columnsOf(index)
   // Only slugs the delta names can appear or vanish; note which were there before.
   const named = index.slugOrder.tracking ? [...new Set([...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)])] : []
-  const had = named.map((slug) => index.bySlug.has(slug))
-  const old = new Map<number, Route>()
+  const had = named.map((slug) => c.findTenant(slug) !== -1)
+  // Tenant id → row of every tenant the delta names by slug, taken out of the slug table.
+  const old = new Map<number, number>()
   for (const slug of delta.tenantSlugs) {
-    const route = index.bySlug.get(slug)
-    if (route !== undefined) {
-      old.set(route.id, route)
-      index.bySlug.delete(slug)
-    }
+    const t = c.slugTable.remove(c.arena, c.slug, slug, hashString(slug))
+    if (t !== -1) old.set(c.id[t] as number, t)
   }
-  // A tenant touched only through its domains still sits at its slug: reuse its route if unchanged.
-  for (const row of delta.tenants) index.bySlug.set(row.slug, routeFor(row, defaults, old.get(row.id) ?? index.bySlug.get(row.slug)))
+  for (const row of delta.tenants) {
+    const dbHost = row.databaseHost ?? defaults.defaultHost
+    const dbPort = row.databasePort ?? defaults.defaultPort
+    // A tenant touched only through its domains still sits at its slug.
+    let t = old.get(row.id) ?? -1
+    const atSlug = c.findTenant(row.slug)
+    if (t === -1 && atSlug !== -1 && c.id[atSlug] === row.id) t = atSlug
+    if (t !== -1) old.delete(row.id)
+    if (atSlug !== -1 && atSlug !== t) {
+      // The slug is held by a row of another id (a writer that did not log it): that row goes.
+      c.slugTable.remove(c.arena, c.slug, row.slug, hashString(row.slug))
+      c.removeTenant(atSlug)
+    }
+    if (t !== -1 && c.same(t, row, dbHost, dbPort)) {
+      if (atSlug !== t) c.slugTable.insert(c.arena, c.slug, t, hashString(row.slug))
+      continue
+    }
+    if (t !== -1 && atSlug === t) c.slugTable.remove(c.arena, c.slug, row.slug, hashString(row.slug))
+    // Changed in place (domains pointing at the row follow), or a new row.
+    const target = t === -1 ? c.tenants : t
+    c.setTenant(target, row, dbHost, dbPort, ++generations)
+    c.slugTable.insert(c.arena, c.slug, target, hashString(row.slug))
+  }
+  // Named and not in the delta's rows: deleted.
+  for (const t of old.values()) c.removeTenant(t)
   let consistent = true
   const present = new Set<string>()
   for (const d of delta.domains) {
-    const route = index.bySlug.get(d.slug)
-    if (route === undefined) {
+    const t = c.findTenant(d.slug)
+    if (t === -1) {
       consistent = false
       continue
     }
-    index.byHost.set(d.hostname, route)
+    c.setDomain(d.hostname, t)
     present.add(d.hostname)
   }
   const removedHosts: string[] = []
   for (const hostname of delta.hostnames) {
-    if (!present.has(hostname) && index.byHost.delete(hostname)) removedHosts.push(hostname)
+    if (!present.has(hostname) && c.removeDomain(hostname)) removedHosts.push(hostname)
   }
+  c.compactIfWasteful()
   index.version = delta.version
   const edits: SlugEdit[] = []
   for (const [i, slug] of named.entries()) {
-    const has = index.bySlug.has(slug)
+    const has = c.findTenant(slug) !== -1
     if (has !== had[i]) edits.push([slug, has])
   }
   index.slugOrder.apply(edits)
   return { removedHosts, consistent }
-}
-
-/** The route of a tenant row, reusing `old` when nothing the data path reads changed. */
-function routeFor (t: TenantRow, defaults: DatabaseDefaults, old: Route | undefined): Route {
-  const dbHost = t.databaseHost ?? defaults.defaultHost
-  const dbPort = t.databasePort ?? defaults.defaultPort
-  if (old !== undefined && old.id === t.id && old.slug === t.slug && old.state === t.state && old.upstream === t.upstream && old.epoch === t.epoch &&
-    old.dbName === t.databaseName && old.dbHost === dbHost && old.dbPort === dbPort && old.primaryHost === t.primaryHost && old.holdMs === (t.holdMs ?? null)) return old
-  // One copy of each state string, not one per tenant row read from PostgreSQL.
-  const state = TENANT_STATES.find((s) => s === t.state) ?? t.state
-  return new Route(t.id, t.slug, state, t.upstream, t.epoch, t.databaseName, dbHost, dbPort, t.primaryHost, t.holdMs ?? null)
 }

@@ -6,8 +6,8 @@
  *
  * Layout, three lines: a JSON header, a JSON body of row arrays, a JSON trailer with the SHA-256
  * of the first two lines. Tenants are [id, slug, dbName, dbHost, dbPort, state, upstream, epoch,
- * primaryHost] (database host/port already resolved against the defaults; primaryHost since format
- * version 2), domains [hostname, tenantId].
+ * primaryHost, holdMs] (database host/port already resolved against the defaults; primaryHost
+ * since format version 2, holdMs since 3), domains [hostname, tenantId].
  */
 import { createHash } from 'node:crypto'
 import fs from 'node:fs/promises'
@@ -18,12 +18,14 @@ import type { DomainRow, TenantRow } from './store.js'
 
 const FORMAT = 'tenant-proxy/last-known-good'
 /**
- * 2 added each tenant's primary domain. Version 1 files (written before) are still read, their
- * tenants without a primary domain until the registry answers; a proxy older than version 2
- * refuses a version 2 file and waits for the registry, as without a file.
+ * 2 added each tenant's primary domain, 3 the hold time of a paused tenant (a proxy that restarts
+ * from the file during a `tenants move` must hold the tenant's requests, not forward them to a
+ * database being moved). Older files are still read: version 1 tenants without a primary domain
+ * until the registry answers, version 1 and 2 tenants not paused. A proxy older than a file's
+ * version refuses it and waits for the registry, as without a file.
  */
-const FORMAT_VERSION = 2
-const READABLE_VERSIONS: readonly unknown[] = [1, 2]
+const FORMAT_VERSION = 3
+const READABLE_VERSIONS: readonly unknown[] = [1, 2, 3]
 /** Rows serialised between two yields to the event loop (about a millisecond of work). */
 const SLICE = 2_000
 
@@ -109,7 +111,7 @@ export async function writeSnapshotFile (file: string, index: RegistryIndex, fin
       await write(text)
     }
     for (const r of index.bySlug.values()) {
-      parts.push(JSON.stringify([r.id, r.slug, r.dbName, r.dbHost, r.dbPort, r.state, r.upstream, r.epoch, r.primaryHost]))
+      parts.push(JSON.stringify([r.id, r.slug, r.dbName, r.dbHost, r.dbPort, r.state, r.upstream, r.epoch, r.primaryHost, r.holdMs]))
       if (parts.length === SLICE) await flush()
     }
     await flush()
@@ -167,7 +169,7 @@ export async function readSnapshotFile (file: string, fingerprint: string): Prom
   if (!Array.isArray(body.tenants) || !Array.isArray(body.domains)) throw new SnapshotFileError('body lacks tenants or domains')
   if (body.tenants.length !== header.tenants || body.domains.length !== header.domains) throw new SnapshotFileError('row counts differ from the header')
   if (typeof header.version !== 'number' || typeof header.registryId !== 'string' || typeof header.writtenAt !== 'string') throw new SnapshotFileError('header fields missing')
-  const width = header.formatVersion === 1 ? 8 : 9
+  const width = header.formatVersion === 1 ? 8 : header.formatVersion === 2 ? 9 : 10
   const tenants = body.tenants.map((r: unknown, i) => tenantRow(r, i, width))
   const domains = body.domains.map((r: unknown, i) => domainRow(r, i))
   return { registryId: header.registryId, version: header.version, writtenAt: header.writtenAt, tenants, domains }
@@ -185,13 +187,13 @@ function parseJson (s: string, part: string): unknown {
 
 function tenantRow (r: unknown, i: number, width: number): TenantRow {
   if (!Array.isArray(r) || r.length !== width) throw new SnapshotFileError(`tenant row ${i} malformed`)
-  const [id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch, primaryHost = null] = r as unknown[]
+  const [id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch, primaryHost = null, holdMs = null] = r as unknown[]
   if (typeof id !== 'number' || typeof slug !== 'string' || typeof databaseName !== 'string' || typeof databaseHost !== 'string' ||
     typeof databasePort !== 'number' || !TENANT_STATES.includes(state as TenantState) || !(upstream === null || typeof upstream === 'string') || typeof epoch !== 'number' ||
-    !(primaryHost === null || typeof primaryHost === 'string')) {
+    !(primaryHost === null || typeof primaryHost === 'string') || !(holdMs === null || (typeof holdMs === 'number' && holdMs >= 0))) {
     throw new SnapshotFileError(`tenant row ${i} malformed`)
   }
-  return { id, slug, databaseName, databaseHost, databasePort, state: state as TenantState, upstream, epoch, primaryHost }
+  return { id, slug, databaseName, databaseHost, databasePort, state: state as TenantState, upstream, epoch, primaryHost, holdMs }
 }
 
 function domainRow (r: unknown, i: number): DomainRow {

@@ -131,7 +131,7 @@ export interface TenantRow {
   id: number, slug: string, databaseName: string, databaseHost: string | null, databasePort: number | null, state: TenantState, upstream: string | null, epoch: number, primaryHost: string | null
   /**
    * Non-null while the tenant is paused: how long a proxy holds one of its requests (migration 004).
-   * Absent in rows read from the last-known-good snapshot file, which does not record pauses.
+   * Null in rows read from a last-known-good snapshot file older than format version 3.
    */
   holdMs?: number | null
 }

@@ -19,6 +19,8 @@ export type Decision =
 
 const PASSTHROUGH: Decision = Object.freeze({ kind: 'passthrough' })
 const UNKNOWN: Decision = Object.freeze({ kind: 'unknown' })
+/** Decisions kept (a power of two). */
+const DECISIONS = 16_384
 
 /** A resolver bound to the routing options; call `resolve(index, host)` per request. */
 export class Resolver {
@@ -27,8 +29,12 @@ export class Resolver {
   readonly #reserved: ReadonlySet<string>
   /** '.example.com' suffixes, longest first so nested bases pick the most specific. */
   readonly #wildcardSuffixes: readonly string[]
-  /** One frozen decision per route, so a hit allocates nothing. */
-  readonly #decisions = new WeakMap<Route, Decision>()
+  /**
+   * Recent decisions, direct-mapped by route generation, so a hit on a host with traffic
+   * allocates nothing. Not a WeakMap per route: the index makes route objects on demand, and a
+   * WeakMap entry for each (a million over a walk of every host) costs more than the lookup.
+   */
+  readonly #decisions: Array<Extract<Decision, { kind: 'tenant' }> | undefined> = new Array<Extract<Decision, { kind: 'tenant' }> | undefined>(DECISIONS).fill(undefined)
 
   constructor (opts: ResolveOptions) {
     this.#www = opts.wwwFallback
@@ -59,10 +65,11 @@ export class Resolver {
   }
 
   #decision (route: Route): Decision {
-    let d = this.#decisions.get(route)
-    if (d === undefined) {
-      d = Object.freeze({ kind: 'tenant', route })
-      this.#decisions.set(route, d)
+    const k = route.generation & (DECISIONS - 1)
+    let d = this.#decisions[k]
+    if (d === undefined || d.route !== route) {
+      d = Object.freeze({ kind: 'tenant', route } as const)
+      this.#decisions[k] = d
     }
     return d
   }
