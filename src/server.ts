@@ -106,8 +106,8 @@ export async function startProxy (config: Config, logger: Logger, role: ProxyRol
       pageSize: config.registry.snapshotPageSize,
       snapshotFile,
       fingerprint: registryFingerprint(config.registry.databaseUrl, config.registry.embedded.dataDir, registry.schema),
-      onConnect: async () => {
-        const migrated = await migrate(registry.pool, registry.schema)
+      onConnect: async (feed) => {
+        const migrated = await migrate(registry.pool, registry.schema, feed)
         if (migrated.applied.length > 0) logger.info({ from: migrated.from, to: migrated.to }, 'registry schema migrated')
       },
       // In this order: requests route by the new index first, then what depends on it; a

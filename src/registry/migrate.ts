@@ -8,6 +8,9 @@ import { tpError } from '../errors.js'
 import { LATEST_VERSION, MIGRATIONS } from './migrations/index.js'
 import { quoteIdent } from './sql.js'
 
+/** What runs the schema's reads: a pool, or one connection. */
+type Queryable = Pick<pg.ClientBase, 'query'>
+
 /** What `migrate` did. */
 export interface MigrateResult {
   readonly from: number
@@ -15,13 +18,17 @@ export interface MigrateResult {
   readonly applied: ReadonlyArray<{ version: number, name: string }>
 }
 
-/** Brings the registry schema up to date; a no-op when it already is. */
-export async function migrate (pool: pg.Pool, schema: string): Promise<MigrateResult> {
+/**
+ * Brings the registry schema up to date; a no-op when it already is. `check` runs the reads that
+ * tell (a proxy passes its feed connection, so a reconnect costs the registry no second connection);
+ * the pool is used only when there is something to migrate.
+ */
+export async function migrate (pool: pg.Pool, schema: string, check: Queryable = pool): Promise<MigrateResult> {
   const s = quoteIdent(schema)
   // An up-to-date schema needs no lock and no DDL: checked with reads only, so a proxy running
   // with the read-only registry role (docs/operations.md) starts (CREATE SCHEMA IF NOT EXISTS
   // alone already needs the CREATE privilege on the database, even when the schema exists).
-  if (await isUpToDate(pool, schema)) return { from: LATEST_VERSION, to: LATEST_VERSION, applied: [] }
+  if (await isUpToDate(check, schema)) return { from: LATEST_VERSION, to: LATEST_VERSION, applied: [] }
   const client = await pool.connect()
   try {
     await client.query('BEGIN')
@@ -62,12 +69,12 @@ export async function assertMigrated (pool: pg.Pool, schema: string): Promise<vo
   if (version > LATEST_VERSION) throw tpError('TENANT_PROXY_ERR_REGISTRY_SCHEMA_NEWER', [version, LATEST_VERSION])
 }
 
-async function isUpToDate (pool: pg.Pool, schema: string): Promise<boolean> {
-  const exists = await pool.query<{ ok: boolean }>('SELECT to_regclass($1) IS NOT NULL AS ok', [`${quoteIdent(schema)}.schema_migrations`])
-  return exists.rows[0]?.ok === true && await currentVersion(pool, schema) === LATEST_VERSION
+async function isUpToDate (db: Queryable, schema: string): Promise<boolean> {
+  const exists = await db.query<{ ok: boolean }>('SELECT to_regclass($1) IS NOT NULL AS ok', [`${quoteIdent(schema)}.schema_migrations`])
+  return exists.rows[0]?.ok === true && await currentVersion(db, schema) === LATEST_VERSION
 }
 
-async function currentVersion (db: pg.Pool | pg.PoolClient, schema: string): Promise<number> {
+async function currentVersion (db: Queryable, schema: string): Promise<number> {
   const r = await db.query<{ v: number | null }>(`SELECT max(version) AS v FROM ${quoteIdent(schema)}.schema_migrations`)
   return r.rows[0]?.v ?? 0
 }

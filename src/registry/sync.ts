@@ -16,6 +16,7 @@
  * src/server.ts); it writes into none of them.
  */
 import { hostname } from 'node:os'
+import type pg from 'pg'
 import type { Logger } from 'pino'
 import { collectGarbage } from '../gc.js'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -64,8 +65,11 @@ export interface SyncOptions {
   /** Last-known-good file path to start from when the registry does not answer, or null. */
   readonly snapshotFile: string | null
   readonly fingerprint: string
-  /** Runs after each (re)connection, before the resync (schema migrations). */
-  readonly onConnect: () => Promise<void>
+  /**
+   * Runs after each (re)connection, before the resync (schema migrations), given the feed
+   * connection for its reads, so a reconnect opens no second connection when nothing is to migrate.
+   */
+  readonly onConnect: (feed: pg.ClientBase) => Promise<void>
   /** Told about every index change and feed status, in this order. */
   readonly listeners: readonly RegistryListener[]
   readonly logger: Logger
@@ -232,7 +236,7 @@ export class RegistrySync {
     this.#feed = feed
     await feed.open()
     this.#heartbeat.connected()
-    await o.onConnect()
+    await feed.run(async (c) => await o.onConnect(c))
     try {
       // A notification that arrived meanwhile may have resynced this feed already (see catchUp).
       await this.#serial(async () => { if (!this.#synced || this.#feed !== feed) await this.#resync(feed) })
