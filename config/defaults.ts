@@ -58,7 +58,7 @@ export const DEFAULTS = {
      */
     maxConcurrentFullLoads: 4,
     /** Rows per page of a full load (each page one short statement). Rows. */
-    snapshotPageSize: 10_000,
+    snapshotPageSize: 2_000,
     embedded: {
       /** Data directory of the embedded PostgreSQL (relative to the working directory). Path. */
       dataDir: './data/registry',

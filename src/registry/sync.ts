@@ -234,7 +234,8 @@ export class RegistrySync {
     this.#heartbeat.connected()
     await o.onConnect()
     try {
-      await this.#serial(async () => await this.#resync(feed))
+      // A notification that arrived meanwhile may have resynced this feed already (see catchUp).
+      await this.#serial(async () => { if (!this.#synced || this.#feed !== feed) await this.#resync(feed) })
     } catch (err) {
       // A query the registry refused (a statement timeout, a privilege) on a connection that works:
       // keep the connection and the index, and try the resync again on its own schedule.
