@@ -41,6 +41,13 @@ export class FeedHeartbeat {
   #received = 0
   /** A heartbeat was sent on the current connection and has not arrived yet. */
   #awaiting = false
+  /**
+   * A heartbeat is queued or being sent (its NOTIFY has not returned): a check that comes round
+   * meanwhile (a slow registry, a busy process) judges nothing, or it would count a heartbeat
+   * that was never sent as missed. PostgreSQL delivers a session's own notification before the
+   * NOTIFY returns, so once it returned, a heartbeat that has not arrived is really lost.
+   */
+  #inFlight = false
   #misses = 0
   readonly #onChange: (deaf: boolean, misses: number) => void
 
@@ -76,10 +83,12 @@ export class FeedHeartbeat {
   /** A new feed connection: what was sent on the previous one can no longer arrive. */
   connected (): void {
     this.#awaiting = false
+    this.#inFlight = false
   }
 
-  /** At each periodic check: judges the previous heartbeat and gives the next one. */
-  beat (): Beat {
+  /** At each periodic check: judges the previous heartbeat and gives the next one (null: one is still being sent). */
+  beat (): Beat | null {
+    if (this.#inFlight) return null
     let reconnect = false
     if (this.#awaiting) {
       this.#misses++
@@ -87,7 +96,14 @@ export class FeedHeartbeat {
       reconnect = this.deaf && (this.#misses <= MAX_RECONNECT_EVERY ? (this.#misses & (this.#misses - 1)) === 0 : this.#misses % MAX_RECONNECT_EVERY === 0)
     }
     this.#sent++
-    this.#awaiting = true
+    this.#awaiting = false
+    this.#inFlight = !reconnect
     return { payload: `heartbeat ${this.#sent}`, reconnect }
+  }
+
+  /** The NOTIFY of the last beat returned (ok) or failed; from now on its absence counts. */
+  sent (ok: boolean): void {
+    this.#inFlight = false
+    this.#awaiting = ok && this.#received < this.#sent
   }
 }

@@ -455,11 +455,14 @@ export class RegistrySync {
   async #beat (feed: ChangeFeed): Promise<void> {
     if (feed !== this.#feed || !this.#synced) return
     const beat = this.#heartbeat.beat()
+    if (beat === null) return
     if (beat.reconnect) return this.#lost(feed, null, 'deaf')
     try {
       await feed.run(async (c) => await c.query('SELECT pg_notify($1, $2)', [this.#heartbeat.channel, beat.payload]))
+      this.#heartbeat.sent(true)
     } catch (err) {
-      // Not sent: the next check counts it as a miss, and sends the next one.
+      this.#heartbeat.sent(false)
+      // Not sent: nothing to judge; the next check sends another.
       this.#failed(feed, 'check', err, false)
     }
   }
