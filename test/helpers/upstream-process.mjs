@@ -3,6 +3,9 @@
 // Prints {"port":N} once listening. Answers every request with {"name":...} after reading the body;
 // GET /up answers 200 unless the file named by UNHEALTHY_FILE exists. Requests to HOLD_PATH are
 // never answered (they stay in flight until the process dies); each prints {"held":N}.
+// With STANDBY=1 it prints {"standby":true} and binds only when a line arrives on stdin, so a test
+// can start the replacement of a process it is about to kill and have the port served again within
+// a millisecond of the kill, however slow process start-up is on the machine.
 import { existsSync } from 'node:fs'
 import { createServer } from 'node:http'
 
@@ -27,7 +30,13 @@ const server = createServer((req, res) => {
   })
 })
 server.keepAliveTimeout = 60_000
-server.listen(Number(port), '127.0.0.1', () => {
+const listen = () => server.listen(Number(port), '127.0.0.1', () => {
   process.stdout.write(JSON.stringify({ port: server.address().port }) + '\n')
 })
+if (process.env.STANDBY === '1') {
+  process.stdin.once('data', listen)
+  process.stdout.write(JSON.stringify({ standby: true }) + '\n')
+} else {
+  listen()
+}
 process.on('SIGTERM', () => server.close(() => process.exit(0)))
