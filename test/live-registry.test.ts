@@ -24,6 +24,7 @@ import { startProxy } from '../src/server.js'
 import { runCli } from './helpers/cli.js'
 import { freePort } from './helpers/postgres.js'
 import { startTestProxy, testConfig, testRegistry } from './helpers/proxy.js'
+import { withHeader } from './helpers/snapshot-file.js'
 import { startUpstream } from './helpers/upstream.js'
 import { until } from './helpers/wait.js'
 
@@ -266,14 +267,14 @@ t.test('registry server stopped and restarted: zero failed requests, restart fro
 
 t.test('a corrupt or foreign snapshot file is refused whole, with a log line that says why', async (t) => {
   const { registry, upstream, snapshotPath } = await writtenSnapshot(t)
-  const good = await readFile(snapshotPath, 'utf8')
+  const good = await readFile(snapshotPath)
   // The proxy's role locked out: the registry is unreachable for it, at the same location (so the
   // file is not foreign). Another port is another location: there the same file is foreign.
   const role = await proxyRole(t, registry.url)
   await role.lockOut()
   const elsewhere = `postgres://postgres@127.0.0.1:${await freePort()}/nowhere`
 
-  const attempt = async (content: string, registryUrl = role.url): Promise<{ error: string, logs: string }> => {
+  const attempt = async (content: Buffer | string, registryUrl = role.url): Promise<{ error: string, logs: string }> => {
     await writeFile(snapshotPath, content)
     const lines: string[] = []
     const logger = createLogger('info', { write: (l: string) => { lines.push(l) } })
@@ -287,7 +288,9 @@ t.test('a corrupt or foreign snapshot file is refused whole, with a log line tha
   t.match(foreign.error, /unreachable/)
   t.match(foreign.logs, /written for another registry/)
 
-  const flipped = good.replace('"acme"', '"acmf"')
+  // One byte of the tenant's slug in the body (past the header line) changed.
+  const flipped = Buffer.from(good)
+  flipped[flipped.indexOf('acme', flipped.indexOf(0x0a)) + 3] = 'f'.charCodeAt(0)
   for (const [name, content, reason] of [
     ['modified', flipped, /checksum mismatch/],
     ['truncated', good.slice(0, Math.floor(good.length / 2)), /layout|checksum|not JSON/],
@@ -313,12 +316,7 @@ t.test('a registry that accepts connections but never answers does not hold the 
   // The file's fingerprint names the location (host, port, database): write one for the silent
   // server's location by copying the registry's file under that fingerprint.
   const { registryFingerprint } = await import('../src/registry/snapshot-file.js')
-  const text = await readFile(snapshotPath, 'utf8')
-  const [header = '', ...rest] = text.split('\n')
-  const patched = JSON.stringify({ ...JSON.parse(header), registry: registryFingerprint(silentUrl.toString(), './data/registry', 'tenant_proxy') })
-  const body = [patched, rest[0] ?? ''].join('\n') + '\n'
-  const { createHash } = await import('node:crypto')
-  await writeFile(snapshotPath, body + JSON.stringify({ sha256: createHash('sha256').update(body).digest('hex') }) + '\n')
+  await writeFile(snapshotPath, withHeader(await readFile(snapshotPath), (h) => { h.registry = registryFingerprint(silentUrl.toString(), './data/registry', 'tenant_proxy') }))
   // With a 10-minute connect timeout, only the fallback can let this start finish within the test's timeout.
   const proxy = await startTestProxy(t, testConfig(silentUrl.toString(), upstream.origin, { TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: snapshotPath, TENANT_PROXY_REGISTRY_CONNECT_TIMEOUT_MS: '600000' }))
   t.equal(proxy.state.stale, true)
@@ -399,7 +397,7 @@ t.test('start-up logs say what the proxy routes from: the registry, or the snaps
   const writer = await startTestProxy(t, config(written))
   await until(async () => await readFile(written).then(() => true, () => undefined), 'the snapshot file')
   await writer.stop()
-  const good = await readFile(written, 'utf8')
+  const good = await readFile(written)
   const withFile = async (): Promise<string> => {
     const p = freshPath()
     await mkdir(path.dirname(p), { recursive: true })

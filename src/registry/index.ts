@@ -145,22 +145,20 @@ class Columns {
   readonly #stringIds = new Map<string, number>()
   #routes: Array<Route | undefined> = new Array<Route | undefined>(ROUTE_CACHE).fill(undefined)
 
-  constructor (tenants: number, domains: number, arenaBytes: number) {
-    this.arena = new StringArena(arenaBytes)
-    const t = Math.max(16, tenants)
-    this.id = new Float64Array(t)
-    this.epoch = new Float64Array(t)
-    this.generation = new Float64Array(t)
-    this.port = new Uint16Array(t)
-    this.state = new Uint8Array(t)
-    this.dbHost = new Uint32Array(t)
-    this.upstream = new Uint32Array(t)
-    this.slug = new Int32Array(t)
-    this.dbName = new Int32Array(t)
-    this.primary = new Int32Array(t)
-    const d = Math.max(16, domains)
-    this.host = new Int32Array(d)
-    this.tenant = new Int32Array(d)
+  constructor (tenants: number, domains: number, arena: StringArena, arrays: ColumnArrays = allocateColumns(tenants, domains)) {
+    this.arena = arena
+    this.id = arrays.id
+    this.epoch = arrays.epoch
+    this.generation = arrays.generation
+    this.port = arrays.port
+    this.state = arrays.state
+    this.dbHost = arrays.dbHost
+    this.upstream = arrays.upstream
+    this.slug = arrays.slug
+    this.dbName = arrays.dbName
+    this.primary = arrays.primary
+    this.host = arrays.host
+    this.tenant = arrays.tenant
     this.hostTable = new KeyTable(domains)
     this.slugTable = new KeyTable(tenants)
   }
@@ -344,6 +342,41 @@ class Columns {
   }
 }
 
+/** The typed arrays of Columns (each at least as long as its rows). */
+interface ColumnArrays {
+  id: Float64Array
+  epoch: Float64Array
+  generation: Float64Array
+  port: Uint16Array
+  state: Uint8Array
+  dbHost: Uint32Array
+  upstream: Uint32Array
+  slug: Int32Array
+  dbName: Int32Array
+  primary: Int32Array
+  host: Int32Array
+  tenant: Int32Array
+}
+
+function allocateColumns (tenants: number, domains: number): ColumnArrays {
+  const t = Math.max(16, tenants)
+  const d = Math.max(16, domains)
+  return {
+    id: new Float64Array(t),
+    epoch: new Float64Array(t),
+    generation: new Float64Array(t),
+    port: new Uint16Array(t),
+    state: new Uint8Array(t),
+    dbHost: new Uint32Array(t),
+    upstream: new Uint32Array(t),
+    slug: new Int32Array(t),
+    dbName: new Int32Array(t),
+    primary: new Int32Array(t),
+    host: new Int32Array(d),
+    tenant: new Int32Array(d)
+  }
+}
+
 /** `next` holding the start of `old` (as much as fits). */
 function resized<T extends Float64Array | Uint32Array | Int32Array | Uint16Array | Uint8Array> (old: T, next: T): T {
   next.set(old.length <= next.length ? old : old.subarray(0, next.length))
@@ -469,7 +502,7 @@ export class IndexBuilder {
     this.#defaults = defaults
     this.#previous = previous === null ? null : columnsOf(previous)
     // About 30 bytes of strings per tenant and 20 per extra domain: one arena growth at most.
-    this.#columns = new Columns(expected.tenants, expected.domains, expected.tenants * 32 + Math.max(0, expected.domains - expected.tenants) * 20)
+    this.#columns = new Columns(expected.tenants, expected.domains, new StringArena(expected.tenants * 32 + Math.max(0, expected.domains - expected.tenants) * 20))
     this.#byId = new IdTable(expected.tenants)
   }
 
@@ -555,6 +588,143 @@ class IdTable {
 /** A 32-bit mix of an integer id (ids may exceed 2^32: the high part is mixed in). */
 function idHash (id: number): number {
   return Math.imul((id | 0) ^ Math.imul((id / 4294967296) | 0, 0x85ebca6b), 0x9e3779b1) >>> 16 ^ (id | 0)
+}
+
+/**
+ * An index's columns as the snapshot file stores them: tenant rows (deleted ones included: a row
+ * number is what a domain row names), domain rows (free ones included), the arena's bytes and the
+ * few strings held outside it. Generations are not part of it: they mean something only within
+ * one process.
+ */
+export interface IndexColumns {
+  readonly tenantRows: number
+  readonly id: Float64Array
+  readonly epoch: Float64Array
+  readonly port: Uint16Array
+  readonly state: Uint8Array
+  readonly dbHost: Uint32Array
+  readonly upstream: Uint32Array
+  readonly slug: Int32Array
+  readonly dbName: Int32Array
+  readonly primary: Int32Array
+  readonly domainRows: number
+  readonly host: Int32Array
+  readonly tenant: Int32Array
+  readonly arena: Uint8Array
+  readonly arenaUsed: number
+  /** Arena side strings (not short ASCII), by position. */
+  readonly odd: readonly string[]
+  /** Interned database hosts and upstream names, by position. */
+  readonly strings: readonly string[]
+  /** [tenant row, hold ms] of each paused tenant. */
+  readonly hold: ReadonlyArray<readonly [number, number]>
+}
+
+/**
+ * The columns of `index`, as views of its arrays cut to the rows in use: valid until the index
+ * changes (a writer copies them out before the next delta, or checks nothing changed meanwhile).
+ */
+export function indexColumns (index: RegistryIndex): IndexColumns {
+  const c = columnsOf(index)
+  const t = c.tenants
+  const d = c.domains
+  return {
+    tenantRows: t,
+    id: c.id.subarray(0, t),
+    epoch: c.epoch.subarray(0, t),
+    port: c.port.subarray(0, t),
+    state: c.state.subarray(0, t),
+    dbHost: c.dbHost.subarray(0, t),
+    upstream: c.upstream.subarray(0, t),
+    slug: c.slug.subarray(0, t),
+    dbName: c.dbName.subarray(0, t),
+    primary: c.primary.subarray(0, t),
+    domainRows: d,
+    host: c.host.subarray(0, d),
+    tenant: c.tenant.subarray(0, d),
+    arena: c.arena.bytes.subarray(0, c.arena.used),
+    arenaUsed: c.arena.used,
+    odd: [...c.arena.odd],
+    strings: [...c.strings],
+    hold: [...c.hold]
+  }
+}
+
+/** Columns that break a rule of the index (out-of-range references, a key named twice, …). */
+export class IndexColumnsInvalid extends Error {}
+
+/**
+ * An index over `cols`, whose arrays it takes over (each may be longer than its rows: room for
+ * the deltas to come). Every reference is checked before anything is served from it, so a file
+ * that passed its checksum but breaks a rule (a bug in some writer) is refused, never followed
+ * out of bounds; the hash tables are rebuilt from the keys, which also finds a key named twice.
+ */
+export function indexFromColumns (meta: IndexMeta, cols: IndexColumns): RegistryIndex {
+  const { tenantRows: nt, domainRows: nd, arena: bytes, arenaUsed: used, odd } = cols
+  const invalid = (what: string): never => { throw new IndexColumnsInvalid(what) }
+  const tenantArrays = [cols.id, cols.epoch, cols.port, cols.state, cols.dbHost, cols.upstream, cols.slug, cols.dbName, cols.primary]
+  if (!Number.isSafeInteger(nt) || nt < 0 || tenantArrays.some((a) => a.length < nt)) invalid('tenant columns shorter than their rows')
+  if (!Number.isSafeInteger(nd) || nd < 0 || cols.host.length < nd || cols.tenant.length < nd) invalid('domain columns shorter than their rows')
+  if (!Number.isSafeInteger(used) || used < 0 || used > bytes.length) invalid('arena shorter than its bytes in use')
+  // Bytes in use by live strings, so that the arena knows its dead bytes (compactIfWasteful).
+  let liveBytes = 0
+  const stringRef = (ref: number, optional: boolean, what: string, row: number): void => {
+    if (ref === NO_STRING) {
+      if (!optional) invalid(`${what} of row ${row} missing`)
+      return
+    }
+    if (ref < 0) {
+      if (-1 - ref >= odd.length || typeof odd[-1 - ref] !== 'string') invalid(`${what} of row ${row} out of range`)
+      return
+    }
+    const end = ref + 1 + (bytes[ref] ?? 0)
+    if (ref >= used || end > used) invalid(`${what} of row ${row} out of range`)
+    liveBytes += end - ref
+  }
+  const strings = cols.strings
+  if (strings.some((x) => typeof x !== 'string') || new Set(strings).size !== strings.length) invalid('interned strings malformed')
+  const generation = new Float64Array(cols.id.length)
+  const arrays: ColumnArrays = {
+    id: cols.id, epoch: cols.epoch, generation, port: cols.port, state: cols.state, dbHost: cols.dbHost, upstream: cols.upstream,
+    slug: cols.slug, dbName: cols.dbName, primary: cols.primary, host: cols.host, tenant: cols.tenant
+  }
+  const c = new Columns(nt, nd, StringArena.over(bytes, used, odd, 0), arrays)
+  for (const x of strings) c.intern(x)
+  c.tenants = nt
+  c.domains = nd
+  const states = TENANT_STATES.length
+  for (let t = 0; t < nt; t++) {
+    const state = cols.state[t] as number
+    if (state === GONE) continue
+    if (state >= states) invalid(`state of row ${t} unknown`)
+    if (!Number.isSafeInteger(cols.id[t]) || !Number.isFinite(cols.epoch[t])) invalid(`id or epoch of row ${t} malformed`)
+    if ((cols.dbHost[t] as number) >= strings.length || (cols.upstream[t] as number) > strings.length) invalid(`database host or upstream of row ${t} out of range`)
+    stringRef(cols.slug[t] as number, false, 'slug', t)
+    stringRef(cols.dbName[t] as number, false, 'database name', t)
+    stringRef(cols.primary[t] as number, true, 'primary domain', t)
+    if (!c.slugTable.insertNew(c.arena, c.slug, t)) invalid(`slug of row ${t} named twice`)
+    generation[t] = ++generations
+    c.live++
+  }
+  for (let d = 0; d < nd; d++) {
+    const t = cols.tenant[d] as number
+    if (t === -1 && cols.host[d] === NO_STRING) {
+      c.freeDomains.push(d)
+      continue
+    }
+    if (!Number.isInteger(t) || t < 0 || t >= nt) invalid(`tenant of domain row ${d} out of range`)
+    const ref = cols.host[d] as number
+    // A domain sharing its tenant's primary string was counted with the tenant.
+    if (ref !== c.primary[t] || c.state[t] === GONE) stringRef(ref, false, 'hostname', d)
+    else if (ref === NO_STRING) invalid(`hostname of domain row ${d} missing`)
+    if (!c.hostTable.insertNew(c.arena, c.host, d)) invalid(`hostname of domain row ${d} named twice`)
+  }
+  for (const [t, ms] of cols.hold) {
+    if (!Number.isInteger(t) || t < 0 || t >= nt || c.state[t] === GONE || !(Number.isFinite(ms) && ms >= 0)) invalid('hold times malformed')
+    c.hold.set(t, ms)
+  }
+  c.arena.dead = Math.max(0, used - liveBytes)
+  return new CompactIndex(meta.version, meta.registryId, meta.loadedAt, c)
 }
 
 /**

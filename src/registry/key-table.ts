@@ -6,7 +6,7 @@
  *
  * A slot holds 0 (empty), -1 (a deleted entry: probes go on past it) or row + 1.
  */
-import { equalsRef, hashRef, type ArenaView } from './string-arena.js'
+import { equalRefs, equalsRef, hashRef, type ArenaView } from './string-arena.js'
 
 const EMPTY = 0
 const DELETED = -1
@@ -50,6 +50,24 @@ export class KeyTable {
     if (slots[i] === DELETED) this.#deleted--
     slots[i] = row + 1
     this.#size++
+  }
+
+  /**
+   * Adds `row` under its key (refs[row]) unless a row with an equal key is in the table already;
+   * false then (a snapshot file naming one key twice). One probe sequence for both.
+   */
+  insertNew (arena: ArenaView, refs: Int32Array, row: number): boolean {
+    if ((this.#size + this.#deleted + 1) * 2 > this.#slots.length) this.#rebuild(arena, refs, Math.ceil((this.#size + 1) * 1.5))
+    const slots = this.#slots
+    const mask = this.#mask
+    const ref = refs[row] as number
+    let i = hashRef(arena, ref) & mask
+    for (let v = slots[i] as number; v !== EMPTY; i = (i + 1) & mask, v = slots[i] as number) {
+      if (v !== DELETED && equalRefs(arena, refs[v - 1] as number, ref)) return false
+    }
+    slots[i] = row + 1
+    this.#size++
+    return true
   }
 
   /** Removes `key`; returns its row, or -1 when absent. */

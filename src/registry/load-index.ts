@@ -7,7 +7,7 @@
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises'
 import type pg from 'pg'
-import { applyDelta, buildIndex, IndexBuilder, type DatabaseDefaults, type RegistryIndex } from './index.js'
+import { applyDelta, IndexBuilder, type DatabaseDefaults, type RegistryIndex } from './index.js'
 import { readSnapshotFile } from './snapshot-file.js'
 import type { RegistryStore } from './store.js'
 
@@ -64,8 +64,6 @@ export async function indexFromRegistry (store: RegistryStore, run: RunQuery, de
 
 /** Reads and validates the last-known-good file (throws SnapshotFileError) and builds its index. */
 export async function indexFromFile (file: string, fingerprint: string, defaults: DatabaseDefaults): Promise<{ index: RegistryIndex, writtenAt: string }> {
-  const content = await readSnapshotFile(file, fingerprint)
-  // Rows in the file carry resolved database hosts and ports already.
-  const index = buildIndex({ version: content.version, registryId: content.registryId, tenants: content.tenants, domains: content.domains }, defaults, null, Date.parse(content.writtenAt))
-  return { index, writtenAt: content.writtenAt }
+  const { index, writtenAt } = await readSnapshotFile(file, fingerprint, defaults)
+  return { index, writtenAt }
 }

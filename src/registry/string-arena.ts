@@ -33,6 +33,19 @@ export class StringArena implements ArenaView {
     this.bytes = new Uint8Array(Math.max(16, capacity))
   }
 
+  /**
+   * An arena over `bytes`, of which the first `used` are in use (as read back from a snapshot
+   * file), taking ownership of both; `dead` as counted by the caller.
+   */
+  static over (bytes: Uint8Array, used: number, odd: readonly string[], dead: number): StringArena {
+    const a = new StringArena(0)
+    a.bytes = bytes
+    a.#used = used
+    a.odd.push(...odd)
+    a.dead = dead
+    return a
+  }
+
   /** Bytes in use, dead ones included. */
   get used (): number {
     return this.#used
@@ -83,6 +96,17 @@ export function equalsRef (a: ArenaView, ref: number, s: string): boolean {
   const n = b[ref] as number
   if (n !== s.length) return false
   for (let i = 0; i < n; i++) if (b[ref + 1 + i] !== s.charCodeAt(i)) return false
+  return true
+}
+
+/** True when the strings at references `x` and `y` of `a` are equal. */
+export function equalRefs (a: ArenaView, x: number, y: number): boolean {
+  if (x === y) return true
+  if (x < 0 || y < 0) return x !== NO_STRING && y !== NO_STRING && decodeRef(a, x) === decodeRef(a, y)
+  const b = a.bytes
+  const n = b[x] as number
+  if (n !== b[y]) return false
+  for (let i = 1; i <= n; i++) if (b[x + i] !== b[y + i]) return false
   return true
 }
 
