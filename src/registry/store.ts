@@ -156,9 +156,9 @@ type TenantTuple = [string, string, string, string | null, number | null, Tenant
  * domains_one_primary_key allows at most one per tenant, so the join never duplicates a tenant).
  * Callers append WHERE clauses on `t`.
  */
-function tenantSelect (s: string): string {
+function tenantSelect (s: string, joinBound = ''): string {
   return `SELECT t.id, t.slug, t.database_name, t.database_host, t.database_port, t.state, t.upstream, t.epoch, p.hostname, t.paused_hold_ms
-    FROM ${s}.tenants t LEFT JOIN ${s}.domains p ON p.tenant_id = t.id AND p.kind = 'primary'`
+    FROM ${s}.tenants t LEFT JOIN ${s}.domains p ON p.tenant_id = t.id AND p.kind = 'primary'${joinBound}`
 }
 
 function tenantRow ([id, slug, databaseName, databaseHost, databasePort, state, upstream, epoch, primaryHost, holdMs]: TenantTuple): TenantRow {
@@ -395,9 +395,13 @@ export class RegistryStore {
   /**
    * Up to `limit` tenants with an id above `afterId`, by id: one short statement per page (keyset,
    * on the primary key), so no page lasts longer than its own rows take, whatever the registry's size.
+   * The primary-domain join repeats the bound on its own side: PostgreSQL derives no inequality
+   * across a join, and its merge join otherwise reads the domain index from the first tenant on
+   * every page (measured at 1,000,000 tenants, analysed: 80 ms per page in the middle of the load,
+   * about 20 s of registry CPU per full load; with the bound 5 ms).
    */
   async tenantPage (afterId: number, limit: number, client?: pg.ClientBase): Promise<TenantRow[]> {
-    const r = await (client ?? this.#pool).query<TenantTuple>({ text: `${tenantSelect(this.#s)} WHERE t.id > $1 ORDER BY t.id LIMIT $2`, values: [afterId, limit], rowMode: 'array' })
+    const r = await (client ?? this.#pool).query<TenantTuple>({ text: `${tenantSelect(this.#s, ' AND p.tenant_id > $1')} WHERE t.id > $1 ORDER BY t.id LIMIT $2`, values: [afterId, limit], rowMode: 'array' })
     return r.rows.map(tenantRow)
   }
 
