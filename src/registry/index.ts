@@ -500,9 +500,19 @@ export class IndexBuilder {
   constructor (meta: IndexMeta, defaults: DatabaseDefaults, previous: RegistryIndex | null = null, expected: { tenants: number, domains: number } = { tenants: 0, domains: 0 }) {
     this.#meta = meta
     this.#defaults = defaults
-    this.#previous = previous === null ? null : columnsOf(previous)
-    // About 30 bytes of strings per tenant and 20 per extra domain: one arena growth at most.
-    this.#columns = new Columns(expected.tenants, expected.domains, new StringArena(expected.tenants * 32 + Math.max(0, expected.domains - expected.tenants) * 20))
+    const prev = previous === null ? null : columnsOf(previous)
+    this.#previous = prev
+    let arenaBytes = expected.tenants * 32 + Math.max(0, expected.domains - expected.tenants) * 20
+    if (expected.tenants === 0 && prev !== null) {
+      // A reload, sized for the index it replaces and a sixteenth more: growing a hash table
+      // rehashes every key in one go (about 200 ms at a million), which would stall requests.
+      const margin = (n: number): number => n + (n >> 4) + 1024
+      expected = { tenants: margin(prev.live), domains: margin(prev.hostTable.size) }
+      arenaBytes = margin(prev.arena.used - prev.arena.dead)
+    }
+    // Sized from the counts, about 30 bytes of strings per tenant and 20 per extra domain: one
+    // arena growth at most.
+    this.#columns = new Columns(expected.tenants, expected.domains, new StringArena(arenaBytes))
     this.#byId = new IdTable(expected.tenants)
   }
 
