@@ -9,6 +9,9 @@
 //                 bytes it sent to the proxies (through bench/byte-relay.js), time until every
 //                 proxy has reconnected and resynced, full loads, proxies that exited, and the
 //                 latency of a paced request loop against every proxy meanwhile (stalls)
+//   rebuild       one registry transaction with more changes than a delta reads (10,000) makes every
+//                 proxy run a full load while the request loops run: latency added to their p99
+//                 and max, and the longest event-loop delay each proxy reported meanwhile
 //   connections   client connections per proxy (pg_stat_activity by application_name): settled
 //                 after an idle period, and the most seen while booting and during the restart
 //   memory        VmRSS per proxy at /up and after the propagation run
@@ -179,6 +182,10 @@ async function fleet (n, common, dbUrl, relay) {
     sampler.phase('restart')
     r.restart = await restartWave(proxies, relay, sampler)
     r.settledAfterRestart = await withAdmin((c) => connectionsNow(c, n))
+
+    // ---- a full load on every proxy, under traffic.
+    sampler.phase('rebuild')
+    r.rebuild = await rebuildWave(proxies)
   } finally {
     sampler.stop()
     r.connections = sampler.maxima()
@@ -264,6 +271,73 @@ async function restartWave (proxies, relay, sampler) {
   return w
 }
 
+/** Changes a proxy's delta reads at most (src/registry/sync.ts DELTA_LIMIT); more make it load fully. */
+const DELTA_LIMIT = 10_000
+
+/**
+ * Forces a full load on every proxy with the request loops running: one transaction flips every
+ * tenant's state and back, as often as needed to log more than DELTA_LIMIT changes, so nothing
+ * routes differently afterwards and every proxy's delta says "backlog". Waits until each proxy
+ * has counted one more full load; meanwhile each proxy's event-loop delay (prom-client's
+ * nodejs_eventloop_lag_max_seconds, reset at each scrape) is read every METRICS_POLL_MS.
+ */
+async function rebuildWave (proxies) {
+  const before = await Promise.all(proxies.map((p) => metrics(p)))
+  const loops = proxies.map((p) => stallLoop(p))
+  await sleep(STALL_BASELINE_MS)
+  for (const l of loops) l.mark()
+  const lagMax = proxies.map(() => 0)
+  const rounds = Math.ceil((DELTA_LIMIT + 1) / (2 * TENANTS))
+  const t0 = performance.now()
+  await withAdmin(async (c) => {
+    await c.query('BEGIN')
+    for (let k = 0; k < rounds; k++) {
+      await c.query(`UPDATE tenant_proxy.tenants SET state = 'maintenance' WHERE state = 'active'`)
+      await c.query(`UPDATE tenant_proxy.tenants SET state = 'active' WHERE state = 'maintenance'`)
+    }
+    await c.query('COMMIT')
+  })
+  const committedMs = performance.now() - t0
+  const loadedMs = await Promise.all(proxies.map(async (p, i) => {
+    try {
+      await waitFor(async () => {
+        if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`proxy ${p.i} exited`)
+        const m = await metrics(p).catch(() => null)
+        if (m !== null && Number.isFinite(m.lagMaxS)) lagMax[i] = Math.max(lagMax[i], m.lagMaxS * 1000)
+        return m !== null && m.loadsOk > before[i].loadsOk && m.feedConnected === 1
+      }, `proxy ${p.i} loaded fully`, RESYNC_TIMEOUT_MS, METRICS_POLL_MS)
+      return performance.now() - t0
+    } catch (err) {
+      log(`rebuild: ${err.message}`)
+      return null
+    }
+  }))
+  await sleep(STALL_AFTER_MS)
+  const stalls = await Promise.all(loops.map((l) => l.stop()))
+  const after = await Promise.all(proxies.map((p) => metrics(p).catch(() => null)))
+  const baseline = stalls.flatMap((x) => x.baselineSamples)
+  const during = stalls.flatMap((x) => x.samples)
+  const w = {
+    committedMs,
+    allLoadedMs: loadedMs.includes(null) ? null : Math.max(...loadedMs),
+    notLoaded: loadedMs.filter((x) => x === null).length,
+    fullLoads: after.reduce((a, m, i) => a + (m === null ? 0 : m.loadsOk - before[i].loadsOk), 0),
+    fullLoadReasons: diffLabels(before, after),
+    baselineP99Ms: pct(baseline, 99),
+    baselineMaxMs: Math.max(0, ...baseline),
+    p99Ms: pct(during, 99),
+    maxMs: Math.max(0, ...during),
+    addedP99Ms: pct(during, 99) - pct(baseline, 99),
+    lagMaxMs: Math.max(...lagMax),
+    lagMaxPerProxyMedianMs: median(lagMax),
+    requests: during.length,
+    errors: stalls.reduce((a, x) => a + x.errors, 0),
+    statuses: stalls.reduce((a, x) => { for (const [k, v] of Object.entries(x.statuses)) a[k] = (a[k] ?? 0) + v; return a }, {})
+  }
+  log(`rebuild with ${proxies.length} proxies: ${rounds * 2} updates of every tenant committed in ${s(w.committedMs)}; every proxy loaded fully ${w.allLoadedMs === null ? `NOT (${w.notLoaded} not)` : s(w.allLoadedMs)} after the commit began; full loads ${w.fullLoads}${w.fullLoadReasons === null ? '' : ` ${JSON.stringify(w.fullLoadReasons)}`}; request latency p99 ${ms(w.p99Ms)} (before ${ms(w.baselineP99Ms)}: ${ms(w.addedP99Ms)} added), max ${ms(w.maxMs)} (before ${ms(w.baselineMaxMs)}); event-loop delay max ${ms(w.lagMaxMs)} (median of the proxies' maxima ${ms(w.lagMaxPerProxyMedianMs)}); ${w.requests} requests, statuses ${JSON.stringify(w.statuses)}, ${w.errors} errors`)
+  return w
+}
+
 /** Full loads per reason between two readings of every proxy's metrics (null when not counted by reason). */
 function diffLabels (before, after) {
   const out = {}
@@ -285,7 +359,7 @@ function diffLabels (before, after) {
 function stallLoop (p) {
   const http = new Client(`http://127.0.0.1:${p.trafficPort}`, { pipelining: 1, keepAliveTimeout: 60_000 })
   const hostname = host(slotTenant((p.i * 7) % HOSTS, true))
-  const out = { samples: [], baselineMax: 0, max: 0, statuses: {}, errors: 0 }
+  const out = { samples: [], baselineSamples: [], baselineMax: 0, max: 0, statuses: {}, errors: 0 }
   let measuring = false
   let stopped = false
   const deadline = performance.now() + RESYNC_TIMEOUT_MS + 60_000
@@ -304,6 +378,7 @@ function stallLoop (p) {
         out.samples.push(latency)
         out.max = Math.max(out.max, latency)
       } else {
+        out.baselineSamples.push(latency)
         out.baselineMax = Math.max(out.baselineMax, latency)
       }
       await sleep(STALL_PACE_MS)
@@ -706,7 +781,8 @@ async function metrics (p) {
       reconnects: value(/^tenant_proxy_registry_feed_reconnects_total (\S+)$/m),
       loadsOk: full?.total ?? value(/^tenant_proxy_registry_loads_total\{result="ok"\} (\S+)$/m),
       loadReasons: full?.labels ?? null,
-      resumes: resumes?.total ?? null
+      resumes: resumes?.total ?? null,
+      lagMaxS: value(/^nodejs_eventloop_lag_max_seconds (\S+)$/m)
     }
   } finally {
     await http.close().catch(() => undefined)
@@ -796,11 +872,18 @@ function report () {
     lines.push(`| ${r.proxies} | ${s(r.boot.allUpMs)} (${s(r.boot.medianMs)}) | ${ms(r.propagation.p50)} / ${ms(r.propagation.p99)} / ${ms(r.propagation.max)}${r.propagation.timeouts > 0 ? ` (${r.propagation.timeouts} timeouts)` : ''} | ${w.allResyncedMs === null ? `**${w.notResynced} never**` : s(w.allResyncedMs)} | ${w.fullLoads}${w.resumes === null ? '' : ` (${w.resumes} resumes)`} | ${r.exits.length} | ${w.cpuS.toFixed(2)} s (${w.netCpuS.toFixed(2)} s) | ${w.rows.toLocaleString('en-US')} (${w.calls}) | ${mb(w.bytesToProxies)} | ${ms(w.stallMaxMs)} (${ms(w.stallBaselineMaxMs)}; ${ms(w.stallP99Ms)}) | ${r.settled.total} · ${r.connections.boot ?? 'n/a'} / ${r.connections.restart ?? 'n/a'} | ${mb(median(rssAll))} (${mb(Math.max(...rssAll))}) |`)
   }
   for (const f of results.failed) lines.push(`| ${f.proxies} | **failed**: ${f.error} |  |  |  |  |  |  |  |  |  |  |`)
+  lines.push('', '| N | full load on every proxy under traffic: all done | full loads | request latency p99 before → during (added) | max before → during | event-loop delay max (median of the proxies) |', '|---:|---|---:|---|---|---|')
+  for (const r of results.runs) {
+    const b = r.rebuild
+    if (b === undefined) continue
+    lines.push(`| ${r.proxies} | ${b.allLoadedMs === null ? `**${b.notLoaded} never**` : s(b.allLoadedMs)} | ${b.fullLoads} | ${ms(b.baselineP99Ms)} → ${ms(b.p99Ms)} (${ms(b.addedP99Ms)}) | ${ms(b.baselineMaxMs)} → ${ms(b.maxMs)} | ${ms(b.lagMaxMs)} (${ms(b.lagMaxPerProxyMedianMs)}) |`)
+  }
   lines.push('')
   const twelve = results.runs.find((r) => r.proxies === 12)
   const targets = [
     ['propagation p99 ≤ 50 ms to every replica with 12 proxies', twelve === undefined ? 'not run (no N = 12)' : ms(twelve.propagation.p99), twelve === undefined ? null : twelve.propagation.p99 <= 50 && twelve.propagation.timeouts === 0],
     ['no proxy exits and no full reload during a registry restart with nothing changed', results.runs.map((r) => `N=${r.proxies}: ${r.exits.length} exits, ${r.restart.fullLoads} full loads`).join('; '), results.failed.length === 0 && results.runs.every((r) => r.exits.length === 0 && r.restart.fullLoads === 0 && r.restart.notResynced === 0)],
+    ['requests during a full load on every proxy: p99 added ≤ 50 ms', results.runs.map((r) => `N=${r.proxies}: ${r.rebuild === undefined ? 'not run' : ms(r.rebuild.addedP99Ms)}`).join('; '), results.failed.length === 0 && results.runs.every((r) => r.rebuild !== undefined && r.rebuild.notLoaded === 0 && r.rebuild.addedP99Ms <= 50)],
     ['connections = N (+ at most a few during loads)', results.runs.map((r) => `N=${r.proxies}: settled ${r.settled.total}, most at boot ${r.connections.boot}, during the restart ${r.connections.restart}`).join('; '), results.failed.length === 0 && results.runs.every((r) => r.settled.total === r.proxies && (r.connections.restart ?? 0) <= r.proxies + 3)]
   ]
   lines.push('| target | figure | result |', '|---|---|---|')

@@ -1,7 +1,7 @@
 /**
  * `npm run bench:fleet` in its quick mode (2 proxies, 2,000 tenants), end to end, so the script
- * cannot rot: it starts its own PostgreSQL, boots the proxies, measures propagation and a registry
- * restart, and stops everything it started. Only the shape of the figures is checked, never their
+ * cannot rot: it starts its own PostgreSQL, boots the proxies, measures propagation, a registry
+ * restart and a full load forced on every proxy under traffic, and stops everything it started. Only the shape of the figures is checked, never their
  * values (those depend on the machine's load; docs/fleet.md holds measured runs), except what
  * must hold on any machine: every proxy booted and came back after the restart, none exited, and
  * the private PostgreSQL, the proxies and the temp directory are gone afterwards. It takes about
@@ -28,6 +28,7 @@ interface FleetRun {
   settled: { total: number, perProxy: number[] }
   connections: Record<string, number>
   rssAfterPropagation: number[]
+  rebuild: { notLoaded: number, fullLoads: number, fullLoadReasons: Record<string, number>, requests: number, errors: number, statuses: Record<string, number>, baselineP99Ms: number, p99Ms: number, lagMaxMs: number }
   restart: { notResynced: number, allResyncedMs: number, fullLoads: number, cpuS: number, rows: number, bytesToProxies: number, stallMaxMs: number, stallRequests: number, stallErrors: number, stallStatuses: Record<string, number> }
 }
 interface FleetResults { tmp: string, registryPids: number[], proxyPids: number[], targets: unknown[], runs: FleetRun[] }
@@ -72,7 +73,14 @@ t.test('bench:fleet quick mode runs end to end and cleans up', async (t) => {
   t.ok(w.stallRequests > 0 && w.stallMaxMs > 0, 'the request loops ran during the restart')
   t.equal(w.stallErrors, 0, 'no request failed during the restart')
   t.same(Object.keys(w.stallStatuses), ['200'], 'known hosts kept routing during the restart')
-  t.equal(r.targets.length, 3)
+  const b = run.rebuild
+  t.equal(b.notLoaded, 0, 'every proxy ran the forced full load')
+  t.same(b.fullLoadReasons, { backlog: 2 }, 'one full load per proxy, because the change log held more than a delta reads')
+  t.ok(b.requests > 0 && b.p99Ms > 0 && b.baselineP99Ms > 0, 'the request loops ran before and during the full loads')
+  t.equal(b.errors, 0, 'no request failed during the full loads')
+  t.same(Object.keys(b.statuses), ['200'], 'known hosts kept routing during the full loads')
+  t.ok(Number.isFinite(b.lagMaxMs), 'event-loop delay read from the proxies')
+  t.equal(r.targets.length, 4)
   // Everything it started is gone.
   t.ok(r.registryPids.length >= 2, 'the private PostgreSQL was started (and restarted)')
   for (const pid of [...r.registryPids, ...r.proxyPids]) t.notOk(existsSync(`/proc/${pid}`) && !(await readFile(`/proc/${pid}/stat`, 'utf8')).includes(') Z'), `process ${pid} is gone`)
