@@ -66,6 +66,25 @@ t.test('edits applied while the build runs are in its result', async (t) => {
   t.equal((await done).join(' '), [...keys].sort().join(' '))
 })
 
+t.test('edits between the slices of the copy: a slug read twice or not at all comes out once, or not', async (t) => {
+  // More keys than one slice of the copy (COPY_SLICE, 20,000): the copy itself spans turns.
+  const keys = new Set(slugs(50_000, 11))
+  const all = [...keys]
+  const order = new SlugOrder(() => keys.keys())
+  const done = order.sorted()
+  // The first slice is copied; the rest is not yet.
+  const copied = all[10] as string
+  const later = all[45_000] as string
+  keys.delete(copied)
+  keys.add(copied) // moved to the end: the copy reads it a second time
+  keys.delete(later) // never read
+  keys.add('aa-new')
+  order.apply([[copied, false], [copied, true], [later, false], ['aa-new', true]])
+  const result = await done
+  t.equal(result.join(' '), [...keys].sort().join(' '), 'each slug once, in order')
+  t.equal(result.length, keys.size)
+})
+
 t.test('patch: splices for few edits, one merge for many; both equal a fresh sort', async (t) => {
   const base = slugs(5_000, 3).sort()
   for (const count of [1, 10, 64, 65, 1_000]) {

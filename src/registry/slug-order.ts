@@ -5,11 +5,16 @@
  *
  * The build never holds the event loop for long: sorting 1,000,000 slugs in one call takes 0.4 to
  * 1.7 s (string length and machine load), which would stall every request of the proxy. The keys
- * are copied (one pass, ~10-30 ms at 1,000,000: the live map cannot be read across yields, since
- * a delta moves a touched slug to its end and a slice would read it twice), sorted in chunks of
- * CHUNK and merged pairwise, yielding to the event loop between slices; deltas applied meanwhile
- * are kept and replayed onto the result.
+ * are copied COPY_SLICE at a time (decoding a million slugs from the index's arena takes 100 ms
+ * and more), sorted in chunks of CHUNK and merged pairwise, yielding to the event loop between
+ * slices; the edits of deltas applied meanwhile are kept and replayed onto the result. The copy
+ * may read a touched slug in either state (the index's rows are walked in order and changed in
+ * place, a new tenant appended): replaying the edits settles every touched slug, whichever copy
+ * of it the walk saw, and untouched slugs stay where they were read.
  */
+
+/** Slugs copied from the index per slice of the build. */
+const COPY_SLICE = 20_000
 
 /** Slugs sorted per slice of the build (about 5 ms each on an idle core). */
 const CHUNK = 8_192
@@ -58,7 +63,10 @@ export class SlugOrder {
 
   async #build (): Promise<readonly string[]> {
     this.#pending = []
-    const keys = [...this.#keys()]
+    const keys: string[] = []
+    for (const key of this.#keys()) {
+      if (keys.push(key) % COPY_SLICE === 0) await yieldToEventLoop()
+    }
     let runs: string[][] = []
     for (let i = 0; i < keys.length; i += CHUNK) {
       // The default sort compares UTF-16 code units: byte order for ASCII, and several times
