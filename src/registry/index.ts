@@ -145,7 +145,7 @@ class Columns {
   readonly #stringIds = new Map<string, number>()
   #routes: Array<Route | undefined> = new Array<Route | undefined>(ROUTE_CACHE).fill(undefined)
 
-  constructor (tenants: number, domains: number, arena: StringArena, arrays: ColumnArrays = allocateColumns(tenants, domains)) {
+  constructor (tenants: number, domains: number, arena: StringArena, arrays: ColumnArrays = allocateColumns(tenants, domains), tables: { host: KeyTable, slug: KeyTable } = { host: new KeyTable(domains), slug: new KeyTable(tenants) }) {
     this.arena = arena
     this.id = arrays.id
     this.epoch = arrays.epoch
@@ -159,8 +159,8 @@ class Columns {
     this.primary = arrays.primary
     this.host = arrays.host
     this.tenant = arrays.tenant
-    this.hostTable = new KeyTable(domains)
-    this.slugTable = new KeyTable(tenants)
+    this.hostTable = tables.host
+    this.slugTable = tables.slug
   }
 
   intern (s: string): number {
@@ -496,24 +496,56 @@ export class IndexBuilder {
   /** Tenant id → row only while building: domains name their tenant by id. */
   readonly #byId: IdTable
 
-  /** `expected`: row counts when known (a load from one snapshot), to size the columns once. */
-  constructor (meta: IndexMeta, defaults: DatabaseDefaults, previous: RegistryIndex | null = null, expected: { tenants: number, domains: number } = { tenants: 0, domains: 0 }) {
+  /**
+   * `expected`: row counts when known (a load from one snapshot), to size the columns once; a
+   * builder beside a served index is sized from it (see sizeFor). `reserved`: the memory, when
+   * IndexBuilder.beside allocated it already.
+   */
+  constructor (meta: IndexMeta, defaults: DatabaseDefaults, previous: RegistryIndex | null = null, expected: { tenants: number, domains: number } = { tenants: 0, domains: 0 }, reserved?: Reserved) {
     this.#meta = meta
     this.#defaults = defaults
     const prev = previous === null ? null : columnsOf(previous)
     this.#previous = prev
-    let arenaBytes = expected.tenants * 32 + Math.max(0, expected.domains - expected.tenants) * 20
-    if (expected.tenants === 0 && prev !== null) {
-      // A reload, sized for the index it replaces and a sixteenth more: growing a hash table
-      // rehashes every key in one go (about 200 ms at a million), which would stall requests.
-      const margin = (n: number): number => n + (n >> 4) + 1024
-      expected = { tenants: margin(prev.live), domains: margin(prev.hostTable.size) }
-      arenaBytes = margin(prev.arena.used - prev.arena.dead)
+    const size = reserved?.size ?? sizeFor(expected, prev)
+    this.#columns = reserved === undefined
+      ? new Columns(size.tenants, size.domains, new StringArena(size.arenaBytes))
+      : new Columns(size.tenants, size.domains, StringArena.over(reserved.arena, 0, [], 0), reserved.arrays, { host: new KeyTable(size.domains, reserved.hostSlots), slug: new KeyTable(size.tenants, reserved.slugSlots) })
+    this.#byId = new IdTable(size.tenants, reserved?.idSlots)
+  }
+
+  /**
+   * A builder beside the served index `previous`, its memory allocated and touched a few
+   * megabytes per turn of the event loop. Allocated at once, the ~100 MB a million tenants take
+   * held the loop for 50 ms: V8 collects for the new external memory as it is allocated, and the
+   * first pages of the load then page-faulted through the fresh hash tables (random writes).
+   */
+  static async beside (meta: IndexMeta, defaults: DatabaseDefaults, previous: RegistryIndex | null): Promise<IndexBuilder> {
+    const size = sizeFor({ tenants: 0, domains: 0 }, previous === null ? null : columnsOf(previous))
+    const t = Math.max(16, size.tenants)
+    const d = Math.max(16, size.domains)
+    const arrays: ColumnArrays = {
+      id: await touched(new Float64Array(t)),
+      epoch: await touched(new Float64Array(t)),
+      generation: await touched(new Float64Array(t)),
+      port: await touched(new Uint16Array(t)),
+      state: await touched(new Uint8Array(t)),
+      dbHost: await touched(new Uint32Array(t)),
+      upstream: await touched(new Uint32Array(t)),
+      slug: await touched(new Int32Array(t)),
+      dbName: await touched(new Int32Array(t)),
+      primary: await touched(new Int32Array(t)),
+      host: await touched(new Int32Array(d)),
+      tenant: await touched(new Int32Array(d))
     }
-    // Sized from the counts, about 30 bytes of strings per tenant and 20 per extra domain: one
-    // arena growth at most.
-    this.#columns = new Columns(expected.tenants, expected.domains, new StringArena(arenaBytes))
-    this.#byId = new IdTable(expected.tenants)
+    const reserved: Reserved = {
+      size,
+      arrays,
+      hostSlots: await touched(new Int32Array(KeyTable.slotsFor(size.domains))),
+      slugSlots: await touched(new Int32Array(KeyTable.slotsFor(size.tenants))),
+      idSlots: await touched(new Int32Array(KeyTable.slotsFor(size.tenants))),
+      arena: await touched(new Uint8Array(Math.max(16, size.arenaBytes)))
+    }
+    return new IndexBuilder(meta, defaults, previous, undefined, reserved)
   }
 
   addTenants (rows: Iterable<TenantRow>): void {
@@ -554,6 +586,46 @@ export class IndexBuilder {
   }
 }
 
+/** The sizes a builder allocates for. */
+interface BuildSize { tenants: number, domains: number, arenaBytes: number }
+
+/** Memory IndexBuilder.beside allocated for a builder. */
+interface Reserved {
+  size: BuildSize
+  arrays: ColumnArrays
+  hostSlots: Int32Array
+  slugSlots: Int32Array
+  idSlots: Int32Array
+  arena: Uint8Array
+}
+
+/**
+ * What a builder allocates: the expected counts when known (about 30 bytes of strings per tenant
+ * and 20 per extra domain: one arena growth at most), else the size of the index it replaces and
+ * a sixteenth more, because growing a hash table rehashes every key in one go (150–220 ms at a
+ * million tenants), which would stall the requests served meanwhile.
+ */
+function sizeFor (expected: { tenants: number, domains: number }, prev: Columns | null): BuildSize {
+  if (expected.tenants === 0 && prev !== null) {
+    const margin = (n: number): number => n + (n >> 4) + 1024
+    return { tenants: margin(prev.live), domains: margin(prev.hostTable.size), arenaBytes: margin(prev.arena.used - prev.arena.dead) }
+  }
+  return { ...expected, arenaBytes: expected.tenants * 32 + Math.max(0, expected.domains - expected.tenants) * 20 }
+}
+
+/** Bytes of fresh memory written (so paged in) per turn of the event loop: about a millisecond. */
+const TOUCH_SLICE = 4 << 20
+
+/** `array`, its pages faulted in a slice at a time with a yield between slices (zero stays zero). */
+async function touched<T extends Float64Array | Uint32Array | Int32Array | Uint16Array | Uint8Array> (array: T): Promise<T> {
+  const bytes = new Uint8Array(array.buffer, array.byteOffset, array.byteLength)
+  for (let at = 0; at < bytes.length; at += TOUCH_SLICE) {
+    bytes.fill(0, at, Math.min(bytes.length, at + TOUCH_SLICE))
+    await new Promise<void>((resolve) => setImmediate(resolve))
+  }
+  return array
+}
+
 /**
  * Tenant id → row while building, open addressing over the id column: 4 bytes a slot at a load of
  * at most one half, where a Map of a million numbers holds about 40 MB until the build ends.
@@ -562,10 +634,9 @@ class IdTable {
   #slots: Int32Array
   #size = 0
 
-  constructor (expected: number) {
-    let cap = 16
-    while (cap < expected * 2 + 2) cap *= 2
-    this.#slots = new Int32Array(cap)
+  /** `slots`: a zeroed array of KeyTable.slotsFor(expected) (the same load factor), when preallocated. */
+  constructor (expected: number, slots: Int32Array = new Int32Array(KeyTable.slotsFor(expected))) {
+    this.#slots = slots
   }
 
   find (ids: Float64Array, id: number): number {

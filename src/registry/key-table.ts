@@ -17,11 +17,19 @@ export class KeyTable {
   #size = 0
   #deleted = 0
 
-  /** Sized for `expected` keys without a rebuild. */
-  constructor (expected = 0) {
-    const cap = capacityFor(expected)
-    this.#slots = new Int32Array(cap)
-    this.#mask = cap - 1
+  /**
+   * Sized for `expected` keys without a rebuild; `slots`, when given, is a zeroed array of
+   * KeyTable.slotsFor(expected) the caller allocated (see IndexBuilder.beside).
+   */
+  constructor (expected = 0, slots: Int32Array = new Int32Array(capacityFor(expected))) {
+    if (slots.length !== capacityFor(expected)) throw new RangeError('key table slots of the wrong size')
+    this.#slots = slots
+    this.#mask = slots.length - 1
+  }
+
+  /** How many slots a table for `expected` keys has. */
+  static slotsFor (expected: number): number {
+    return capacityFor(expected)
   }
 
   get size (): number {

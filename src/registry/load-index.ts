@@ -35,7 +35,7 @@ export class PagedLoadIncomplete extends Error {}
  */
 export async function indexFromRegistry (store: RegistryStore, run: RunQuery, defaults: DatabaseDefaults, previous: RegistryIndex | null, opts: { pageSize: number, deltaLimit: number }): Promise<RegistryIndex> {
   const head = await run(async (c) => await store.head(c))
-  const builder = new IndexBuilder({ version: head.version, registryId: head.registryId, loadedAt: Date.now() }, defaults, previous)
+  const builder = await IndexBuilder.beside({ version: head.version, registryId: head.registryId, loadedAt: Date.now() }, defaults, previous)
   let afterId = 0
   for (;;) {
     const page = await run(async (c) => await store.tenantPage(afterId, opts.pageSize, c))
