@@ -79,5 +79,10 @@ export async function openRegistry (config: Config, logger: RegistryLogger, opts
 export function describeError (err: unknown): string {
   const e = err as { code?: string, message?: string }
   const message = redactUrls(e.message ?? String(err))
-  return e.code !== undefined && !message.includes(e.code) ? `${message} (${e.code})` : message
+  const described = e.code !== undefined && !message.includes(e.code) ? `${message} (${e.code})` : message
+  // PgBouncer's refusal of a startup parameter it does not know (statement_timeout, sent by every
+  // registry connection): the fix is in the pooler's configuration, so say where.
+  return /unsupported startup parameter/.test(message)
+    ? `${described}; PgBouncer refuses it unless its ignore_startup_parameters lists it (docs/operations.md, "Poolers (PgBouncer)")`
+    : described
 }

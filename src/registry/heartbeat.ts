@@ -12,7 +12,16 @@
  * payload they cannot read as a version, query the change log for each. NOTIFY and LISTEN need
  * no privilege, so the read-only proxy role has the heartbeat too.
  *
- * DEAF_AFTER_MISSES checks in a row without the heartbeat make the feed deaf: reported (/ready,
+ * The heartbeat alone proves only that a session hears its own notifications, and PostgreSQL
+ * delivers those at the end of the notifying transaction, while the client still holds the server
+ * connection: through PgBouncer in transaction mode it arrives (test/pgbouncer.test.ts found
+ * this), while the registry's notifications, sent by other sessions while the proxy's LISTEN
+ * session sits unassigned in the pool, are lost. So the feed also watches the registry's own
+ * notifications: a change the periodic check finds (the registry past the index) must be
+ * announced by a notification before the next check; a check window where it is not is a miss too.
+ *
+ * DEAF_AFTER_MISSES checks in a row without the heartbeat, or changes unannounced in as many
+ * windows in a row, make the feed deaf: reported (/ready,
  * tenant_proxy_registry_feed_deaf) until a heartbeat arrives. A deaf feed is reconnected at the
  * 2nd, 4th, 8th … miss, then every 64th (a pooler misconfiguration stays deaf however often it
  * reconnects, and a reconnect costs a resync).
@@ -24,6 +33,9 @@ export const DEAF_AFTER_MISSES = 2
 /** Reconnects of a deaf feed back off to one every this many misses. */
 const MAX_RECONNECT_EVERY = 64
 const PAYLOAD = /^heartbeat (\d{1,15})$/
+
+/** Why a feed is deaf: its own heartbeat does not arrive, or the registry's changes are not announced. */
+export type DeafReason = 'heartbeat' | 'changes'
 
 /** What a check does about the heartbeat. */
 export interface Beat {
@@ -49,21 +61,48 @@ export class FeedHeartbeat {
    */
   #inFlight = false
   #misses = 0
-  readonly #onChange: (deaf: boolean, misses: number) => void
+  /** A registry version the periodic check found before any notification announced it. */
+  #unannounced: number | null = null
+  /** Check windows in a row with a change no notification announced. */
+  #changeMisses = 0
+  /** The highest version a registry notification announced. */
+  #lastAnnounced = 0
+  readonly #onChange: (deaf: boolean, misses: number, why: DeafReason) => void
 
-  /** `onChange` is told when the feed turns deaf and when a heartbeat arrives again. */
-  constructor (schema: string, onChange: (deaf: boolean, misses: number) => void, token = randomBytes(6).toString('hex')) {
+  /** `onChange` is told when the feed turns deaf and when it hears notifications again. */
+  constructor (schema: string, onChange: (deaf: boolean, misses: number, why: DeafReason) => void, token = randomBytes(6).toString('hex')) {
     this.channel = `${schema.slice(0, 40)}_heartbeat_${token}`.slice(0, 63)
     this.#onChange = onChange
   }
 
   get deaf (): boolean {
-    return this.#misses >= DEAF_AFTER_MISSES
+    return this.misses >= DEAF_AFTER_MISSES
   }
 
-  /** Checks in a row whose heartbeat did not arrive. */
+  /** Checks in a row whose heartbeat did not arrive, or whose changes no notification announced. */
   get misses (): number {
-    return this.#misses
+    return Math.max(this.#misses, this.#changeMisses)
+  }
+
+  /** A registry notification announcing `version` arrived on the feed: other sessions reach it. */
+  announced (version: number): void {
+    if (version > this.#lastAnnounced) this.#lastAnnounced = version
+    if (this.#unannounced !== null && version >= this.#unannounced) this.#unannounced = null
+    this.#heard(() => { this.#changeMisses = 0 })
+  }
+
+  /** The periodic check found the registry at `version`, past the index: a notification should follow. */
+  unannounced (version: number): void {
+    // Announced already, and still being applied when the check read the registry's version.
+    if (version <= this.#lastAnnounced) return
+    if (this.#unannounced === null || version > this.#unannounced) this.#unannounced = version
+  }
+
+  /** Applies `reset`; tells the listener when that ends a deaf episode. */
+  #heard (reset: () => void): void {
+    const wasDeaf = this.deaf
+    reset()
+    if (wasDeaf && !this.deaf) this.#onChange(false, 0, 'heartbeat')
   }
 
   /** A notification on the feed connection; true when it was this heartbeat's (and is handled). */
@@ -73,9 +112,7 @@ export class FeedHeartbeat {
     if (seq > this.#received) this.#received = seq
     if (this.#received >= this.#sent) {
       this.#awaiting = false
-      const wasDeaf = this.deaf
-      this.#misses = 0
-      if (wasDeaf) this.#onChange(false, 0)
+      this.#heard(() => { this.#misses = 0 })
     }
     return true
   }
@@ -89,11 +126,23 @@ export class FeedHeartbeat {
   /** At each periodic check: judges the previous heartbeat and gives the next one (null: one is still being sent). */
   beat (): Beat | null {
     if (this.#inFlight) return null
-    let reconnect = false
+    const wasDeaf = this.deaf
+    let missed = false
+    if (this.#unannounced !== null) {
+      // A change of the last window was never announced: judged once, then the next window's.
+      this.#changeMisses++
+      this.#unannounced = null
+      missed = true
+    }
     if (this.#awaiting) {
       this.#misses++
-      if (this.#misses === DEAF_AFTER_MISSES) this.#onChange(true, this.#misses)
-      reconnect = this.deaf && (this.#misses <= MAX_RECONNECT_EVERY ? (this.#misses & (this.#misses - 1)) === 0 : this.#misses % MAX_RECONNECT_EVERY === 0)
+      missed = true
+    }
+    let reconnect = false
+    if (missed) {
+      const misses = this.misses
+      if (!wasDeaf && this.deaf) this.#onChange(true, misses, this.#misses >= DEAF_AFTER_MISSES ? 'heartbeat' : 'changes')
+      reconnect = this.deaf && (misses <= MAX_RECONNECT_EVERY ? (misses & (misses - 1)) === 0 : misses % MAX_RECONNECT_EVERY === 0)
     }
     this.#sent++
     this.#awaiting = false

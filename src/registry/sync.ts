@@ -23,7 +23,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { ChangeFeed, isConnectionError } from './change-feed.js'
 import { describeError } from './connect.js'
 import { feedApplicationName } from './feed-name.js'
-import { FeedHeartbeat } from './heartbeat.js'
+import { FeedHeartbeat, type DeafReason } from './heartbeat.js'
 import { applyDelta, type DatabaseDefaults, type RegistryIndex } from './index.js'
 import type { FeedStatus, FullLoadReason, RegistryListener, SyncEvent, SyncQuery } from './listener.js'
 import { indexFromFile, indexFromRegistry, PagedLoadIncomplete } from './load-index.js'
@@ -107,7 +107,7 @@ export class RegistrySync {
   constructor (opts: SyncOptions) {
     this.#o = opts
     this.#log = opts.logger.child({ component: 'registry' })
-    this.#heartbeat = new FeedHeartbeat(opts.schema, (deaf, misses) => this.#deafChanged(deaf, misses))
+    this.#heartbeat = new FeedHeartbeat(opts.schema, (deaf, misses, why) => this.#deafChanged(deaf, misses, why))
     // On the feed connection, in one transaction under a try-lock (src/registry/prune.ts); its own
     // schedule and outcomes (src/registry/pruner.ts): a failed or denied prune is never a feed problem.
     this.#pruner = new ChangeLogPruner({
@@ -227,6 +227,7 @@ export class RegistrySync {
     const o = this.#o
     const feed: ChangeFeed = new ChangeFeed({ ...o, heartbeatChannel: this.#heartbeat.channel }, {
       notified: (version) => {
+        if (Number.isFinite(version)) this.#heartbeat.announced(version)
         const index = this.#index
         if (index === null || !(version <= index.version)) void this.catchUp()
       },
@@ -440,7 +441,10 @@ export class RegistrySync {
       const index = this.#index
       // Usually the notification of that version is just behind this answer on the same
       // connection; the catch-up is what matters, so this is only worth a debug line.
-      if (index !== null && version > index.version) this.#log.debug({ loaded: index.version, registry: version }, 'version check found newer changes; catching up')
+      if (index !== null && version > index.version) {
+        this.#log.debug({ loaded: index.version, registry: version }, 'version check found newer changes; catching up')
+        this.#heartbeat.unannounced(version)
+      }
     } catch (err) {
       // The next check is the retry.
       this.#failed(feed, 'check', err, false)
@@ -468,11 +472,13 @@ export class RegistrySync {
   }
 
   /** The heartbeat found the feed deaf, or hearing again (see heartbeat.ts). */
-  #deafChanged (deaf: boolean, misses: number): void {
+  #deafChanged (deaf: boolean, misses: number, why: DeafReason): void {
     if (deaf) {
       const seconds = Math.round(misses * this.#o.versionCheckIntervalMs / 100) / 10
-      this.#deaf = `none of its own heartbeat notifications arrived in ${seconds} s (${misses} checks); behind a pooler in transaction mode set registry.listenUrl direct to PostgreSQL`
-      this.#log.warn({ misses, seconds }, 'registry change feed is deaf: notifications do not reach it (a pooler in transaction mode?); changes arrive only by the periodic version check; reconnecting')
+      this.#deaf = why === 'heartbeat'
+        ? `none of its own heartbeat notifications arrived in ${seconds} s (${misses} checks); behind a pooler in transaction mode set registry.listenUrl direct to PostgreSQL`
+        : `the registry's changes reached it only by the periodic check, unannounced by any notification (${misses} checks in a row); behind a pooler in transaction mode set registry.listenUrl direct to PostgreSQL`
+      this.#log.warn({ misses, seconds, why }, 'registry change feed is deaf: notifications do not reach it (a pooler in transaction mode?); changes arrive only by the periodic version check; reconnecting')
     } else {
       this.#deaf = null
       this.#log.info('registry change feed hears notifications again')
