@@ -219,20 +219,7 @@ async function restartWave (proxies, relay, sampler) {
   await registry.start()
   const upMs = performance.now() - t0
   // Resynced: the reconnect counter moved and the feed is connected; bounded by RESYNC_TIMEOUT_MS.
-  const resyncMs = await Promise.all(proxies.map(async (p, i) => {
-    try {
-      await waitFor(async () => {
-        if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`proxy ${p.i} exited`)
-        // A proxy busy with a full load may not answer within the timeout: ask again.
-        const m = await metrics(p).catch(() => null)
-        return m !== null && m.reconnects > before[i].reconnects && m.feedConnected === 1
-      }, `proxy ${p.i} resynced`, RESYNC_TIMEOUT_MS, METRICS_POLL_MS)
-      return performance.now() - t0
-    } catch (err) {
-      log(`restart: ${err.message}`)
-      return null
-    }
-  }))
+  const resyncMs = await untilEveryProxy(proxies, t0, 'restart', 'resynced', (m, i) => m.reconnects > before[i].reconnects && m.feedConnected === 1)
   await sleep(STALL_AFTER_MS)
   const stalls = await Promise.all(loops.map((l) => l.stop()))
   const bytes1 = await relay.stats()
@@ -273,6 +260,28 @@ async function restartWave (proxies, relay, sampler) {
   return w
 }
 
+/**
+ * Waits until `done(metrics, i)` holds for every proxy (its metrics read every METRICS_POLL_MS,
+ * bounded by RESYNC_TIMEOUT_MS); each proxy's time since t0, or null when it exited or ran out
+ * of time (logged under `phase`).
+ */
+async function untilEveryProxy (proxies, t0, phase, what, done) {
+  return await Promise.all(proxies.map(async (p, i) => {
+    try {
+      await waitFor(async () => {
+        if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`proxy ${p.i} exited`)
+        // A proxy busy with a full load may not answer within the timeout: ask again.
+        const m = await metrics(p).catch(() => null)
+        return m !== null && done(m, i)
+      }, `proxy ${p.i} ${what}`, RESYNC_TIMEOUT_MS, METRICS_POLL_MS)
+      return performance.now() - t0
+    } catch (err) {
+      log(`${phase}: ${err.message}`)
+      return null
+    }
+  }))
+}
+
 /** Changes a proxy's delta reads at most (src/registry/sync.ts DELTA_LIMIT); more make it load fully. */
 const DELTA_LIMIT = 10_000
 
@@ -300,20 +309,10 @@ async function rebuildWave (proxies) {
     await c.query('COMMIT')
   })
   const committedMs = performance.now() - t0
-  const loadedMs = await Promise.all(proxies.map(async (p, i) => {
-    try {
-      await waitFor(async () => {
-        if (p.child.exitCode !== null || p.child.signalCode !== null) throw new Error(`proxy ${p.i} exited`)
-        const m = await metrics(p).catch(() => null)
-        if (m !== null && Number.isFinite(m.lagMaxS)) lagMax[i] = Math.max(lagMax[i], m.lagMaxS * 1000)
-        return m !== null && m.loadsOk > before[i].loadsOk && m.feedConnected === 1
-      }, `proxy ${p.i} loaded fully`, RESYNC_TIMEOUT_MS, METRICS_POLL_MS)
-      return performance.now() - t0
-    } catch (err) {
-      log(`rebuild: ${err.message}`)
-      return null
-    }
-  }))
+  const loadedMs = await untilEveryProxy(proxies, t0, 'rebuild', 'loaded fully', (m, i) => {
+    if (Number.isFinite(m.lagMaxS)) lagMax[i] = Math.max(lagMax[i], m.lagMaxS * 1000)
+    return m.loadsOk > before[i].loadsOk && m.feedConnected === 1
+  })
   await sleep(STALL_AFTER_MS)
   const stalls = await Promise.all(loops.map((l) => l.stop()))
   const after = await Promise.all(proxies.map((p) => metrics(p).catch(() => null)))
