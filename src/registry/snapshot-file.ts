@@ -64,8 +64,18 @@ interface ColumnsHeader extends Header {
 type Column = Float64Array | Uint16Array | Uint8Array | Uint32Array | Int32Array
 type ColumnName = 'id' | 'epoch' | 'port' | 'state' | 'dbHost' | 'upstream' | 'slug' | 'dbName' | 'primary' | 'host' | 'tenant' | 'arena'
 
-/** The body's sections in file order: which column, its array type, and how many elements it has. */
-const SECTIONS: ReadonlyArray<{ name: ColumnName, make: (n: number) => Column, rows: (h: ColumnsHeader) => number }> = [
+interface Section { name: ColumnName, make: (n: number) => Column, rows: (h: ColumnsHeader) => number }
+
+/** Each section with its array type's bytes per element. */
+function withWidths (sections: Section[]): Array<Section & { width: number }> {
+  return sections.map((section) => ({ ...section, width: section.make(0).BYTES_PER_ELEMENT }))
+}
+
+/**
+ * The body's sections in file order: which column, its array type, how many elements it has, and
+ * the bytes per element (the array type's own).
+ */
+const SECTIONS: ReadonlyArray<Section & { width: number }> = withWidths([
   { name: 'id', make: (n) => new Float64Array(n), rows: (h) => h.tenantRows },
   { name: 'epoch', make: (n) => new Float64Array(n), rows: (h) => h.tenantRows },
   { name: 'port', make: (n) => new Uint16Array(n), rows: (h) => h.tenantRows },
@@ -78,14 +88,12 @@ const SECTIONS: ReadonlyArray<{ name: ColumnName, make: (n: number) => Column, r
   { name: 'host', make: (n) => new Int32Array(n), rows: (h) => h.domainRows },
   { name: 'tenant', make: (n) => new Int32Array(n), rows: (h) => h.domainRows },
   { name: 'arena', make: (n) => new Uint8Array(n), rows: (h) => h.arenaBytes }
-]
-
-const BYTES_PER_ELEMENT: Record<ColumnName, number> = { id: 8, epoch: 8, port: 2, state: 1, dbHost: 4, upstream: 4, slug: 4, dbName: 4, primary: 4, host: 4, tenant: 4, arena: 1 }
+])
 
 const padded = (n: number): number => Math.ceil(n / 8) * 8
 
 function bodyBytes (h: ColumnsHeader): number {
-  return SECTIONS.reduce((sum, s) => sum + padded(s.rows(h) * BYTES_PER_ELEMENT[s.name]), 0)
+  return SECTIONS.reduce((sum, s) => sum + padded(s.rows(h) * s.width), 0)
 }
 
 /** A content read from a snapshot file, validated, with its index built. */
@@ -161,7 +169,7 @@ export async function writeSnapshotFile (file: string, index: RegistryIndex, fin
     await write(JSON.stringify(header) + '\n')
     for (const section of SECTIONS) {
       const column = cols[section.name]
-      const all = new Uint8Array(column.buffer, column.byteOffset, section.rows(header) * BYTES_PER_ELEMENT[section.name])
+      const all = new Uint8Array(column.buffer, column.byteOffset, section.rows(header) * section.width)
       for (let at = 0; at < all.length; at += CHUNK) await write(all.subarray(at, at + CHUNK))
       const pad = padded(all.length) - all.length
       if (pad > 0) await write(new Uint8Array(pad))
@@ -294,7 +302,7 @@ async function indexFromBody (input: SequentialReader, h: Partial<ColumnsHeader>
     const rows = section.rows(header)
     // Room for the deltas to come, as after a load from the registry (Columns.trim).
     const column = section.make(rows + Math.max(1024, rows >> 5))
-    const bytes = new Uint8Array(column.buffer, column.byteOffset, rows * BYTES_PER_ELEMENT[section.name])
+    const bytes = new Uint8Array(column.buffer, column.byteOffset, rows * section.width)
     await input.fill(bytes)
     hash.update(bytes)
     const pad = new Uint8Array(padded(bytes.length) - bytes.length)
