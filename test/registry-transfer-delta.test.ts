@@ -169,3 +169,30 @@ t.test('a pruned change log makes the delta incomplete, so the proxy resyncs', a
   t.match(await store.delta(current.version - 1, 10_000), { complete: true }, 'a proxy at the newest version minus one still applies incrementally')
   t.match(await store.delta(old.version, 1), { complete: false }, 'a backlog over the limit is incomplete too')
 })
+
+t.test('a delta is one statement on the given connection (one round trip per change and proxy), paused tenants included on request', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'a', domains: ['a.example'] }, { slug: 'b', domains: ['b.example'] }])
+  const { store, pool } = registry
+  const before = await store.snapshot()
+  await store.setPause('b', 5_000)
+  await store.updateTenant('a', { state: 'maintenance' })
+  const c = await pool.connect()
+  t.teardown(() => c.release())
+  const sent: string[] = []
+  const query = c.query.bind(c)
+  // Counts what reaches the connection: the feed runs the delta on its one connection.
+  const counting = new Proxy(c, { get: (target, key) => key === 'query' ? (q: { text: string }, ...rest: unknown[]) => { sent.push(q.text); return (query as (...a: unknown[]) => unknown)(q, ...rest) } : Reflect.get(target, key) as unknown })
+  const delta = await store.delta(before.version, 10_000, { client: counting })
+  t.equal(sent.length, 1, 'one statement, no transaction around it')
+  t.match(delta, { complete: true, changes: 2, tenantSlugs: ['a', 'b'], hostnames: [] })
+  t.same(delta.complete && delta.tenants.map((x) => [x.slug, x.state, x.holdMs, x.primaryHost]).sort(), [['a', 'maintenance', null, 'a.example'], ['b', 'active', 5_000, 'b.example']])
+  t.same(delta.complete && delta.domains.map((d) => [d.hostname, d.slug]).sort(), [['a.example', 'a'], ['b.example', 'b']])
+
+  // Nothing changed after the newest version: only paused tenants, and only when asked.
+  const head = await store.snapshot()
+  t.match(await store.delta(head.version, 10_000), { complete: true, changes: 0, tenantSlugs: [], tenants: [], domains: [] })
+  const withPaused = await store.delta(head.version, 10_000, { paused: true })
+  t.same(withPaused.complete && [withPaused.tenantSlugs, withPaused.tenants.map((x) => x.slug), withPaused.domains.map((d) => d.hostname)], [['b'], ['b'], ['b.example']])
+  // A backlog names no rows (the registry counted them and sent none).
+  t.match(await store.delta(before.version, 1, { paused: true }), { complete: false, reason: 'backlog', version: head.version })
+})

@@ -25,7 +25,7 @@ export class PagedLoadIncomplete extends Error {}
  * Consistency: the pages are read at different instants, so together they are no snapshot. The
  * version V0 is read before the first page; every row that differs between V0 and the instant its
  * page was read belongs to a tenant or domain changed after V0, which the change log names. The
- * delta after V0 (one REPEATABLE READ transaction, read after the last page) re-reads each such
+ * delta after V0 (one statement, read after the last page) re-reads each such
  * tenant and domain as of its own version V1, later than every page; rows not named were the same
  * at V0 and at every page's instant. Applied to the built index, it gives exactly the registry at
  * V1. A domain read whose tenant was not (added or deleted between the two pages) is skipped by
