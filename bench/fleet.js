@@ -6,7 +6,7 @@
 //   propagation   SQL commit → every proxy answers with the change (p50/p99 over all pairs)
 //   restart       the registry restarted (fast shutdown, start) with nothing changed: registry CPU
 //                 seconds of the new server, rows its statements returned (pg_stat_statements),
-//                 bytes it sent to the proxies (through bench/byte-relay.js), time until every
+//                 bytes it sent to the proxies (the kernel's TCP counters), time until every
 //                 proxy has reconnected and resynced, full loads, proxies that exited, and the
 //                 latency of a paced request loop against every proxy meanwhile (stalls)
 //   rebuild       one registry transaction with more changes than a delta reads (10,000) makes every
@@ -25,7 +25,12 @@
 //   BENCH_PG_BIN=/usr/lib/postgresql/15/bin …             # where initdb and postgres are
 //
 // Prints a Markdown table (docs/fleet.md holds measured runs; this script never rewrites it).
-// Every loop is bounded in count and time; every child (PostgreSQL, relay, upstream, proxies) is
+// The proxies connect to the registry directly, as in production: bytes are counted from the
+// kernel's per-socket TCP counters (ss -i), not by a relay in the path (one relay process for all
+// the proxies' connections added two hops to every round trip and, with 12 proxies, doubled the
+// propagation time it was meant to observe).
+//
+// Every loop is bounded in count and time; every child (PostgreSQL, upstream, proxies) is
 // stopped by its PID on success, on error and on SIGINT/SIGTERM, and the temp directory removed.
 import { execFile, execFileSync, spawn } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
@@ -87,7 +92,7 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
 async function cleanup () {
   if (cleaned) return
   cleaned = true
-  // The proxies first: cutting their registry connections (the relay) under them is not the test.
+  // The proxies first: a registry that stops under them is not the test.
   await Promise.all([...children].filter((c) => c.isProxy).map((c) => stopChild(c)))
   await Promise.all([...children].map((c) => stopChild(c)))
   await registry?.stop().catch((err) => console.error(`stopping the private PostgreSQL: ${err.message}`))
@@ -108,16 +113,13 @@ async function main () {
   results.idleRestartCpuS = registry.treeCpuSeconds()
   log(`private PostgreSQL on port ${registry.port}; a restart with no clients costs ${results.idleRestartCpuS.toFixed(2)} CPU-s (startup + ${s(IDLE_RESTART_MS)} idle)`)
 
-  const relay = await startRelay(registry.port)
   const upstream = await startUpstream()
   const key = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ type: 'pkcs8', format: 'pem' })
-  const proxyUrl = new URL(dbUrl)
-  proxyUrl.port = String(relay.port)
-  const common = { TENANT_PROXY_UPSTREAM_URLS: upstream, TENANT_PROXY_DESCRIPTOR_KEYS: key, REGISTRY_DATABASE_URL: proxyUrl.toString() }
+  const common = { TENANT_PROXY_UPSTREAM_URLS: upstream, TENANT_PROXY_DESCRIPTOR_KEYS: key, REGISTRY_DATABASE_URL: dbUrl }
   // A fleet that fails is reported as such and the next N still runs.
   for (const n of PROXIES) {
     try {
-      results.runs.push(await fleet(n, common, dbUrl, relay))
+      results.runs.push(await fleet(n, common, dbUrl))
     } catch (err) {
       log(`N=${n} failed: ${err.stack}`)
       results.failed.push({ proxies: n, error: err.message })
@@ -136,14 +138,15 @@ async function withAdmin (fn) {
 }
 
 /** One fleet of n proxies: boot, propagation, restart, connections, memory; stopped at the end. */
-async function fleet (n, common, dbUrl, relay) {
+async function fleet (n, common, dbUrl) {
   const r = { proxies: n, exits: [] }
-  const sampler = connectionSampler(n)
+  const meter = byteMeter(registry.port, n)
+  const sampler = connectionSampler(n, meter)
   const proxies = []
   try {
     // ---- boot: all n spawned together.
     sampler.phase('boot')
-    const bootBytes0 = await relay.stats()
+    const bootBytes0 = await meter.measure()
     const t0 = performance.now()
     const started = await Promise.allSettled(Array.from({ length: n }, (_, i) => startProxy({ ...common, TENANT_PROXY_REGISTRY_APPLICATION_NAME: `${APP}${i}`, TENANT_PROXY_REGISTRY_SNAPSHOT_PATH: path.join(tmp, `n${n}-p${i}.json`) }, i, r.exits)))
     for (const s of started) if (s.status === 'fulfilled') proxies.push(s.value)
@@ -151,7 +154,7 @@ async function fleet (n, common, dbUrl, relay) {
     if (failed.length > 0) throw new Error(`${failed.length} of ${n} proxies did not boot: ${failed[0].reason.message}`)
     await Promise.all(proxies.map((p) => waitFor(async () => (await metrics(p).catch(() => null))?.feedConnected === 1, `proxy ${p.i} synced`, BOOT_TIMEOUT_MS)))
     const bootMs = proxies.map((p) => p.bootMs)
-    r.boot = { allUpMs: Math.max(...bootMs), medianMs: median(bootMs), allSyncedMs: performance.now() - t0, rssAtUp: proxies.map((p) => p.rssAtUp), bytesToProxies: (await relay.stats()).toClient - bootBytes0.toClient }
+    r.boot = { allUpMs: Math.max(...bootMs), medianMs: median(bootMs), allSyncedMs: performance.now() - t0, rssAtUp: proxies.map((p) => p.rssAtUp), bytesToProxies: (await meter.measure()).toClient - bootBytes0.toClient }
     log(`N=${n}: every proxy /up ${s(r.boot.allUpMs)} after spawn (median ${s(r.boot.medianMs)}), synced ${s(r.boot.allSyncedMs)}; VmRSS at /up median ${mb(median(r.boot.rssAtUp))}; ${mb(r.boot.bytesToProxies)} from the registry`)
 
     // ---- propagation.
@@ -182,7 +185,7 @@ async function fleet (n, common, dbUrl, relay) {
 
     // ---- registry restart with nothing changed.
     sampler.phase('restart')
-    r.restart = await restartWave(proxies, relay, sampler)
+    r.restart = await restartWave(proxies, meter, sampler)
     r.settledAfterRestart = await withAdmin((c) => connectionsNow(c, n))
 
     // ---- a full load on every proxy, under traffic.
@@ -206,13 +209,13 @@ async function fleet (n, common, dbUrl, relay) {
  * waits until every proxy has reconnected and resynced (its feed-reconnect counter went up and
  * its feed is connected again).
  */
-async function restartWave (proxies, relay, sampler) {
+async function restartWave (proxies, meter, sampler) {
   const before = await Promise.all(proxies.map((p) => metrics(p)))
   const statements0 = await withAdmin(statements)
   const loops = proxies.map((p) => stallLoop(p))
   await sleep(STALL_BASELINE_MS)
   for (const l of loops) l.mark()
-  const bytes0 = await relay.stats()
+  const bytes0 = await meter.measure()
   const t0 = performance.now()
   await registry.stop()
   const downMs = performance.now() - t0
@@ -222,7 +225,7 @@ async function restartWave (proxies, relay, sampler) {
   const resyncMs = await untilEveryProxy(proxies, t0, 'restart', 'resynced', (m, i) => m.reconnects > before[i].reconnects && m.feedConnected === 1)
   await sleep(STALL_AFTER_MS)
   const stalls = await Promise.all(loops.map((l) => l.stop()))
-  const bytes1 = await relay.stats()
+  const bytes1 = await meter.measure()
   // CPU first: the benchmark's own queries below run on the server too; the connection sampler's
   // backend is left out.
   const cpuS = registry.treeCpuSeconds(sampler.backendPids())
@@ -243,7 +246,7 @@ async function restartWave (proxies, relay, sampler) {
     netCpuS: cpuS - results.idleRestartCpuS,
     bytesToProxies: bytes1.toClient - bytes0.toClient,
     bytesFromProxies: bytes1.toServer - bytes0.toServer,
-    connectionsAccepted: bytes1.accepted - bytes0.accepted,
+    connectionsAccepted: bytes1.sockets - bytes0.sockets,
     rows: rows.total,
     calls: rows.calls,
     topStatements: rows.top,
@@ -399,15 +402,67 @@ function stallLoop (p) {
 // ---- connections -----------------------------------------------------------------------------
 /** Client connections per proxy now (application_name `fleet<i>` or `fleet<i> feed …`). */
 async function connectionsNow (admin, n) {
-  const r = await admin.query(`SELECT substring(application_name from '^${APP}([0-9]+)')::int AS proxy, count(*)::int AS n
+  const r = await admin.query(`SELECT substring(application_name from '^${APP}([0-9]+)')::int AS proxy, count(*)::int AS n, array_agg(client_port) AS ports
     FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name ~ '^${APP}[0-9]+( |$)' GROUP BY 1`)
   const perProxy = Array(n).fill(0)
-  for (const row of r.rows) if (row.proxy < n) perProxy[row.proxy] = row.n
-  return { total: perProxy.reduce((a, x) => a + x, 0), perProxy }
+  const ports = []
+  for (const row of r.rows) {
+    if (row.proxy < n) perProxy[row.proxy] = row.n
+    ports.push(...row.ports)
+  }
+  return { total: perProxy.reduce((a, x) => a + x, 0), perProxy, ports }
+}
+
+/**
+ * Bytes between the registry and the proxies, from the kernel's counters of the server's TCP
+ * sockets (`ss -tin`: bytes_sent, bytes_received), attributed to the proxies by their client ports
+ * in pg_stat_activity (the benchmark's own connections are left out). Sampled with the connection
+ * counts and at each measure(); a socket's bytes between its last sample and its close are lost,
+ * which only a registry restart does, when nothing is being sent. The counters are cumulative per
+ * socket: a port seen again with smaller counters is a new socket, and the old one's bytes are kept.
+ */
+function byteMeter (port, n) {
+  const proxyPorts = new Set()
+  const open = new Map() // client port → { sent, received } last seen
+  const closed = { sent: 0, received: 0, sockets: 0 }
+  return {
+    attribute (ports) { for (const p of ports) proxyPorts.add(p) },
+    async sample () {
+      const { stdout } = await run('ss', ['-Htin', 'state', 'established', `( sport = :${port} )`])
+      // One socket per two lines: addresses, then the indented TCP info.
+      const lines = stdout.split('\n')
+      for (let i = 0; i + 1 < lines.length; i += 2) {
+        const peer = Number(/:(\d+)\s*$/.exec(lines[i].trim())?.[1])
+        const sent = Number(/bytes_sent:(\d+)/.exec(lines[i + 1])?.[1] ?? 0)
+        const received = Number(/bytes_received:(\d+)/.exec(lines[i + 1])?.[1] ?? 0)
+        if (!Number.isInteger(peer)) continue
+        const was = open.get(peer)
+        if (was !== undefined && proxyPorts.has(peer) && (sent < was.sent || received < was.received)) {
+          closed.sent += was.sent
+          closed.received += was.received
+          closed.sockets++
+        }
+        open.set(peer, { sent, received })
+      }
+    },
+    /** Counts now: toClient (registry → proxies), toServer, sockets (distinct proxy connections seen). */
+    async measure () {
+      this.attribute((await withAdmin((c) => connectionsNow(c, n))).ports)
+      await this.sample()
+      const t = { toClient: closed.sent, toServer: closed.received, sockets: closed.sockets }
+      for (const [peer, x] of open) {
+        if (!proxyPorts.has(peer)) continue
+        t.toClient += x.sent
+        t.toServer += x.received
+        t.sockets++
+      }
+      return t
+    }
+  }
 }
 
 /** Samples the connections every CONN_SAMPLE_MS; the most seen per phase. Never throws (the registry restarts under it). */
-function connectionSampler (n) {
+function connectionSampler (n, meter) {
   const maxima = {}
   const pids = new Set()
   let phase = 'boot'
@@ -423,6 +478,8 @@ function connectionSampler (n) {
         }
         const c = await connectionsNow(admin, n)
         maxima[phase] = Math.max(maxima[phase] ?? 0, c.total)
+        meter.attribute(c.ports)
+        await meter.sample()
       } catch {
         await admin?.end().catch(() => undefined)
         admin = null
@@ -700,24 +757,6 @@ async function startUpstream () {
   lines.close()
   child.stdout.resume()
   return `http://127.0.0.1:${JSON.parse(line).port}`
-}
-
-/** bench/byte-relay.js in front of the registry; stats() asks it for its counters. */
-async function startRelay (targetPort) {
-  const child = spawnChild(process.execPath, ['bench/byte-relay.js', String(targetPort)], {}, 'pipe')
-  const { line, lines } = await firstLine(child, 'byte relay')
-  const queue = []
-  lines.on('line', (l) => queue.shift()?.(JSON.parse(l)))
-  return {
-    port: JSON.parse(line).port,
-    async stats () {
-      return await new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('byte relay did not answer in 5 s')), 5_000)
-        queue.push((x) => { clearTimeout(timer); resolve(x) })
-        child.stdin.write('stats\n')
-      })
-    }
-  }
 }
 
 /** Spawns `serve` and waits for its first /up 200; bootMs is spawn → that answer. */

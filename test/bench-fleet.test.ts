@@ -68,7 +68,7 @@ t.test('bench:fleet quick mode runs end to end and cleans up', async (t) => {
   t.ok(w.allResyncedMs > 0)
   t.ok(Number.isInteger(w.fullLoads) && w.fullLoads >= 0, 'full loads counted')
   t.ok(w.cpuS > 0, 'registry CPU read from /proc')
-  t.ok(w.bytesToProxies > 0, 'bytes counted by the relay (the reconnects at least)')
+  t.ok(w.bytesToProxies > 0, 'bytes counted from the kernel socket counters (the reconnects at least)')
   t.ok(w.rows >= 0, 'rows from pg_stat_statements')
   t.ok(w.stallRequests > 0 && w.stallMaxMs > 0, 'the request loops ran during the restart')
   t.equal(w.stallErrors, 0, 'no request failed during the restart')
