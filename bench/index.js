@@ -18,11 +18,11 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { loadavg, tmpdir } from 'node:os'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { Client } from 'undici'
+import { freePort } from './free-port.js'
 
 const SIZES = (process.env.BENCH_INDEX_TENANTS ?? '100000,1000000').split(',').map(Number)
 const LOOKUPS = Number(process.env.BENCH_INDEX_LOOKUPS ?? 1_000_000)
@@ -253,15 +253,6 @@ async function status (port, hostname) {
   }
 }
 
-async function freePort () {
-  return await new Promise((resolve, reject) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-    server.on('error', reject)
-  })
-}
 
 /** CPU time (user + system) a process has used, ms: /proc/<pid>/stat fields 14 and 15, in clock ticks (100 Hz). */
 function cpuMsOf (pid) {

@@ -14,11 +14,11 @@
 import { spawn } from 'node:child_process'
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
 import { Client } from 'undici'
+import { freePort } from './free-port.js'
 
 const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const TENANTS = Number(process.env.BENCH_TENANTS ?? 100_000)
@@ -145,13 +145,6 @@ async function main () {
   console.log(`descriptor for a random tenant: ${stats(issued)}`)
 }
 
-async function freePort () {
-  const server = createServer()
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address()
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 async function cleanup () {
   if (child !== null && child.exitCode === null) {

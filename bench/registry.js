@@ -24,12 +24,12 @@
 import { execFileSync, spawn } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
 import pg from 'pg'
 import { Client, Pool } from 'undici'
+import { freePort } from './free-port.js'
 
 const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const TENANTS = Number(process.env.BENCH_TENANTS ?? 100_000)
@@ -412,15 +412,6 @@ async function startProxy (env, label, timeoutMs = 60_000) {
   return { child, trafficPort, opsPort, bootMs: performance.now() - t0 }
 }
 
-async function freePort () {
-  return await new Promise((resolve, reject) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-    server.on('error', reject)
-  })
-}
 
 // ---- HTTP helpers --------------------------------------------------------------------------
 async function getJson (port, urlPath) {

@@ -33,13 +33,13 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { generateKeyPairSync, createHash } from 'node:crypto'
 import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import path from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { Pool } from 'undici'
+import { freePort } from './free-port.js'
 
 /** A failure the benchmark foresees (a bad knob, a missing tool, a server that will not start): reported without a stack. */
 class BenchError extends Error {}
@@ -744,15 +744,6 @@ function killTree (child, signal) {
   }
 }
 
-async function freePort () {
-  return await new Promise((resolve, reject) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-    server.on('error', reject)
-  })
-}
 
 async function status (port, urlPath, hostname) {
   const http = new Pool(`http://127.0.0.1:${port}`, { connections: 1 })
