@@ -4,6 +4,7 @@ import path from 'node:path'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { COMMANDS } from '../src/cli/run.js'
+import { parseAnnouncement } from '../src/registry/announcement.js'
 import { LATEST_VERSION, MIGRATIONS } from '../src/registry/migrations/index.js'
 import { runCli } from './helpers/cli.js'
 import { throwawayDatabase } from './helpers/postgres.js'
@@ -108,7 +109,13 @@ t.test('every write bumps the registry version once and notifies listeners', asy
   await listener.query('LISTEN tenant_proxy')
   t.equal((await runCli(['tenants', 'add', 'acme', '--domain', 'a.example', '--domain', 'b.example', '--database', 'acme'], env)).code, 0)
   await notified
-  t.same(got, ['1'], 'one notification carrying the new version')
+  t.equal(got.length, 1, 'one notification')
+  // The version with its change (migration 005): what a proxy at version 0 applies without a query.
+  const announced = parseAnnouncement(got[0])
+  t.equal(announced.version, 1, 'carrying the new version')
+  t.match(announced.delta, { since: 0, version: 1, changes: 3, tenantSlugs: ['acme'], hostnames: ['a.example', 'b.example'] })
+  t.same(announced.delta?.tenants.map((x) => [x.slug, x.databaseName, x.primaryHost]), [['acme', 'acme', 'a.example']])
+  t.same(announced.delta?.domains.map((d) => [d.hostname, d.slug]).sort(), [['a.example', 'acme'], ['b.example', 'acme']])
   const changes = await listener.query('SELECT version::int, entity, op, key FROM tenant_proxy.changes ORDER BY id')
   t.same(changes.rows, [
     { version: 1, entity: 'tenant', op: 'insert', key: 'acme' },

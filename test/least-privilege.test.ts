@@ -74,6 +74,12 @@ t.test('a proxy with exactly the documented grants starts, routes, follows chang
     "SELECT has_database_privilege($1, current_database(), 'CREATE') AS db, has_schema_privilege($1, 'tenant_proxy', 'CREATE') AS schema", [role])
   t.same(creates.rows[0], { db: false, schema: false }, 'the role can create nothing')
 
+  // The docs also keep CONNECT on the registry database to the proxy's role (changes are announced
+  // with their rows to whoever LISTENs): as documented, with the database's name.
+  const database = new URL(registry.url).pathname.slice(1)
+  await admin.query(`REVOKE CONNECT ON DATABASE "${database}" FROM PUBLIC`)
+  await admin.query(`GRANT CONNECT ON DATABASE "${database}" TO ${role}`)
+
   const roleUrl = new URL(registry.url)
   roleUrl.username = role
   roleUrl.password = ''

@@ -10,6 +10,7 @@ import t, { type Test } from 'tap'
 import { request } from 'undici'
 import { migrate } from '../src/registry/migrate.js'
 import { pruneWithPool } from '../src/registry/prune.js'
+import { ANNOUNCE_MAX_CHANGES } from '../src/registry/migrations/005-announce.js'
 import { RegistryStore } from '../src/registry/store.js'
 import { startPgCluster, type PgCluster } from './helpers/pg-cluster.js'
 import { databaseUrl } from './helpers/postgres.js'
@@ -115,12 +116,18 @@ t.test('a gap beyond the change log\'s retention makes a full load', async (t) =
 })
 
 t.test('a delta the registry refuses is retried on its own and does not reset the feed', async (t) => {
-  const { store, admin, proxyUrl, role } = await setup(t)
+  const { admin, proxyUrl, role } = await setup(t)
   const upstream = await startUpstream(t)
   const proxy = await startTestProxy(t, testConfig(proxyUrl, upstream.origin, FAST))
   t.equal(await status(proxy.url, 'acme.example'), 200)
   await admin.query(`REVOKE SELECT ON tenant_proxy.changes FROM ${role}`)
-  await store.addTenant({ slug: 'initech', databaseName: 'initech', databaseHost: null, databasePort: null, state: 'active', upstream: null, settings: {}, domains: ['initech.example'] })
+  // More changes than an announcement carries (migration 005): the proxy must read the change log.
+  const n = ANNOUNCE_MAX_CHANGES
+  await admin.query(`BEGIN;
+    INSERT INTO tenant_proxy.tenants (slug, database_name) SELECT 'bulk-' || i, 'bulk_' || i FROM generate_series(1, ${n}) AS i;
+    INSERT INTO tenant_proxy.tenants (slug, database_name) VALUES ('initech', 'initech');
+    INSERT INTO tenant_proxy.domains (hostname, tenant_id, kind) SELECT 'initech.example', id, 'primary' FROM tenant_proxy.tenants WHERE slug = 'initech';
+    COMMIT`)
   await until(async () => await metric(proxy.opsUrl, 'tenant_proxy_registry_query_failures_total{query="delta"}') >= 2 ? true : undefined, 'the refused delta to be retried')
   t.equal(proxy.state.synced, true, 'the feed stays up')
   t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_feed_reconnects_total'), 0, 'never reconnected')
@@ -130,4 +137,51 @@ t.test('a delta the registry refuses is retried on its own and does not reset th
   t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_full_loads_total{reason="start"}'), 1, 'no full load but the first')
   const fullLoads = await Promise.all(['reload', 'gap', 'registry_changed', 'backlog', 'inconsistent'].map(async (r) => await metric(proxy.opsUrl, `tenant_proxy_registry_full_loads_total{reason="${r}"}`)))
   t.same(fullLoads, [0, 0, 0, 0, 0])
+})
+
+t.test('a small change arrives with its notification and is applied without a query; a version announced early by SET CONSTRAINTS is followed by a new one', async (t) => {
+  const { store, admin, proxyUrl, role } = await setup(t)
+  const upstream = await startUpstream(t)
+  const proxy = await startTestProxy(t, testConfig(proxyUrl, upstream.origin, FAST))
+  t.equal(await status(proxy.url, 'acme.example'), 200)
+  // Without SELECT on the change log a delta query fails: whatever arrives now came announced.
+  await admin.query(`REVOKE SELECT ON tenant_proxy.changes FROM ${role}`)
+  await store.addTenant({ slug: 'initech', databaseName: 'initech', databaseHost: null, databasePort: null, state: 'active', upstream: null, settings: {}, domains: ['initech.example', 'www.initech.example'] })
+  await until(async () => await status(proxy.url, 'www.initech.example') === 200 ? true : undefined, 'the new tenant to route')
+  await store.updateTenant('acme', { state: 'maintenance' })
+  await until(async () => await status(proxy.url, 'acme.example') === 503 ? true : undefined, 'the state change to apply')
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_changes_applied_total{source="announcement"}'), 2, 'both announced')
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_changes_applied_total{source="query"}'), 0)
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_query_failures_total{query="delta"}'), 0, 'no delta query was tried')
+
+  // A writer that fires the deferred announcement early and writes on: the first part is announced
+  // as version v, the rest is version v + 1, whose announcement (immediate now, fired inside the
+  // write's trigger) carries the version alone, so the proxy reads it from the change log; it ends
+  // with the whole transaction.
+  await admin.query(`GRANT SELECT ON tenant_proxy.changes TO ${role}`)
+  const before = (await store.head()).version
+  const c = await admin.connect()
+  try {
+    await c.query('BEGIN')
+    await c.query("UPDATE tenant_proxy.tenants SET state = 'suspended' WHERE slug = 'globex'")
+    await c.query('SET CONSTRAINTS ALL IMMEDIATE')
+    await c.query("UPDATE tenant_proxy.domains SET tenant_id = (SELECT id FROM tenant_proxy.tenants WHERE slug = 'globex') WHERE hostname = 'www.initech.example'")
+    await c.query('COMMIT')
+  } finally {
+    c.release()
+  }
+  t.equal((await store.head()).version, before + 2, 'the writes after the announcement took a version of their own')
+  await until(async () => proxy.state.index?.version === before + 2 ? true : undefined, 'both versions to apply')
+  t.equal(await status(proxy.url, 'globex.example'), 403, 'the first part (suspended)')
+  t.equal(await status(proxy.url, 'www.initech.example'), 403, 'the second part (the domain moved to the suspended tenant)')
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_changes_applied_total{source="announcement"}'), 3, 'v announced with its rows')
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_changes_applied_total{source="query"}'), 1, 'v + 1 read from the change log')
+
+  // Too many changes for an announcement: the version alone, and the proxy reads the change log.
+  await admin.query(`INSERT INTO tenant_proxy.tenants (slug, database_name) SELECT 'bulk-' || i, 'bulk_' || i FROM generate_series(1, ${ANNOUNCE_MAX_CHANGES + 1}) AS i`)
+  const head = (await store.head()).version
+  await until(async () => proxy.state.index?.version === head ? true : undefined, 'the bulk insert to apply')
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_changes_applied_total{source="query"}'), 2, 'read from the change log')
+  t.equal(proxy.state.index?.bySlug.has(`bulk-${ANNOUNCE_MAX_CHANGES + 1}`), true)
+  t.equal(await metric(proxy.opsUrl, 'tenant_proxy_registry_full_loads_total{reason="start"}'), 1, 'no full load but the first')
 })

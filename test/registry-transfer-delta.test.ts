@@ -9,11 +9,27 @@ import path from 'node:path'
 import type pg from 'pg'
 import t from 'tap'
 import { applyDelta, buildIndex, primaryHostOf, type RegistryIndex, type Route } from '../src/registry/index.js'
+import { parseAnnouncement, type Announcement } from '../src/registry/announcement.js'
+import { ANNOUNCE_MAX_CHANGES } from '../src/registry/migrations/005-announce.js'
 import { pruneWithPool } from '../src/registry/prune.js'
+import type { CompleteDelta } from '../src/registry/store.js'
+import { until } from './helpers/wait.js'
 import { runCli } from './helpers/cli.js'
 import { testRegistry } from './helpers/proxy.js'
 
 const DEFAULTS = { defaultHost: 'db.internal', defaultPort: 5432 }
+
+/** A delta with its rows in one order (the registry aggregates them in no particular order). */
+function comparable (delta: CompleteDelta | null): unknown {
+  if (delta === null) return null
+  return {
+    ...delta,
+    tenantSlugs: [...delta.tenantSlugs].sort(),
+    hostnames: [...delta.hostnames].sort(),
+    tenants: [...delta.tenants].sort((x, y) => x.id - y.id),
+    domains: [...delta.domains].sort((x, y) => x.hostname.localeCompare(y.hostname))
+  }
+}
 
 /** The index as plain data: host → slug/state/db, slug → id and primary domain, the slugs in order. */
 async function shape (index: RegistryIndex): Promise<unknown> {
@@ -100,6 +116,16 @@ t.test('applying deltas after any sequence of writes equals a full snapshot', as
   const live = buildIndex(await store.snapshot(), DEFAULTS)
   // The sorted slugs exist before the writes, so every step patches them (an unbuilt order is built fresh).
   t.same(await live.slugOrder.sorted(), ['a', 'b', 'p'])
+  // Every write's announcement (migration 005) must be exactly the delta a proxy would read.
+  const listener = await pool.connect()
+  t.teardown(() => listener.release())
+  const announced = new Map<number, Announcement>()
+  listener.on('notification', (n) => {
+    if (n.channel !== 'tenant_proxy') return
+    const a = parseAnnouncement(n.payload)
+    announced.set(a.version, a)
+  })
+  await listener.query('LISTEN tenant_proxy')
   const step = async (what: string, write: (c: pg.PoolClient) => Promise<unknown>): Promise<void> => {
     const c = await pool.connect()
     try {
@@ -111,6 +137,9 @@ t.test('applying deltas after any sequence of writes equals a full snapshot', as
     }
     const delta = await store.delta(live.version, 10_000)
     if (!delta.complete) throw new Error('delta unexpectedly incomplete')
+    const announcement = await until(() => announced.get(delta.version), `the announcement of ${what}`)
+    if (delta.changes > ANNOUNCE_MAX_CHANGES) t.equal(announcement.delta, null, `${what}: too many changes to announce, the version alone`)
+    else t.same(comparable(announcement.delta), comparable(delta), `${what}: the announcement is the delta`)
     const result = applyDelta(live, delta, DEFAULTS)
     t.ok(result.consistent, `${what}: consistent`)
     t.same(await shape(live), await shape(buildIndex(await store.snapshot(), DEFAULTS)), `${what}: the live index equals a fresh snapshot`)

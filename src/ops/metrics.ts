@@ -7,7 +7,7 @@ import client from 'prom-client'
 import { IndexedCounter, IndexedHistogram } from './fast-metrics.js'
 import { UPSTREAM_ERROR_KINDS, type UpstreamErrorKind } from '../proxy/upstream-errors.js'
 import { TLS_ASK_RESULTS, type TlsAskResult } from '../proxy/tls-ask.js'
-import { FULL_LOAD_REASONS, RESUME_FROM, SYNC_QUERIES, type FeedStatus, type FullLoadReason, type ResumeFrom, type SyncEvent, type SyncQuery } from '../registry/listener.js'
+import { DELTA_SOURCES, FULL_LOAD_REASONS, RESUME_FROM, SYNC_QUERIES, type DeltaSource, type FeedStatus, type FullLoadReason, type ResumeFrom, type SyncEvent, type SyncQuery } from '../registry/listener.js'
 
 /** How a request ended, as counted and logged. */
 export type Outcome = 'routed' | 'unknown_host' | 'suspended' | 'maintenance' | 'passthrough' | 'health' | 'bad_request' | 'registry_unavailable' | 'paused'
@@ -58,6 +58,7 @@ export class ProxyMetrics {
   readonly registryPrunes: client.Counter<'result'>
   readonly registryFullLoads: client.Counter<'reason'>
   readonly registryResumes: client.Counter<'from'>
+  readonly registryChangesApplied: client.Counter<'source'>
   readonly registryQueryFailures: client.Counter<'query'>
   readonly registryFullLoadWaiting: client.Gauge
   readonly descriptorSignatures: client.Counter
@@ -105,6 +106,7 @@ export class ProxyMetrics {
     this.registryFeedReconnects = new client.Counter({ name: 'tenant_proxy_registry_feed_reconnects_total', help: 'Reconnections of the registry change feed.', registers })
     this.registryFullLoads = new client.Counter({ name: 'tenant_proxy_registry_full_loads_total', help: 'Full registry loads (the whole snapshot read) by why they ran: start, reload, gap, registry_changed, backlog, inconsistent.', labelNames: ['reason'], registers })
     this.registryResumes = new client.Counter({ name: 'tenant_proxy_registry_resumes_total', help: 'Resyncs done from the change log instead of a full load, by what was resumed: reconnect (the index in memory) or file (the snapshot file).', labelNames: ['from'], registers })
+    this.registryChangesApplied = new client.Counter({ name: 'tenant_proxy_registry_changes_applied_total', help: 'Registry changes applied to the index in place, by how they arrived: announcement (with their notification, no query) or query (read from the change log: a change too big to announce, a missed notification, a resume).', labelNames: ['source'], registers })
     this.registryQueryFailures = new client.Counter({ name: 'tenant_proxy_registry_query_failures_total', help: 'Registry queries that failed on a live feed connection and are retried on their own (the feed is not reset), by query.', labelNames: ['query'], registers })
     this.registryFullLoadWaiting = new client.Gauge({ name: 'tenant_proxy_registry_full_load_waiting', help: '1 while a full load waits for one of the registry-wide full-load slots (registry.maxConcurrentFullLoads).', registers })
     this.registryStale = new client.Gauge({ name: 'tenant_proxy_registry_stale', help: '1 while the index comes from the last-known-good snapshot file, not yet confirmed by the registry.', registers, aggregator: 'max' })
@@ -158,6 +160,7 @@ export class ProxyMetrics {
     for (const result of ['pruned', 'nothing', 'busy', 'denied', 'error'] as const) this.registryPrunes.labels(result).inc(0)
     for (const reason of FULL_LOAD_REASONS) this.registryFullLoads.labels(reason).inc(0)
     for (const from of RESUME_FROM) this.registryResumes.labels(from).inc(0)
+    for (const source of DELTA_SOURCES) this.registryChangesApplied.labels(source).inc(0)
     for (const query of SYNC_QUERIES) this.registryQueryFailures.labels(query).inc(0)
     for (const endpoint of OPS_API_ENDPOINTS) for (const result of OPS_API_RESULTS) this.opsApiRequests.labels(endpoint, result).inc(0)
     for (const result of TLS_ASK_RESULTS) this.tlsAsks.labels(result).inc(0)
@@ -237,6 +240,9 @@ export class ProxyMetrics {
         break
       case 'resume':
         this.registryResumes.labels(event.from satisfies ResumeFrom).inc()
+        break
+      case 'changes':
+        this.registryChangesApplied.labels(event.source satisfies DeltaSource).inc()
         break
       case 'reconnect':
         this.registryFeedReconnects.inc()

@@ -10,6 +10,7 @@
  */
 import { hostname } from 'node:os'
 import pg from 'pg'
+import { parseAnnouncement, type Announcement } from './announcement.js'
 import { feedApplicationName } from './feed-name.js'
 
 /** What a feed connection needs; the URL carries credentials and is never logged. */
@@ -25,8 +26,8 @@ export interface ChangeFeedOptions {
 
 /** What the feed tells its owner. */
 export interface ChangeFeedEvents {
-  /** A notification on the channel: the registry committed `version` (NaN when the payload is not a number). */
-  notified (version: number): void
+  /** A notification on the channel: the registry committed a version, with the change when it is small (src/registry/announcement.ts). */
+  notified (announcement: Announcement): void
   /** A notification on the heartbeat channel. */
   heartbeat? (payload: string | undefined): void
   /** The connection died (null: it ended); called at most once, never after close(). */
@@ -59,7 +60,7 @@ export class ChangeFeed {
     this.#client.on('error', (err) => this.#die(err))
     this.#client.on('end', () => this.#die(null))
     this.#client.on('notification', (msg) => {
-      if (msg.channel === opts.schema) this.#events.notified(Number(msg.payload))
+      if (msg.channel === opts.schema) this.#events.notified(parseAnnouncement(msg.payload))
       else if (msg.channel === opts.heartbeatChannel) this.#events.heartbeat?.(msg.payload)
     })
   }

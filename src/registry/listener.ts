@@ -26,6 +26,10 @@ export const FULL_LOAD_REASONS: readonly FullLoadReason[] = ['start', 'reload', 
 export type ResumeFrom = 'reconnect' | 'file'
 export const RESUME_FROM: readonly ResumeFrom[] = ['reconnect', 'file']
 
+/** How applied changes reached the proxy: announced with their notification, or read from the change log. */
+export type DeltaSource = 'announcement' | 'query'
+export const DELTA_SOURCES: readonly DeltaSource[] = ['announcement', 'query']
+
 /** Registry queries that are retried on their own when they fail on a live connection. */
 export type SyncQuery = 'delta' | 'check' | 'prune' | 'report' | 'load'
 export const SYNC_QUERIES: readonly SyncQuery[] = ['delta', 'check', 'prune', 'report', 'load']
@@ -76,6 +80,8 @@ export interface FeedListener {
 export type SyncEvent =
   | { readonly kind: 'full-load', readonly reason: FullLoadReason, readonly ok: boolean }
   | { readonly kind: 'resume', readonly from: ResumeFrom }
+  /** A delta was applied (a version or more). */
+  | { readonly kind: 'changes', readonly source: DeltaSource }
   | { readonly kind: 'reconnect' }
   | { readonly kind: 'query-failed', readonly query: SyncQuery }
   | { readonly kind: 'full-load-wait', readonly waiting: boolean }

@@ -149,11 +149,36 @@ export type RegistryDelta =
   | { complete: true, since: number, version: number, registryId: string, changes: number, tenantSlugs: string[], tenants: TenantRow[], hostnames: string[], domains: Array<{ hostname: string, slug: string }> }
   | { complete: false, since: number, version: number, registryId: string, reason: 'gap' | 'backlog' }
 
+/** A delta that says what changed (the log covered the gap). */
+export type CompleteDelta = Extract<RegistryDelta, { complete: true }>
+
 /** A tenant as tenantSelect's columns; ids and epochs are bigint, so text, except inside JSON (numbers). */
-type TenantTuple = [string | number, string, string, string | null, number | null, TenantState, string | null, string | number, string | null, number | null]
+export type TenantTuple = [string | number, string, string, string | null, number | null, TenantState, string | null, string | number, string | null, number | null]
 
 /** The delta statement's one row: the registry's head, the change count, then JSON row sets (null when empty). */
-type DeltaRow = [string, string, string, number, string[] | null, string[] | null, TenantTuple[] | null, Array<[string, string]> | null]
+type DeltaRow = [string, string, string, number, ...DeltaRows]
+
+/**
+ * What a delta names, as the delta statement and a change announcement (migration 005) both send
+ * it: slugs and hostnames named by the change rows, then the touched tenants' and domains' current
+ * rows (null when none).
+ */
+export type DeltaRows = [string[] | null, string[] | null, TenantTuple[] | null, Array<[string, string]> | null]
+
+/** A complete delta from `since` to `version` from the rows the registry sent. */
+export function completeDelta (since: number, version: number, registryId: string, changes: number, [tenantSlugs, hostnames, tenants, domains]: DeltaRows): CompleteDelta {
+  return {
+    complete: true,
+    since,
+    version,
+    registryId,
+    changes,
+    tenantSlugs: [...new Set(tenantSlugs ?? [])],
+    tenants: (tenants ?? []).map(tenantRow),
+    hostnames: hostnames ?? [],
+    domains: (domains ?? []).map(([hostname, slug]) => ({ hostname, slug }))
+  }
+}
 
 /**
  * The tenant columns the index reads, with the primary domain joined in (the partial unique index
@@ -350,20 +375,10 @@ export class RegistryStore {
    */
   async delta (since: number, limit: number, opts: { client?: pg.ClientBase, paused?: boolean } = {}): Promise<RegistryDelta> {
     const r = await (opts.client ?? this.#pool).query<DeltaRow>({ text: this.#deltaSql, values: [since, limit, opts.paused === true], rowMode: 'array' })
-    const [version = 0, registryId = '', prunedThrough = 0, changes = 0, tenantSlugs, hostnames, tenants, domains] = r.rows[0] ?? []
+    const [version = 0, registryId = '', prunedThrough = 0, changes = 0, ...rows] = r.rows[0] ?? []
     if (Number(prunedThrough) > since) return { complete: false, since, version: Number(version), registryId, reason: 'gap' }
     if (changes > limit) return { complete: false, since, version: Number(version), registryId, reason: 'backlog' }
-    return {
-      complete: true,
-      since,
-      version: Number(version),
-      registryId,
-      changes,
-      tenantSlugs: [...new Set(tenantSlugs ?? [])],
-      tenants: (tenants ?? []).map(tenantRow),
-      hostnames: hostnames ?? [],
-      domains: (domains ?? []).map(([hostname, slug]) => ({ hostname, slug }))
-    }
+    return completeDelta(since, Number(version), registryId, changes, rows.length === 4 ? rows : [null, null, null, null])
   }
 
   /**

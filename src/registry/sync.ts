@@ -2,12 +2,14 @@
  * The sync loop: keeps the proxy's registry index current and survives registry outages.
  *
  *   connect the feed (LISTEN) → (migrate) → resync → synced
- *   notification or periodic version check → read the change log after our version → apply
+ *   notification carrying the change that follows our version → apply it (no query)
+ *   other notification or periodic version check → read the change log after our version → apply
  *   feed connection lost → not synced (unknown hosts get 503) → reconnect with backoff → resync
  *
  * LISTEN comes before the resync, so a write that commits after it is always notified; a
- * notification only says "something after version N" and the change log says what, so coalesced
- * or duplicate notifications lose nothing. Every index write (full load or delta) goes through one
+ * notification says "version N committed", with N's changes when they are small (an announcement,
+ * src/registry/announcement.ts), and is applied only when the index is at N - 1; otherwise the
+ * change log says what changed, so coalesced, duplicate or lost notifications lose nothing. Every index write (full load or delta) goes through one
  * queue. Known hosts keep routing from memory for as long as the registry is away; the
  * last-known-good file carries the index across a restart during an outage.
  *
@@ -25,12 +27,12 @@ import { describeError } from './connect.js'
 import { feedApplicationName } from './feed-name.js'
 import { FeedHeartbeat, type DeafReason } from './heartbeat.js'
 import { applyDelta, type DatabaseDefaults, type RegistryIndex } from './index.js'
-import type { FeedStatus, FullLoadReason, RegistryListener, SyncEvent, SyncQuery } from './listener.js'
+import type { DeltaSource, FeedStatus, FullLoadReason, RegistryListener, SyncEvent, SyncQuery } from './listener.js'
 import { indexFromFile, indexFromRegistry, PagedLoadIncomplete } from './load-index.js'
 import { pruneChangeLog } from './prune.js'
 import { ChangeLogPruner } from './pruner.js'
 import { SnapshotFileError, SnapshotFileMissing } from './snapshot-file.js'
-import type { RegistryStore } from './store.js'
+import type { CompleteDelta, RegistryDelta, RegistryStore } from './store.js'
 
 /** Changes applied incrementally at most; a bigger backlog is cheaper as a full snapshot. */
 const DELTA_LIMIT = 10_000
@@ -214,6 +216,26 @@ export class RegistrySync {
     }
   }
 
+  /**
+   * Applies a change that came with its notification, in the index-write queue: without a query
+   * when the index is at the version before it (the usual case: announcements arrive in commit
+   * order), else by reading the change log (a notification was missed, or a full load is under way).
+   */
+  async #applyAnnounced (feed: ChangeFeed, delta: CompleteDelta): Promise<void> {
+    try {
+      await this.#serial(async () => {
+        const index = this.#index
+        if (feed !== this.#feed || !feed.alive || index === null || index.version >= delta.version) return
+        if (this.#synced && index.version === delta.since) await this.#install(feed, index, delta, false, 'announcement')
+        else if (this.#synced) await this.#applyChanges(feed)
+        else await this.#resync(feed)
+      })
+      this.#retryAttempt = 0
+    } catch (err) {
+      this.#failed(feed, this.#synced ? 'delta' : 'load', err)
+    }
+  }
+
   /** Stops the feed and timers; an index write under way completes. */
   async stop (): Promise<void> {
     this.#stopped = true
@@ -226,10 +248,12 @@ export class RegistrySync {
   async #connect (): Promise<boolean> {
     const o = this.#o
     const feed: ChangeFeed = new ChangeFeed({ ...o, heartbeatChannel: this.#heartbeat.channel }, {
-      notified: (version) => {
+      notified: ({ version, delta }) => {
         if (Number.isFinite(version)) this.#heartbeat.announced(version)
         const index = this.#index
-        if (index === null || !(version <= index.version)) void this.catchUp()
+        if (index !== null && version <= index.version) return
+        if (delta !== null && this.#synced) void this.#applyAnnounced(feed, delta)
+        else void this.catchUp()
       },
       heartbeat: (payload) => this.#heartbeat.receive(this.#heartbeat.channel, payload),
       lost: (err) => this.#lost(feed, err)
@@ -365,9 +389,18 @@ export class RegistrySync {
       await this.#fullLoad(feed, 'start')
       return false
     }
-    const started = performance.now()
     const delta = await feed.run(async (c) => await o.store.delta(index.version, DELTA_LIMIT, { client: c, paused }))
     if (this.#index !== index) return await this.#applyChanges(feed, paused)
+    return await this.#install(feed, index, delta, paused, 'query')
+  }
+
+  /**
+   * Applies a delta read from the change log or announced with its notification to the index, or
+   * falls back to a full load when the delta cannot tell. True when applied (no full load).
+   */
+  async #install (feed: ChangeFeed, index: RegistryIndex, delta: RegistryDelta, paused: boolean, source: DeltaSource): Promise<boolean> {
+    const o = this.#o
+    const started = performance.now()
     const fallback = !delta.complete ? delta.reason : delta.registryId !== index.registryId ? 'registry_changed' : null
     if (fallback !== null) {
       await this.#fullLoad(feed, fallback)
@@ -384,7 +417,8 @@ export class RegistrySync {
       }
       const change = { from, to: delta.version, touchedSlugs: [...delta.tenantSlugs, ...delta.tenants.map((t) => t.slug)], removedHosts: result.removedHosts, delta }
       for (const l of o.listeners) l.changesApplied?.(index, change)
-      this.#log.debug({ from: delta.since, to: delta.version, changes: delta.changes, ms: Math.round((performance.now() - started) * 100) / 100 }, 'registry changes applied')
+      this.#emit({ kind: 'changes', source })
+      this.#log.debug({ from: delta.since, to: delta.version, changes: delta.changes, source, ms: Math.round((performance.now() - started) * 100) / 100 }, 'registry changes applied')
     }
     this.#lastSyncAt = now
     this.#publishFeed()

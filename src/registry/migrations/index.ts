@@ -6,6 +6,7 @@ import { initial } from './001-initial.js'
 import { live } from './002-live.js'
 import { servers } from './003-servers.js'
 import { pause } from './004-pause.js'
+import { announce } from './005-announce.js'
 
 /** One versioned migration; `sql` gets the quoted schema identifier and the NOTIFY channel. */
 export interface Migration {
@@ -14,7 +15,7 @@ export interface Migration {
   sql (schema: string, channel: string): string
 }
 
-export const MIGRATIONS: readonly Migration[] = [initial, live, servers, pause]
+export const MIGRATIONS: readonly Migration[] = [initial, live, servers, pause, announce]
 
 /** The newest version this build knows. */
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0
