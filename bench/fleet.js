@@ -953,7 +953,9 @@ function report () {
   const targets = [
     ['propagation p99 ≤ 50 ms to every replica with 12 proxies', twelve === undefined ? 'not run (no N = 12)' : ms(twelve.propagation.p99), twelve === undefined ? null : twelve.propagation.p99 <= 50 && twelve.propagation.timeouts === 0],
     ['no proxy exits and no full reload during a registry restart with nothing changed', results.runs.map((r) => `N=${r.proxies}: ${r.exits.length} exits, ${r.restart.fullLoads} full loads`).join('; '), results.failed.length === 0 && results.runs.every((r) => r.exits.length === 0 && r.restart.fullLoads === 0 && r.restart.notResynced === 0)],
-    ['requests during a full load on every proxy: p99 added ≤ 50 ms', results.runs.map((r) => `N=${r.proxies}: ${r.rebuild === undefined ? 'not run' : ms(r.rebuild.addedP99Ms)}`).join('; '), results.failed.length === 0 && results.runs.every((r) => r.rebuild !== undefined && r.rebuild.notLoaded === 0 && r.rebuild.addedP99Ms <= 50)],
+    // Issue 12 item 3 (a proxy rebuilding a million tenants under traffic). With more proxies loading
+    // at once than the machine has cores, the figure is the CPU queue they and the requests share.
+    [`requests during a full load on every proxy: p99 added ≤ 50 ms (${cpus().length} cores; up to registry.maxConcurrentFullLoads proxies load at once)`, results.runs.map((r) => `N=${r.proxies}: ${r.rebuild === undefined ? 'not run' : ms(r.rebuild.addedP99Ms)}`).join('; '), results.failed.length === 0 && results.runs.every((r) => r.rebuild !== undefined && r.rebuild.notLoaded === 0 && r.rebuild.addedP99Ms <= 50)],
     ['connections = N (+ at most a few during loads)', results.runs.map((r) => `N=${r.proxies}: settled ${r.settled.total}, most at boot ${r.connections.boot}, during the restart ${r.connections.restart}`).join('; '), results.failed.length === 0 && results.runs.every((r) => r.settled.total === r.proxies && (r.connections.restart ?? 0) <= r.proxies + 3)]
   ]
   lines.push('| target | figure | result |', '|---|---|---|')

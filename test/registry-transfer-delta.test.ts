@@ -225,3 +225,28 @@ t.test('a delta is one statement on the given connection (one round trip per cha
   // A backlog names no rows (the registry counted them and sent none).
   t.match(await store.delta(before.version, 1, { paused: true }), { complete: false, reason: 'backlog', version: head.version })
 })
+
+t.test('a writer with constraints immediate from the start keeps one version and announces it bare', async (t) => {
+  const registry = await testRegistry(t, [{ slug: 'a', domains: ['a.example'] }, { slug: 'b', domains: ['b.example'] }])
+  const { store, pool } = registry
+  const listener = await pool.connect()
+  t.teardown(() => listener.release())
+  const payloads: string[] = []
+  listener.on('notification', (n) => { if (n.channel === 'tenant_proxy') payloads.push(n.payload ?? '') })
+  await listener.query('LISTEN tenant_proxy')
+  const before = (await store.head()).version
+  const c = await pool.connect()
+  try {
+    await c.query('BEGIN')
+    await c.query('SET CONSTRAINTS ALL IMMEDIATE')
+    await c.query("UPDATE tenant_proxy.tenants SET state = 'maintenance' WHERE slug = 'a'")
+    await c.query("UPDATE tenant_proxy.tenants SET state = 'suspended' WHERE slug = 'b'")
+    await c.query('COMMIT')
+  } finally {
+    c.release()
+  }
+  t.equal((await store.head()).version, before + 1, 'one version for the transaction')
+  await until(() => payloads.length > 0 ? true : undefined, 'the notification')
+  t.same(payloads.map(parseAnnouncement), [{ version: before + 1, delta: null }], 'the version alone: a proxy reads the whole transaction from the log')
+  t.match(await store.delta(before, 10_000), { complete: true, changes: 2, tenantSlugs: ['a', 'b'] })
+})

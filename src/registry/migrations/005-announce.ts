@@ -18,8 +18,9 @@ import type { Migration } from './index.js'
  * between this one's first change and its commit; and deferred triggers run after the last
  * statement. A writer that fires deferred triggers early (SET CONSTRAINTS ALL IMMEDIATE) and
  * writes on would announce a partial version, so a change after the announcement starts a new
- * version (record_change below); fired inside another trigger (immediate from the start) the
- * payload is not built at all, and the version alone is notified.
+ * version (record_change below); fired inside the write that took the version (constraints
+ * immediate from the start) the payload is not built at all: the version alone is notified, and
+ * the transaction keeps its one version.
  *
  * Any role that can connect to the registry database can LISTEN on its channels (PostgreSQL checks
  * no privilege for LISTEN): announcements show it slugs, domains and database names and hosts,
@@ -67,8 +68,11 @@ CREATE FUNCTION ${s}.announce_version() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
   payload text;
 BEGIN
-  PERFORM set_config('tenant_proxy_announced.' || TG_TABLE_SCHEMA, NEW.version::text, true);
+  -- At depth 1 the trigger runs at commit or at a SET CONSTRAINTS statement, after whole
+  -- statements; deeper, it was fired inside the write that took the version (constraints immediate
+  -- from the start): no rows yet, so the version alone, and the transaction keeps its one version.
   IF pg_trigger_depth() = 1 THEN
+    PERFORM set_config('tenant_proxy_announced.' || TG_TABLE_SCHEMA, NEW.version::text, true);
     BEGIN
       WITH c AS (SELECT entity, key, tenant_id FROM ${s}.changes WHERE version = NEW.version LIMIT ${ANNOUNCE_MAX_CHANGES + 1}),
         k AS (SELECT count(*)::int AS n,
