@@ -314,6 +314,7 @@ async function rebuildWave (proxies) {
   const lagMax = proxies.map(() => 0)
   const rounds = Math.ceil((DELTA_LIMIT + 1) / (2 * TENANTS))
   const t0 = performance.now()
+  const windowStart = Date.now()
   await withAdmin(async (c) => {
     await c.query('BEGIN')
     for (let k = 0; k < rounds; k++) {
@@ -327,9 +328,11 @@ async function rebuildWave (proxies) {
     if (Number.isFinite(m.lagMaxS)) lagMax[i] = Math.max(lagMax[i], m.lagMaxS * 1000)
     return m.loadsOk > before[i].loadsOk && m.feedConnected === 1
   })
+  const windowEnd = Date.now()
   await sleep(STALL_AFTER_MS)
   const stalls = await Promise.all(loops.map((l) => l.stop()))
   const after = await Promise.all(proxies.map((p) => metrics(p).catch(() => null)))
+  const turnMax = proxies.map((p) => longestTurn(p, windowStart, windowEnd))
   const baseline = stalls.flatMap((x) => x.baselineSamples)
   const during = stalls.flatMap((x) => x.samples)
   const w = {
@@ -345,11 +348,14 @@ async function rebuildWave (proxies) {
     addedP99Ms: pct(during, 99) - pct(baseline, 99),
     lagMaxMs: Math.max(...lagMax),
     lagMaxPerProxyMedianMs: median(lagMax),
+    // The longest event-loop turn of each proxy during the wave (bench/turn-probe.js).
+    turnMaxMs: Math.max(...turnMax),
+    turnMaxPerProxyMedianMs: median(turnMax),
     requests: during.length,
     errors: stalls.reduce((a, x) => a + x.errors, 0),
     statuses: stalls.reduce((a, x) => { for (const [k, v] of Object.entries(x.statuses)) a[k] = (a[k] ?? 0) + v; return a }, {})
   }
-  log(`rebuild with ${proxies.length} proxies: ${rounds * 2} updates of every tenant committed in ${s(w.committedMs)}; every proxy loaded fully ${w.allLoadedMs === null ? `NOT (${w.notLoaded} not)` : s(w.allLoadedMs)} after the commit began; full loads ${w.fullLoads}${w.fullLoadReasons === null ? '' : ` ${JSON.stringify(w.fullLoadReasons)}`}; request latency p99 ${ms(w.p99Ms)} (before ${ms(w.baselineP99Ms)}: ${ms(w.addedP99Ms)} added), max ${ms(w.maxMs)} (before ${ms(w.baselineMaxMs)}); event-loop delay max ${ms(w.lagMaxMs)} (median of the proxies' maxima ${ms(w.lagMaxPerProxyMedianMs)}); ${w.requests} requests, statuses ${JSON.stringify(w.statuses)}, ${w.errors} errors`)
+  log(`rebuild with ${proxies.length} proxies: ${rounds * 2} updates of every tenant committed in ${s(w.committedMs)}; every proxy loaded fully ${w.allLoadedMs === null ? `NOT (${w.notLoaded} not)` : s(w.allLoadedMs)} after the commit began; full loads ${w.fullLoads}${w.fullLoadReasons === null ? '' : ` ${JSON.stringify(w.fullLoadReasons)}`}; request latency p99 ${ms(w.p99Ms)} (before ${ms(w.baselineP99Ms)}: ${ms(w.addedP99Ms)} added), max ${ms(w.maxMs)} (before ${ms(w.baselineMaxMs)}); event-loop delay max ${ms(w.lagMaxMs)} (median of the proxies' maxima ${ms(w.lagMaxPerProxyMedianMs)}); longest turn ${ms(w.turnMaxMs)} (median of the proxies' ${ms(w.turnMaxPerProxyMedianMs)}); ${w.requests} requests, statuses ${JSON.stringify(w.statuses)}, ${w.errors} errors`)
   return w
 }
 
@@ -792,12 +798,26 @@ async function startUpstream () {
   return `http://127.0.0.1:${JSON.parse(line).port}`
 }
 
+/** The longest event-loop turn bench/turn-probe.js recorded for proxy `p` between two epoch times (0: none over its threshold). */
+function longestTurn (p, from, to) {
+  let text = ''
+  try { text = readFileSync(p.turnFile, 'utf8') } catch { return 0 }
+  let longest = 0
+  for (const line of text.split('\n')) {
+    const [at, ms] = line.split(' ').map(Number)
+    if (at >= from && at <= to && ms > longest) longest = ms
+  }
+  return longest
+}
+
 /** Spawns `serve` and waits for its first /up 200; bootMs is spawn → that answer. */
 async function startProxy (env, i, exits) {
   const trafficPort = await freePort()
   const opsPort = await freePort()
   const t0 = performance.now()
-  const child = spawnChild(NODE, ['dist/src/main.js', 'serve'], {
+  const turnFile = path.join(tmp, `turns-${trafficPort}.txt`)
+  const child = spawnChild(NODE, ['--import', './bench/turn-probe.js', 'dist/src/main.js', 'serve'], {
+    TURN_PROBE_FILE: turnFile,
     TENANT_PROXY_TRAFFIC_HOST: '127.0.0.1',
     TENANT_PROXY_TRAFFIC_PORT: String(trafficPort),
     TENANT_PROXY_OPS_HOST: '127.0.0.1',
@@ -808,7 +828,7 @@ async function startProxy (env, i, exits) {
     ...env
   }, 'pipe')
   child.isProxy = true
-  const p = { i, child, trafficPort, opsPort, stopping: false }
+  const p = { i, child, trafficPort, opsPort, turnFile, stopping: false }
   results.proxyPids.push(child.pid)
   child.once('exit', (code, signal) => {
     if (!p.stopping) {
@@ -942,11 +962,11 @@ function report () {
     lines.push(`| ${r.proxies} | ${s(r.boot.allUpMs)} (${s(r.boot.medianMs)}) | ${ms(r.propagation.p50)} / ${ms(r.propagation.p99)} / ${ms(r.propagation.max)}${r.propagation.timeouts > 0 ? ` (${r.propagation.timeouts} timeouts)` : ''} | ${w.allResyncedMs === null ? `**${w.notResynced} never**` : s(w.allResyncedMs)} | ${w.fullLoads}${w.resumes === null ? '' : ` (${w.resumes} resumes)`} | ${r.exits.length} | ${w.cpuS.toFixed(2)} s (${w.netCpuS.toFixed(2)} s) | ${w.rows.toLocaleString('en-US')} (${w.calls}) | ${mb(w.bytesToProxies)} | ${ms(w.stallMaxMs)} (${ms(w.stallBaselineMaxMs)}; ${ms(w.stallP99Ms)}) | ${r.settled.total} · ${r.connections.boot ?? 'n/a'} / ${r.connections.restart ?? 'n/a'} | ${mb(median(rssAll))} (${mb(Math.max(...rssAll))}) |`)
   }
   for (const f of results.failed) lines.push(`| ${f.proxies} | **failed**: ${f.error} |  |  |  |  |  |  |  |  |  |  |`)
-  lines.push('', '| N | full load on every proxy under traffic: all done | full loads | request latency p99 before → during (added) | max before → during | event-loop delay max (median of the proxies) |', '|---:|---|---:|---|---|---|')
+  lines.push('', '| N | full load on every proxy under traffic: all done | full loads | request latency p99 before → during (added) | max before → during | event-loop delay max (median of the proxies) | longest turn (median of the proxies) |', '|---:|---|---:|---|---|---|---|')
   for (const r of results.runs) {
     const b = r.rebuild
     if (b === undefined) continue
-    lines.push(`| ${r.proxies} | ${b.allLoadedMs === null ? `**${b.notLoaded} never**` : s(b.allLoadedMs)} | ${b.fullLoads} | ${ms(b.baselineP99Ms)} → ${ms(b.p99Ms)} (${ms(b.addedP99Ms)}) | ${ms(b.baselineMaxMs)} → ${ms(b.maxMs)} | ${ms(b.lagMaxMs)} (${ms(b.lagMaxPerProxyMedianMs)}) |`)
+    lines.push(`| ${r.proxies} | ${b.allLoadedMs === null ? `**${b.notLoaded} never**` : s(b.allLoadedMs)} | ${b.fullLoads} | ${ms(b.baselineP99Ms)} → ${ms(b.p99Ms)} (${ms(b.addedP99Ms)}) | ${ms(b.baselineMaxMs)} → ${ms(b.maxMs)} | ${ms(b.lagMaxMs)} (${ms(b.lagMaxPerProxyMedianMs)}) | ${ms(b.turnMaxMs)} (${ms(b.turnMaxPerProxyMedianMs)}) |`)
   }
   lines.push('')
   const twelve = results.runs.find((r) => r.proxies === 12)

@@ -28,7 +28,7 @@ interface FleetRun {
   settled: { total: number, perProxy: number[] }
   connections: Record<string, number>
   rssAfterPropagation: number[]
-  rebuild: { notLoaded: number, fullLoads: number, fullLoadReasons: Record<string, number>, requests: number, errors: number, statuses: Record<string, number>, baselineP99Ms: number, p99Ms: number, lagMaxMs: number }
+  rebuild: { notLoaded: number, fullLoads: number, fullLoadReasons: Record<string, number>, requests: number, errors: number, statuses: Record<string, number>, baselineP99Ms: number, p99Ms: number, lagMaxMs: number, turnMaxMs: number }
   restart: { notResynced: number, allResyncedMs: number, fullLoads: number, cpuS: number, rows: number, bytesToProxies: number, stallMaxMs: number, stallRequests: number, stallErrors: number, stallStatuses: Record<string, number> }
 }
 interface FleetResults { tmp: string, registryPids: number[], proxyPids: number[], targets: unknown[], runs: FleetRun[] }
@@ -80,6 +80,7 @@ t.test('bench:fleet quick mode runs end to end and cleans up', async (t) => {
   t.equal(b.errors, 0, 'no request failed during the full loads')
   t.same(Object.keys(b.statuses), ['200'], 'known hosts kept routing during the full loads')
   t.ok(Number.isFinite(b.lagMaxMs), 'event-loop delay read from the proxies')
+  t.ok(Number.isFinite(b.turnMaxMs) && b.turnMaxMs >= 0, 'the longest turn read from the probe in each proxy')
   t.equal(r.targets.length, 4)
   // Everything it started is gone.
   t.ok(r.registryPids.length >= 2, 'the private PostgreSQL was started (and restarted)')
