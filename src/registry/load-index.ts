@@ -39,20 +39,18 @@ export async function indexFromRegistry (store: RegistryStore, run: RunQuery, de
   let afterId = 0
   for (;;) {
     const page = await run(async (c) => await store.tenantPage(afterId, opts.pageSize, c))
-    builder.addTenants(page)
+    await inSlices(page, (rows) => builder.addTenants(rows))
     const last = page.at(-1)
     if (last === undefined || page.length < opts.pageSize) break
     afterId = last.id
-    await yieldToEventLoop()
   }
   let afterHost: string | null = null
   for (;;) {
     const page = await run(async (c) => await store.domainPage(afterHost, opts.pageSize, c))
-    builder.addDomains(page)
+    await inSlices(page, (rows) => builder.addDomains(rows))
     const last = page.at(-1)
     if (last === undefined || page.length < opts.pageSize) break
     afterHost = last.hostname
-    await yieldToEventLoop()
   }
   const index = builder.finish()
   const delta = await run(async (c) => await store.delta(head.version, opts.deltaLimit, { client: c }))
@@ -60,6 +58,21 @@ export async function indexFromRegistry (store: RegistryStore, run: RunQuery, de
   if (delta.registryId !== head.registryId) throw new PagedLoadIncomplete('the registry changed during the load')
   if (delta.version > index.version && !applyDelta(index, delta, defaults).consistent) throw new PagedLoadIncomplete('the change log names a tenant the load lacks')
   return index
+}
+
+/**
+ * Rows added to the index being built per event-loop turn. A page's query resolves in the same
+ * turn as the parse of its last chunk of rows; building all of its rows there too made that turn
+ * the longest of a full load (at 1,000,000 tenants and pages of 2,000: 20–26 ms with a collection
+ * in it, profiled). So the build starts on a turn of its own and goes BUILD_SLICE rows at a time.
+ */
+const BUILD_SLICE = 500
+
+async function inSlices<T> (rows: readonly T[], add: (rows: readonly T[]) => void): Promise<void> {
+  for (let i = 0; i < rows.length; i += BUILD_SLICE) {
+    await yieldToEventLoop()
+    add(rows.length <= BUILD_SLICE ? rows : rows.slice(i, i + BUILD_SLICE))
+  }
 }
 
 /** Reads and validates the last-known-good file (throws SnapshotFileError) and builds its index. */
