@@ -13,7 +13,7 @@ import { pruneWithPool } from '../src/registry/prune.js'
 import { ANNOUNCE_MAX_CHANGES } from '../src/registry/migrations/005-announce.js'
 import { RegistryStore } from '../src/registry/store.js'
 import { startPgCluster, type PgCluster } from './helpers/pg-cluster.js'
-import { databaseUrl } from './helpers/postgres.js'
+import { databaseUrl, inTransaction } from './helpers/postgres.js'
 import { startTestProxy, testConfig } from './helpers/proxy.js'
 import { startUpstream } from './helpers/upstream.js'
 import { until } from './helpers/wait.js'
@@ -160,16 +160,11 @@ t.test('a small change arrives with its notification and is applied without a qu
   // with the whole transaction.
   await admin.query(`GRANT SELECT ON tenant_proxy.changes TO ${role}`)
   const before = (await store.head()).version
-  const c = await admin.connect()
-  try {
-    await c.query('BEGIN')
-    await c.query("UPDATE tenant_proxy.tenants SET state = 'suspended' WHERE slug = 'globex'")
-    await c.query('SET CONSTRAINTS ALL IMMEDIATE')
-    await c.query("UPDATE tenant_proxy.domains SET tenant_id = (SELECT id FROM tenant_proxy.tenants WHERE slug = 'globex') WHERE hostname = 'www.initech.example'")
-    await c.query('COMMIT')
-  } finally {
-    c.release()
-  }
+  await inTransaction(admin, [
+    "UPDATE tenant_proxy.tenants SET state = 'suspended' WHERE slug = 'globex'",
+    'SET CONSTRAINTS ALL IMMEDIATE',
+    "UPDATE tenant_proxy.domains SET tenant_id = (SELECT id FROM tenant_proxy.tenants WHERE slug = 'globex') WHERE hostname = 'www.initech.example'"
+  ])
   t.equal((await store.head()).version, before + 2, 'the writes after the announcement took a version of their own')
   await until(async () => proxy.state.index?.version === before + 2 ? true : undefined, 'both versions to apply')
   t.equal(await status(proxy.url, 'globex.example'), 403, 'the first part (suspended)')

@@ -13,6 +13,7 @@ import { parseAnnouncement, type Announcement } from '../src/registry/announceme
 import { ANNOUNCE_MAX_CHANGES } from '../src/registry/migrations/005-announce.js'
 import { pruneWithPool } from '../src/registry/prune.js'
 import type { CompleteDelta } from '../src/registry/store.js'
+import { inTransaction } from './helpers/postgres.js'
 import { until } from './helpers/wait.js'
 import { runCli } from './helpers/cli.js'
 import { testRegistry } from './helpers/proxy.js'
@@ -127,14 +128,7 @@ t.test('applying deltas after any sequence of writes equals a full snapshot', as
   })
   await listener.query('LISTEN tenant_proxy')
   const step = async (what: string, write: (c: pg.PoolClient) => Promise<unknown>): Promise<void> => {
-    const c = await pool.connect()
-    try {
-      await c.query('BEGIN')
-      await write(c)
-      await c.query('COMMIT')
-    } finally {
-      c.release()
-    }
+    await inTransaction(pool, [write])
     const delta = await store.delta(live.version, 10_000)
     if (!delta.complete) throw new Error('delta unexpectedly incomplete')
     const announcement = await until(() => announced.get(delta.version), `the announcement of ${what}`)
@@ -235,16 +229,11 @@ t.test('a writer with constraints immediate from the start keeps one version and
   listener.on('notification', (n) => { if (n.channel === 'tenant_proxy') payloads.push(n.payload ?? '') })
   await listener.query('LISTEN tenant_proxy')
   const before = (await store.head()).version
-  const c = await pool.connect()
-  try {
-    await c.query('BEGIN')
-    await c.query('SET CONSTRAINTS ALL IMMEDIATE')
-    await c.query("UPDATE tenant_proxy.tenants SET state = 'maintenance' WHERE slug = 'a'")
-    await c.query("UPDATE tenant_proxy.tenants SET state = 'suspended' WHERE slug = 'b'")
-    await c.query('COMMIT')
-  } finally {
-    c.release()
-  }
+  await inTransaction(pool, [
+    'SET CONSTRAINTS ALL IMMEDIATE',
+    "UPDATE tenant_proxy.tenants SET state = 'maintenance' WHERE slug = 'a'",
+    "UPDATE tenant_proxy.tenants SET state = 'suspended' WHERE slug = 'b'"
+  ])
   t.equal((await store.head()).version, before + 1, 'one version for the transaction')
   await until(() => payloads.length > 0 ? true : undefined, 'the notification')
   t.same(payloads.map(parseAnnouncement), [{ version: before + 1, delta: null }], 'the version alone: a proxy reads the whole transaction from the log')

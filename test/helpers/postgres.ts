@@ -52,6 +52,24 @@ export async function databaseNameForTest (t: Test, prefix = 'tp_tenant'): Promi
   return name
 }
 
+/** Runs `statements` in order in one transaction on a connection of `pool`. */
+export async function inTransaction (pool: pg.Pool, statements: ReadonlyArray<string | ((c: pg.PoolClient) => Promise<unknown>)>): Promise<void> {
+  const c = await pool.connect()
+  try {
+    await c.query('BEGIN')
+    for (const s of statements) {
+      if (typeof s === 'string') await c.query(s)
+      else await s(c)
+    }
+    await c.query('COMMIT')
+  } catch (err) {
+    await c.query('ROLLBACK').catch(() => undefined)
+    throw err
+  } finally {
+    c.release()
+  }
+}
+
 /** `url` with its database replaced by `database`. */
 export function databaseUrl (url: string, database: string): string {
   const u = new URL(url)
