@@ -199,34 +199,30 @@ export class RegistrySync {
    * connection is retried on its own schedule; only a dead connection resets the feed.
    */
   async catchUp (): Promise<void> {
-    // Coalesce: while one catch-up waits in the queue, more notifications add nothing.
-    if (this.#catchUpPending) return await this.#queue.then(() => undefined, () => undefined)
-    this.#catchUpPending = true
-    const feed = this.#feed
-    try {
-      await this.#serial(async () => {
-        this.#catchUpPending = false
-        if (feed === null || feed !== this.#feed || !feed.alive) return
-        if (this.#synced) await this.#applyChanges(feed)
-        else await this.#resync(feed)
-      })
-      this.#retryAttempt = 0
-    } catch (err) {
-      this.#failed(feed, this.#synced ? 'delta' : 'load', err)
-    }
+    await this.#catchUp(null)
   }
 
   /**
-   * Applies a change that came with its notification, in the index-write queue: without a query
-   * when the index is at the version before it (the usual case: announcements arrive in commit
-   * order), else by reading the change log (a notification was missed, or a full load is under way).
+   * catchUp, or with `announced` (a change that came with its notification) applies that change
+   * without a query when the index is at the version before it, the usual case: announcements
+   * arrive in commit order. Otherwise the change log says what changed (a notification was
+   * missed, or a full load was under way).
    */
-  async #applyAnnounced (feed: ChangeFeed, delta: CompleteDelta): Promise<void> {
+  async #catchUp (announced: CompleteDelta | null): Promise<void> {
+    // Coalesce: while one catch-up waits in the queue, more notifications add nothing. An
+    // announcement is never coalesced away: applying it costs no query.
+    if (announced === null) {
+      if (this.#catchUpPending) return await this.#queue.then(() => undefined, () => undefined)
+      this.#catchUpPending = true
+    }
+    const feed = this.#feed
     try {
       await this.#serial(async () => {
+        if (announced === null) this.#catchUpPending = false
         const index = this.#index
-        if (feed !== this.#feed || !feed.alive || index === null || index.version >= delta.version) return
-        if (this.#synced && index.version === delta.since) await this.#install(feed, index, delta, false, 'announcement')
+        if (feed === null || feed !== this.#feed || !feed.alive) return
+        if (announced !== null && index !== null && index.version >= announced.version) return
+        if (announced !== null && this.#synced && index?.version === announced.since) await this.#install(feed, index, announced, false, 'announcement')
         else if (this.#synced) await this.#applyChanges(feed)
         else await this.#resync(feed)
       })
@@ -251,9 +247,7 @@ export class RegistrySync {
       notified: ({ version, delta }) => {
         if (Number.isFinite(version)) this.#heartbeat.announced(version)
         const index = this.#index
-        if (index !== null && version <= index.version) return
-        if (delta !== null && this.#synced) void this.#applyAnnounced(feed, delta)
-        else void this.catchUp()
+        if (index === null || !(version <= index.version)) void this.#catchUp(this.#synced ? delta : null)
       },
       heartbeat: (payload) => this.#heartbeat.receive(this.#heartbeat.channel, payload),
       lost: (err) => this.#lost(feed, err)
